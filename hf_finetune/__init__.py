@@ -1,0 +1,38 @@
+"""hf-finetune: supervised, self-supervised and RL fine-tuning on transformers, TRL, PEFT and SB3.
+
+Public names are imported lazily so that ``import hf_finetune`` (and the CLI's ``--help``) stay fast.
+
+Example:
+    >>> from hf_finetune import load_recipe, run_recipe  # doctest: +SKIP
+    >>> metrics = run_recipe(load_recipe("recipes/quickstart.yaml", ["--max_steps", "10"]))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public name -> defining module (a literal table; `__getattr__` imports on first use).
+_LAZY = {
+    "ModelArguments": "hf_finetune.config",
+    "DataArguments": "hf_finetune.config",
+    "LoraArguments": "hf_finetune.config",
+    "Recipe": "hf_finetune.config",
+    "parse_recipe": "hf_finetune.config",
+    "load_recipe": "hf_finetune.cli",
+    "run_recipe": "hf_finetune.cli",
+    "NonFiniteGuardCallback": "hf_finetune.callbacks",
+    "load_metric": "hf_finetune.metrics",
+    "SupervisedConfig": "hf_finetune.supervised.config",
+    "SupervisedTrainer": "hf_finetune.supervised.trainer",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hf_finetune' has no attribute {name!r}")

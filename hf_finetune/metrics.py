@@ -1,0 +1,85 @@
+"""Metrics as ``evaluate`` modules that work offline.
+
+``evaluate.load("accuracy")`` downloads a metric script from the Hub, which fails offline. The
+modules here subclass ``evaluate.Metric`` so they keep its interface (``add_batch``, ``compute``,
+distributed gathering) and ship inside the package; :func:`load_metric` returns them by name and
+falls back to ``evaluate.load`` for any other (Hub) metric name.
+"""
+
+from __future__ import annotations
+
+import datasets
+import evaluate
+import numpy as np
+
+_CITATION = ""
+
+
+class ClassificationMetric(evaluate.Metric):
+    """Accuracy with precision, recall and F1 (macro and per class) for single-label classification.
+
+    Example:
+        >>> ClassificationMetric().compute(predictions=[0, 1, 1], references=[0, 1, 0], num_labels=2)["accuracy"]
+        0.6666666666666666
+    """
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Accuracy, macro precision/recall/F1 and per-class F1.",
+            citation=_CITATION,
+            inputs_description="predictions and references: class ids.",
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
+        )
+
+    def _compute(self, predictions, references, num_labels=None, label_names=None):
+        pred = np.asarray(predictions, dtype=np.int64)
+        ref = np.asarray(references, dtype=np.int64)
+        n = num_labels or int(max(pred.max(initial=0), ref.max(initial=0)) + 1)
+        confusion = np.zeros((n, n), dtype=np.int64)
+        np.add.at(confusion, (ref, pred), 1)
+        tp = np.diag(confusion).astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = np.nan_to_num(tp / confusion.sum(axis=0))
+            recall = np.nan_to_num(tp / confusion.sum(axis=1))
+            f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+        names = label_names or [str(i) for i in range(n)]
+        result = {
+            "accuracy": float(tp.sum() / max(len(ref), 1)),
+            "precision_macro": float(precision.mean()),
+            "recall_macro": float(recall.mean()),
+            "f1_macro": float(f1.mean()),
+        }
+        result.update({f"f1_{name}": float(v) for name, v in zip(names, f1)})
+        return result
+
+
+class AccuracyMetric(ClassificationMetric):
+    """Accuracy alone, under the name users know from ``evaluate.load("accuracy")``."""
+
+    def _compute(self, predictions, references, **kwargs):
+        return {"accuracy": super()._compute(predictions, references, **kwargs)["accuracy"]}
+
+
+# The offline metric modules, by the names users pass to evaluate.load().
+BUILTIN_METRICS = {
+    "accuracy": AccuracyMetric,
+    "classification": ClassificationMetric,
+    "f1": ClassificationMetric,
+}
+
+
+def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
+    """An offline module for the names in :data:`BUILTIN_METRICS`, else ``evaluate.load(name)``."""
+    cls = BUILTIN_METRICS.get(name)
+    if cls is not None:
+        return cls(**kwargs)
+    return evaluate.load(name, **kwargs)
+
+
+def confusion_matrix(predictions, references, num_labels: int) -> np.ndarray:
+    """Counts of (true label, predicted label) pairs."""
+    matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(references), np.asarray(predictions)), 1)
+    return matrix
