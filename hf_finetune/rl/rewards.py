@@ -1,0 +1,587 @@
+"""One reward interface for PPO, GRPO and RLOO: reward functions, a reward-model scorer, and evaluation.
+
+A reward function has TRL GRPO's signature::
+
+    fn(prompts: list[str], completions: list[str], **columns) -> list[float | None]
+
+``columns`` holds the dataset's other columns for the batch (for example ``answer``); TRL also
+passes ``completion_ids``, ``trainer_state``, ``log_extra`` and ``log_metric``, so functions must
+accept ``**kwargs``. ``None`` means "not applicable to this row" and is ignored in the weighted sum.
+
+Built-ins (:func:`exact_match`, :func:`regex_match`, :func:`format_reward`, :func:`length_reward`)
+and :class:`RewardModelScorer` (a sequence classifier turned into a reward) all follow it, so the
+same callables go to our :class:`~hf_finetune.rl.ppo_trainer.PPOTrainer` and to TRL's trainers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import numbers
+import re
+import string
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+RewardFunc = Callable[..., Sequence[float | None]]
+
+__all__ = [
+    "RewardFunc",
+    "RewardModelScorer",
+    "compute_rewards",
+    "evaluate_generations",
+    "exact_match",
+    "format_reward",
+    "length_reward",
+    "regex_match",
+    "resolve_reward_funcs",
+    "reward_name",
+    "score_per_function",
+]
+
+
+def reward_name(fn: Any) -> str:
+    """The name a reward function is logged under (its ``__name__``, else its class name)."""
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _named(fn: Callable, name: str) -> Callable:
+    fn.__name__ = name
+    fn.__qualname__ = name
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and combination
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_list(output: Any, name: str) -> list:
+    if isinstance(output, torch.Tensor):
+        return output.detach().float().cpu().reshape(-1).tolist()
+    if hasattr(output, "tolist") and not isinstance(output, (str, bytes)):  # numpy arrays
+        return list(output.tolist())
+    if isinstance(output, (str, bytes, dict)) or not isinstance(output, Sequence):
+        raise ValueError(
+            f"Reward function '{name}' returned {type(output).__name__}; it must return a list with one "
+            "float (or None) per completion."
+        )
+    return list(output)
+
+
+def _check_value(value: Any, name: str, index: int) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"Reward function '{name}' returned {value!r} ({type(value).__name__}) for completion {index}: "
+            "rewards must be numbers (or None when the reward does not apply)."
+        )
+    value = float(value)
+    if math.isinf(value):
+        raise ValueError(f"Reward function '{name}' returned {value} for completion {index}: rewards must be finite.")
+    return value  # NaN is kept and treated like None
+
+
+def score_per_function(
+    reward_funcs: Sequence[RewardFunc],
+    prompts: list[str],
+    completions: list[str],
+    columns: dict[str, list] | None = None,
+    **extra: Any,
+) -> torch.Tensor:
+    """Call every reward function and check its output; returns float32 ``[batch, n_funcs]`` (NaN = None).
+
+    Args:
+        reward_funcs: Reward functions with the shared signature.
+        prompts: Prompt texts, one per completion.
+        completions: Completion texts.
+        columns: Other dataset columns for the batch, each a list of ``len(prompts)`` values.
+        **extra: Further keyword arguments for the functions (e.g. ``completion_ids``).
+
+    Returns:
+        A ``float32`` tensor of shape ``[len(prompts), len(reward_funcs)]``.
+
+    Raises:
+        ValueError: naming the function, when it returns the wrong number of rewards, a non-number
+            or an infinite value.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions: give one prompt per completion.")
+    columns = dict(columns or {})
+    for key, values in columns.items():
+        if len(values) != len(prompts):
+            raise ValueError(f"Column '{key}' has {len(values)} values for {len(prompts)} completions.")
+    scores = torch.empty(len(prompts), len(reward_funcs), dtype=torch.float32)
+    for j, fn in enumerate(reward_funcs):
+        name = reward_name(fn)
+        output = _as_list(fn(prompts=prompts, completions=completions, **columns, **extra), name)
+        if len(output) != len(prompts):
+            raise ValueError(
+                f"Reward function '{name}' returned {len(output)} rewards for {len(prompts)} completions: "
+                "return exactly one reward (or None) per completion, in order."
+            )
+        scores[:, j] = torch.tensor([_check_value(v, name, i) for i, v in enumerate(output)], dtype=torch.float32)
+    return scores
+
+
+def compute_rewards(
+    reward_funcs: Sequence[RewardFunc],
+    weights: Sequence[float] | None,
+    prompts: list[str],
+    completions: list[str],
+    columns: dict[str, list] | None = None,
+    *,
+    all_none: str = "error",
+    **extra: Any,
+) -> torch.Tensor:
+    """Weighted sum of several reward functions, one float per completion.
+
+    ``None`` (NaN) rewards are skipped in the sum, as in TRL's GRPO (``nansum`` over functions). A
+    completion for which *every* function returned None has no reward: ``all_none`` decides what
+    happens — ``"error"`` (default) raises, ``"zero"`` gives it 0.0, ``"nan"`` leaves NaN for the
+    caller to mask.
+
+    Args:
+        reward_funcs: Reward functions with the shared signature.
+        weights: One weight per function (default: all 1.0).
+        prompts: Prompt texts.
+        completions: Completion texts.
+        columns: Other dataset columns for the batch.
+        all_none: ``"error"``, ``"zero"`` or ``"nan"``, see above.
+        **extra: Further keyword arguments for the functions.
+
+    Returns:
+        A ``float32`` tensor of shape ``[len(prompts)]``.
+
+    Example:
+        >>> compute_rewards([length_reward(2)], None, ["q"], ["two words"]).tolist()
+        [1.0]
+    """
+    if not reward_funcs:
+        raise ValueError("No reward functions given: name at least one reward function or a reward model.")
+    if weights is None:
+        weights = [1.0] * len(reward_funcs)
+    if len(weights) != len(reward_funcs):
+        raise ValueError(f"{len(weights)} reward weights for {len(reward_funcs)} reward functions: give one weight each.")
+    if all_none not in ("error", "zero", "nan"):
+        raise ValueError(f"all_none={all_none!r}: use 'error', 'zero' or 'nan'.")
+    scores = score_per_function(reward_funcs, prompts, completions, columns, **extra)
+    weighted = scores * torch.tensor([float(w) for w in weights], dtype=torch.float32)
+    total = weighted.nansum(dim=1)
+    unscored = torch.isnan(scores).all(dim=1)
+    if unscored.any():
+        if all_none == "error":
+            i = int(unscored.nonzero()[0, 0])
+            names = [reward_name(f) for f in reward_funcs]
+            raise ValueError(
+                f"Every reward function ({names}) returned None for completion {i} (prompt {prompts[i][:80]!r}): "
+                "add a reward that applies to every row."
+            )
+        total[unscored] = 0.0 if all_none == "zero" else math.nan
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in reward functions
+# ---------------------------------------------------------------------------------------------
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation, the articles a/an/the and extra whitespace (SQuAD-style)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _candidate_answer(completion: str) -> str:
+    # Instruct models often write "Answer: X" or put the answer on the first line.
+    match = re.search(r"answer\s*(?:is|:)\s*(.+)", completion, flags=re.IGNORECASE)
+    text = match.group(1) if match else completion
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _answers(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def exact_match(answer_column: str = "answer", mode: str = "exact") -> RewardFunc:
+    """1.0 when the completion's answer equals a reference answer after normalization, else 0.0.
+
+    Args:
+        answer_column: Dataset column with the reference answer (a string or a list of accepted answers).
+        mode: ``"exact"`` compares the first line of the completion (or the text after "Answer:")
+            with the answer; ``"contains"`` accepts any completion containing the answer as whole words.
+
+    Returns:
+        A reward function named ``exact_match`` (or ``contains_answer``); rows without an answer get None.
+
+    Example:
+        >>> exact_match()(["2+2?"], ["4."], answer=["4"])
+        [1.0]
+    """
+    if mode not in ("exact", "contains"):
+        raise ValueError(f"exact_match mode={mode!r}: use 'exact' or 'contains'.")
+
+    def reward(prompts, completions, **columns):
+        if answer_column not in columns:
+            raise ValueError(
+                f"exact_match needs the dataset column '{answer_column}' (columns here: {sorted(columns)})."
+            )
+        out: list[float | None] = []
+        for completion, answer in zip(completions, columns[answer_column]):
+            refs = _answers(answer)
+            if refs is None:
+                out.append(None)
+                continue
+            refs = [normalize_answer(r) for r in refs]
+            if mode == "exact":
+                hit = normalize_answer(_candidate_answer(completion)) in refs
+            else:
+                padded = f" {normalize_answer(completion)} "
+                hit = any(r and f" {r} " in padded for r in refs)
+            out.append(1.0 if hit else 0.0)
+        return out
+
+    return _named(reward, "exact_match" if mode == "exact" else "contains_answer")
+
+
+def regex_match(pattern: str, name: str = "regex_match") -> RewardFunc:
+    """1.0 when ``re.search(pattern, completion)`` finds a match, else 0.0.
+
+    Example:
+        >>> regex_match(r"\\d+")(["q", "q"], ["it is 42", "none"])
+        [1.0, 0.0]
+    """
+    compiled = re.compile(pattern)
+
+    def reward(prompts, completions, **_):
+        return [1.0 if compiled.search(c) else 0.0 for c in completions]
+
+    return _named(reward, name)
+
+
+def format_reward(pattern: str, name: str = "format_reward") -> RewardFunc:
+    """1.0 when the whole stripped completion matches ``pattern`` (``re.fullmatch``, DOTALL), else 0.0.
+
+    Example:
+        >>> format_reward(r"Answer: \\w+")(["q", "q"], ["Answer: Paris", "Paris, I think"])
+        [1.0, 0.0]
+    """
+    compiled = re.compile(pattern, flags=re.DOTALL)
+
+    def reward(prompts, completions, **_):
+        return [1.0 if compiled.fullmatch(c.strip()) else 0.0 for c in completions]
+
+    return _named(reward, name)
+
+
+def length_reward(target: int, unit: str = "words", name: str = "length_reward") -> RewardFunc:
+    """``max(0, 1 - |n - target| / target)`` where ``n`` is the completion length in words or characters.
+
+    Example:
+        >>> length_reward(4)(["q", "q"], ["one two three four", "one two"])
+        [1.0, 0.5]
+    """
+    if target < 1:
+        raise ValueError(f"length_reward target={target}: use a positive length.")
+    if unit not in ("words", "chars"):
+        raise ValueError(f"length_reward unit={unit!r}: use 'words' or 'chars'.")
+
+    def reward(prompts, completions, **_):
+        sizes = [len(c.split()) if unit == "words" else len(c) for c in completions]
+        return [max(0.0, 1.0 - abs(n - target) / target) for n in sizes]
+
+    return _named(reward, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward model
+# ---------------------------------------------------------------------------------------------
+
+
+class RewardModelScorer:
+    """A sequence classifier as a reward function: probability (or logit) of one chosen label.
+
+    Any ``AutoModelForSequenceClassification`` works: a one-output reward model gives its logit; a
+    classifier with several labels gives the softmax probability (``output="prob"``) or the raw
+    logit (``output="logit"``) of ``label``. So a topic or sentiment classifier — e.g. the MiniLM
+    BBC News classifier of ``recipes/quickstart.yaml`` — becomes a reward for steering generations.
+
+    Args:
+        model: The classifier (kept frozen, in eval mode).
+        tokenizer: Its own tokenizer (may differ from the policy's).
+        label: Label id or name (``model.config.label2id``); optional for one-output models.
+        output: ``"prob"`` or ``"logit"``.
+        batch_size: Texts scored per forward pass.
+        max_length: Truncation length of the scored text.
+        include_prompt: Score ``prompt + completion`` instead of the completion alone.
+        name: Name in logs (default ``reward_model`` or ``reward_model_<label>``).
+
+    Example:
+        >>> scorer = RewardModelScorer(classifier, tokenizer, label="sport")  # doctest: +SKIP
+        >>> scorer(["Write a headline:"], ["Arsenal win the cup"])  # doctest: +SKIP
+        [0.93]
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        label: int | str | None = None,
+        output: str = "prob",
+        batch_size: int = 16,
+        max_length: int | None = 256,
+        include_prompt: bool = False,
+        name: str | None = None,
+    ):
+        if output not in ("prob", "logit"):
+            raise ValueError(f"RewardModelScorer output={output!r}: use 'prob' or 'logit'.")
+        num_labels = int(getattr(model.config, "num_labels", 1))
+        if num_labels == 1:
+            self.label_id = 0
+        elif label is None:
+            names = list((getattr(model.config, "id2label", None) or {}).values())
+            raise ValueError(f"The reward model has {num_labels} labels {names}: choose one with label=<id or name>.")
+        else:
+            self.label_id = self._label_id(model, label, num_labels)
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ValueError("The reward model's tokenizer has no pad and no EOS token: add a pad token.")
+            tokenizer.pad_token = tokenizer.eos_token
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.num_labels = num_labels
+        self.output = output
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.include_prompt = include_prompt
+        id2label = getattr(model.config, "id2label", None) or {}
+        suffix = "" if num_labels == 1 else f"_{id2label.get(self.label_id, self.label_id)}"
+        self.__name__ = name or f"reward_model{suffix}"
+
+    @staticmethod
+    def _label_id(model, label: int | str, num_labels: int) -> int:
+        if isinstance(label, str) and not label.lstrip("-").isdigit():
+            label2id = getattr(model.config, "label2id", None) or {}
+            if label not in label2id:
+                raise ValueError(f"Reward label {label!r} is not one of the model's labels {sorted(label2id)}.")
+            return int(label2id[label])
+        label_id = int(label)
+        if not 0 <= label_id < num_labels:
+            raise ValueError(f"Reward label id {label_id} is out of range for a model with {num_labels} labels.")
+        return label_id
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        texts = [p + c for p, c in zip(prompts, completions)] if self.include_prompt else list(completions)
+        device = next(self.model.parameters()).device
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                texts[start : start + self.batch_size],
+                padding=True,
+                truncation=self.max_length is not None,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(device)
+            logits = self.model(**batch).logits.float()
+            if self.num_labels > 1 and self.output == "prob":
+                values = logits.softmax(dim=-1)[:, self.label_id]
+            else:
+                values = logits[:, self.label_id]
+            scores += values.cpu().tolist()
+        return scores
+
+
+def load_reward_model(
+    path: str, label: int | str | None = None, output: str = "prob", batch_size: int = 16, include_prompt: bool = False
+) -> RewardModelScorer:
+    """Load a classifier (a run directory — full or LoRA — a local folder or a Hub id) as a reward.
+
+    Args:
+        path: Where the classifier is; ``hf_finetune.models.load_trained`` handles adapters.
+        label, output, batch_size, include_prompt: See :class:`RewardModelScorer`.
+
+    Returns:
+        A :class:`RewardModelScorer`.
+    """
+    from pathlib import Path
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..config import ModelArguments
+    from ..models import load_trained, model_source
+
+    if Path(path).is_dir():
+        model = load_trained(path, AutoModelForSequenceClassification)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    else:
+        source = model_source(ModelArguments(model_name_or_path=path))
+        model = AutoModelForSequenceClassification.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    return RewardModelScorer(model, tokenizer, label=label, output=output, batch_size=batch_size,
+                             include_prompt=include_prompt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe strings -> reward functions
+# ---------------------------------------------------------------------------------------------
+
+BUILTIN_SPECS = ("exact_match", "contains_answer", "regex", "format", "length")
+
+
+def resolve_reward_funcs(specs: Sequence[str | RewardFunc]) -> list[RewardFunc]:
+    """Turn recipe reward names into functions; callables pass through unchanged.
+
+    Recipe strings (YAML is only ever read with ``safe_load``; nothing in it is executed):
+
+    - ``exact_match`` / ``exact_match:COLUMN`` — :func:`exact_match` against ``COLUMN`` (default ``answer``)
+    - ``contains_answer`` / ``contains_answer:COLUMN`` — :func:`exact_match` with ``mode="contains"``
+    - ``regex:PATTERN`` — :func:`regex_match`; ``format:PATTERN`` — :func:`format_reward`
+    - ``length:N`` (words) or ``length:N:chars`` — :func:`length_reward`
+    - ``package.module:function`` — an explicit import path to YOUR function, as TRL's ``reward_funcs``
+      accepts: the module is imported, which runs its code, so only name modules you trust.
+
+    Example:
+        >>> [f.__name__ for f in resolve_reward_funcs(["exact_match", "length:20"])]
+        ['exact_match', 'length_reward']
+    """
+    funcs: list[RewardFunc] = []
+    for spec in specs:
+        if callable(spec):
+            funcs.append(spec)
+            continue
+        if not isinstance(spec, str) or not spec.strip():
+            raise ValueError(f"Reward {spec!r}: give a name such as 'exact_match' or 'regex:PATTERN', or a function.")
+        head, _, rest = spec.partition(":")
+        if head in ("exact_match", "contains_answer"):
+            mode = "exact" if head == "exact_match" else "contains"
+            funcs.append(exact_match(rest or "answer", mode=mode))
+        elif head == "regex":
+            funcs.append(regex_match(rest))
+        elif head == "format":
+            funcs.append(format_reward(rest))
+        elif head == "length":
+            target, _, unit = rest.partition(":")
+            if not target.isdigit():
+                raise ValueError(f"Reward {spec!r}: write length:N or length:N:chars with N a positive integer.")
+            funcs.append(length_reward(int(target), unit=unit or "words"))
+        elif rest and re.fullmatch(r"[A-Za-z_][\w.]*", head) and re.fullmatch(r"[A-Za-z_]\w*", rest):
+            try:
+                fn = getattr(importlib.import_module(head), rest)
+            except (ImportError, AttributeError) as err:
+                raise ValueError(f"Reward {spec!r}: cannot import {rest} from {head} ({err}).") from None
+            if not callable(fn):
+                raise ValueError(f"Reward {spec!r} is not callable.")
+            funcs.append(fn)
+        else:
+            raise ValueError(
+                f"Unknown reward {spec!r}: use one of {list(BUILTIN_SPECS)} (e.g. 'regex:PATTERN', 'length:50') "
+                "or an import path 'package.module:function'."
+            )
+    return funcs
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation shared by PPO, GRPO and RLOO
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_generations(
+    model,
+    tokenizer,
+    prompts: list[str],
+    columns: dict[str, list] | None,
+    reward_funcs: Sequence[RewardFunc],
+    reward_weights: Sequence[float] | None = None,
+    task_metrics: Sequence[RewardFunc] = (),
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    num_logged: int = 8,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Greedy generation on held-out prompts, scored by the rewards and by reward-independent task metrics.
+
+    Task metrics (e.g. :func:`exact_match`) use the reward-function signature but do not enter the
+    reward, so reward hacking shows up as reward rising while the task metric does not.
+
+    Args:
+        model: The policy (unwrapped; PEFT models are fine).
+        tokenizer: Policy tokenizer with a pad token.
+        prompts: Prompt texts (already chat-formatted when the model needs it).
+        columns: Other dataset columns for these prompts.
+        reward_funcs: Reward functions, weighted by ``reward_weights``.
+        reward_weights: One weight per reward function.
+        task_metrics: Metric functions averaged over rows where they are not None.
+        max_new_tokens: Completion length limit.
+        batch_size: Prompts per ``generate`` call.
+        num_logged: Rows kept for the sample-generations table.
+
+    Returns:
+        ``(metrics, table)``: metrics without prefix (``reward``, ``reward_std``, ``reward/<name>``,
+        each task metric by name, ``completion_length``, ``eos_rate``) and the first ``num_logged``
+        rows as dicts with ``prompt``, ``completion``, ``reward`` and task metric values.
+    """
+    columns = dict(columns or {})
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
+    device = next(model.parameters()).device
+    completions: list[str] = []
+    lengths: list[int] = []
+    ended: list[bool] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            new = out[:, batch["input_ids"].shape[1] :]
+            for row in new:
+                is_eos = (row == tokenizer.eos_token_id).nonzero()
+                n = int(is_eos[0, 0]) + 1 if len(is_eos) else len(row)
+                lengths.append(n)
+                ended.append(bool(len(is_eos)))
+                completions.append(tokenizer.decode(row[:n], skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    scores = score_per_function(reward_funcs, prompts, completions, columns)
+    weights = torch.tensor([float(w) for w in (reward_weights or [1.0] * len(reward_funcs))])
+    total = (scores * weights).nansum(dim=1)
+    total[torch.isnan(scores).all(dim=1)] = math.nan
+    metrics: dict[str, float] = {
+        "reward": float(total.nanmean()),
+        "reward_std": float(total[~total.isnan()].std()) if (~total.isnan()).sum() > 1 else 0.0,
+        "completion_length": sum(lengths) / max(len(lengths), 1),
+        "eos_rate": sum(ended) / max(len(ended), 1),
+    }
+    for j, fn in enumerate(reward_funcs):
+        metrics[f"reward/{reward_name(fn)}"] = float(scores[:, j].nanmean())
+    task = score_per_function(task_metrics, prompts, completions, columns) if task_metrics else None
+    for j, fn in enumerate(task_metrics):
+        metrics[reward_name(fn)] = float(task[:, j].nanmean())
+    table = []
+    for i in range(min(num_logged, len(prompts))):
+        row = {"prompt": prompts[i], "completion": completions[i], "reward": float(total[i])}
+        for j, fn in enumerate(task_metrics):
+            row[reward_name(fn)] = float(task[i, j])
+        table.append(row)
+    return metrics, table
