@@ -49,7 +49,7 @@ def build_bert_tokenizer(directory):
     path = os.path.join(directory, "vocab.txt")
     with open(path, "w") as f:
         f.write("\n".join(dict.fromkeys(vocab)) + "\n")
-    return BertTokenizerFast(vocab_file=path, do_lower_case=True)
+    return BertTokenizerFast(vocab=path, do_lower_case=True)  # transformers 5: `vocab`, not `vocab_file`
 
 
 def build_bpe_tokenizer(with_pad: bool = False):
