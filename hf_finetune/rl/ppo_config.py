@@ -1,0 +1,100 @@
+"""Configuration of :class:`~hf_finetune.rl.ppo_trainer.PPOTrainer`: ``TrainingArguments`` plus PPO's knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class PPOConfig(TrainingArguments):
+    """``TrainingArguments`` for PPO on a causal LM.
+
+    One PPO *step* (``global_step``, what ``max_steps``, ``logging_steps``, ``eval_steps`` and
+    ``save_steps`` count) is one rollout of ``rollout_batch_size`` prompts followed by
+    ``num_ppo_epochs`` passes over ``num_mini_batches`` minibatches. A minibatch is
+    ``per_device_train_batch_size * gradient_accumulation_steps`` sequences per device, so
+
+    ``rollout_batch_size = per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches``
+
+    and every PPO step makes ``num_ppo_epochs * num_mini_batches`` optimizer updates (the learning
+    rate schedule is laid out over ``max_steps`` times that many updates).
+
+    Example:
+        >>> args = PPOConfig(output_dir="out", max_steps=20, per_device_train_batch_size=8,
+        ...                  max_completion_length=16, kl_coef=0.05)  # doctest: +SKIP
+    """
+
+    # --- rollout ---------------------------------------------------------------------------------
+    prompt_column: str = field(default="prompt", metadata={"help": "Dataset column holding the prompt (text or chat messages)."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Prompts longer than this many tokens are cut from the left. None: no cut."}
+    )
+    max_completion_length: int = field(default=32, metadata={"help": "Most tokens generated per response."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts (and of the trained policy)."})
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={
+            "help": "Responses that hit max_completion_length without EOS are truncated there; with this set, "
+            "their score is also lowered by this amount (a push towards finishing)."
+        },
+    )
+    # --- PPO update ------------------------------------------------------------------------------
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    num_mini_batches: int = field(default=1, metadata={"help": "Minibatches (optimizer updates) per PPO epoch."})
+    cliprange: float = field(default=0.2, metadata={"help": "Clip range epsilon of the policy ratio."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value prediction around the old value."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss in the total loss."})
+    entropy_coef: float = field(default=0.0, metadata={"help": "Weight of an entropy bonus (0: entropy is only logged)."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE."})
+    lam: float = field(default=0.95, metadata={"help": "Lambda of GAE."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the per-token rewards before GAE."})
+    # --- KL penalty ------------------------------------------------------------------------------
+    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient beta (initial value when adaptive)."})
+    kl_estimator: str = field(
+        default="k1", metadata={"help": "Per-token KL estimator in the reward: k1 (log-ratio) or k3 (unbiased, >= 0)."}
+    )
+    target_kl: float | None = field(
+        default=None,
+        metadata={"help": "Set to use the adaptive KL controller of Ziegler et al. (2019) aiming at this KL per sequence."},
+    )
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon (in sequences) of the adaptive KL controller."})
+    # --- models ----------------------------------------------------------------------------------
+    value_model: str = field(
+        default="separate",
+        metadata={
+            "help": "separate: a critic AutoModelForSequenceClassification (num_labels=1) used per token; "
+            "shared: a linear value head on the policy's last hidden state."
+        },
+    )
+    # --- evaluation ------------------------------------------------------------------------------
+    num_sample_generations: int = field(
+        default=8, metadata={"help": "Evaluation generations written to the samples table (jsonl, markdown, tensorboard)."}
+    )
+
+    def __post_init__(self):
+        # Defaults that suit RL on CPU and our prompt-only datasets; set before the parent validates.
+        super().__post_init__()
+        if self.remove_unused_columns:
+            # Reward functions receive the dataset's other columns, so they must reach the trainer.
+            self.remove_unused_columns = False
+        if self.value_model not in ("separate", "shared"):
+            raise ValueError(f"value_model={self.value_model!r}: use 'separate' or 'shared'.")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator={self.kl_estimator!r}: use 'k1' or 'k3'.")
+        if self.max_completion_length < 1:
+            raise ValueError("max_completion_length must be >= 1.")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (PPO needs sampled rollouts; evaluation is greedy anyway).")
+        if self.num_ppo_epochs < 1 or self.num_mini_batches < 1:
+            raise ValueError("num_ppo_epochs and num_mini_batches must both be >= 1.")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ValueError("gamma and lam must lie in [0, 1].")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError("target_kl must be > 0, or None for a fixed kl_coef.")
+
+    @property
+    def rollout_batch_size(self) -> int:
+        """Prompts per PPO step on one device."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches

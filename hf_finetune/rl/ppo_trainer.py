@@ -1,0 +1,747 @@
+"""PPO for causal language models, on ``transformers.Trainer``.
+
+TRL removed its ``PPOTrainer`` in 1.13 (huggingface/trl#7020) and no maintained library ships PPO
+for ``transformers`` models, so the rollout and update loop is written here; everything else
+(optimizer and scheduler creation, accelerate, checkpoints, RNG state, callbacks, logging,
+``push_to_hub``) is ``Trainer``'s own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForSequenceClassification, GenerationConfig, Trainer
+from transformers.trainer_utils import TrainOutput, speed_metrics
+
+from ..callbacks import NonFiniteGuardCallback, NonFiniteLossError
+from ..runs import SafeSaveMixin, write_args_json
+from .ppo_config import PPOConfig
+from .rewards import RewardModelScorer, compute_rewards, evaluate_generations
+
+logger = logging.getLogger(__name__)
+
+VALUE_DIR = "value_model"
+VALUE_HEAD_FILE = "value_head.safetensors"
+PPO_STATE_FILE = "ppo_state.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# The math, as small pure functions (unit-tested against hand-computed values)
+# ---------------------------------------------------------------------------------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps)`` over masked positions (unbiased variance); masked-out entries -> 0."""
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    var = masked_mean((x - mean) ** 2, mask) * (n / (n - 1).clamp(min=1))
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def kl_estimates(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token estimators of KL(pi || ref) from tokens sampled by pi (Schulman, "Approximating KL").
+
+    Returns ``(k1, k3)`` with ``k1 = log pi - log ref`` and ``k3 = (r - 1) - log r``, ``r = ref / pi``.
+    """
+    log_ratio = logprobs - ref_logprobs
+    k3 = torch.expm1(-log_ratio) + log_ratio
+    return log_ratio, k3
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over response tokens; positions after the end are masked.
+
+    Returns ``(advantages, returns)`` with ``returns = advantages + values``.
+    """
+    values = values * mask
+    rewards = rewards * mask
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    length = rewards.shape[1]
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        advantages[:, t] = last
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate; returns ``(loss, clipfrac, approxkl)``."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approxkl = 0.5 * masked_mean(log_ratio**2, mask)
+    return loss, clipfrac, approxkl
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss ``0.5 * max((V - R)^2, (V_clip - R)^2)``; returns ``(loss, clipfrac)``."""
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    loss_unclipped = (values - returns) ** 2
+    loss_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    clipfrac = masked_mean((loss_clipped > loss_unclipped).float(), mask)
+    return loss, clipfrac
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): ``beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon``.
+
+    With ``target=None`` the coefficient stays fixed.
+    """
+
+    def __init__(self, value: float, target: float | None = None, horizon: int = 10000):
+        self.value, self.target, self.horizon = float(value), target, horizon
+
+    def update(self, kl: float, n_steps: int) -> None:
+        if self.target is None:
+            return
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+class PolicyAndValue(nn.Module):
+    """Policy plus critic in one module, so one optimizer, one ``accelerator.prepare`` and one DDP wrap cover both.
+
+    ``value`` is either an ``AutoModelForSequenceClassification`` (its backbone's hidden states go
+    through its scalar head at every position) or a ``nn.Linear`` head on the policy's last hidden state.
+    """
+
+    def __init__(self, policy: nn.Module, value: nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.value = value
+        self.shared = isinstance(value, nn.Linear)
+
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int):
+        out = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=self.shared,
+            use_cache=False,
+            logits_to_keep=logits_to_keep + 1,
+        )
+        if self.shared:
+            hidden = out.hidden_states[-1]
+            values = self.value(hidden).squeeze(-1)
+        else:
+            backbone = getattr(self.value, self.value.base_model_prefix)
+            hidden = backbone(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+            values = _value_head(self.value)(hidden).squeeze(-1)
+        return out.logits, values
+
+
+def _value_head(model: nn.Module) -> nn.Module:
+    for name in ("score", "classifier", "v_head"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return getattr(model, name)
+    raise ValueError(
+        f"{type(model).__name__} has no `score`/`classifier` head: use a decoder AutoModelForSequenceClassification "
+        "(num_labels=1) as the value model, or value_model='shared'."
+    )
+
+
+def value_model_from_policy(policy: nn.Module) -> nn.Module:
+    """A critic with the policy's architecture and backbone weights and a zero-initialized scalar head."""
+    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    config = copy.deepcopy(base.config)
+    config.num_labels = 1
+    value = AutoModelForSequenceClassification.from_config(config, dtype=next(base.parameters()).dtype)
+    # Same base_model_prefix in *ForCausalLM and *ForSequenceClassification: backbone keys match.
+    state = {k: v for k, v in base.state_dict().items() if k.startswith(value.base_model_prefix + ".")}
+    value.load_state_dict(state, strict=False)
+    nn.init.zeros_(_value_head(value).weight)
+    value.config.pad_token_id = base.config.pad_token_id
+    return value.to(next(base.parameters()).device)
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    # As generate() does for left-padded batches, so training logprobs match the sampled ones.
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, temperature: float):
+    logits = logits.float() / temperature
+    logsumexp = torch.logsumexp(logits, dim=-1)
+    logprobs = torch.gather(logits, 2, tokens.unsqueeze(-1)).squeeze(-1) - logsumexp
+    probs = torch.softmax(logits, dim=-1)
+    entropy = logsumexp - (probs * logits).sum(-1)
+    return logprobs, entropy
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class PPOTrainer(SafeSaveMixin, Trainer):
+    r"""Proximal Policy Optimization (Schulman et al., 2017) of a causal LM against rewards, with a KL penalty.
+
+    Each PPO step (one ``global_step``):
+
+    1. **Rollout.** ``B = args.rollout_batch_size`` prompts come from the train dataloader (left-padded);
+       the policy samples responses ``y ~ pi_old(. | x)`` at ``temperature`` until EOS or
+       ``max_completion_length`` (then the response is truncated there; ``missing_eos_penalty``
+       optionally lowers its score). Tokens after EOS are masked.
+    2. **Score.** ``s = sum_i w_i R_i(x, y)`` from the reward functions / reward model.
+    3. **Per-token rewards** with the KL penalty to the frozen reference ``pi_ref``:
+       ``k1_t = log pi_old(y_t) - log pi_ref(y_t)``, ``k3_t = (rho - 1) - log rho`` with
+       ``rho = pi_ref / pi_old`` (both logged; ``kl_estimator`` picks the penalized one), and
+       ``r_t = -beta * kl_t + [t = T] * s`` where ``T`` is the last response token.
+    4. **GAE**: ``delta_t = r_t + gamma V(t+1) - V(t)``, ``A_t = sum_l (gamma lam)^l delta_{t+l}``,
+       returns ``R_t = A_t + V(t)``; advantages whitened, ``A <- (A - mean) / std``, over response tokens.
+    5. **Update**: ``num_ppo_epochs`` passes over ``num_mini_batches`` shuffled minibatches, each
+       accumulated over ``gradient_accumulation_steps`` micro-batches, minimizing
+
+       ``L = E_t[max(-A_t rho_t, -A_t clip(rho_t, 1-eps, 1+eps))]``
+       ``  + vf_coef * 0.5 E_t[max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)]``
+       ``  - entropy_coef * E_t[H_t]``,   ``rho_t = pi_theta(y_t) / pi_old(y_t)``.
+    6. **KL coefficient**: fixed ``kl_coef``, or with ``target_kl`` the adaptive controller of
+       Ziegler et al. (2019): ``beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) B / kl_horizon)``.
+
+    Dropout is disabled (the module runs in eval mode) so that ``rho = 1`` exactly at the first pass.
+
+    Models: ``model`` is the policy (an ``AutoModelForCausalLM``, optionally a PEFT model). The critic
+    is ``value_model`` (a ``AutoModelForSequenceClassification`` with one label; by default built
+    from the policy's backbone with a zero head) when ``args.value_model == "separate"``, or a linear
+    head on the policy's last hidden state when ``"shared"``. The reference is ``ref_model``; by
+    default the policy with its adapter disabled (PEFT: no second copy of the base weights) or a
+    frozen deep copy of the policy.
+
+    Args:
+        model: The policy (``AutoModelForCausalLM`` or a ``PeftModel`` around one).
+        args: A :class:`PPOConfig`.
+        train_dataset: Rows with a ``args.prompt_column`` column (text, or chat messages that the
+            tokenizer's chat template renders); other columns go to the reward functions.
+        eval_dataset: Held-out prompts, evaluated greedily when ``eval_strategy`` says so.
+        processing_class: The policy's tokenizer (needs an EOS token; pad defaults to EOS).
+        reward_funcs: A reward function or a list (``fn(prompts, completions, **columns) -> list[float | None]``).
+        reward_weights: One weight per reward (reward functions first, then the reward model).
+        reward_model: An ``AutoModelForSequenceClassification`` scored through :class:`RewardModelScorer`.
+        reward_processing_class: The reward model's tokenizer (default: ``processing_class``).
+        value_model: The critic when ``args.value_model == "separate"`` (see above).
+        ref_model: The frozen reference policy (see above).
+        peft_config: A PEFT config to wrap ``model`` with (LoRA), when it is not a PEFT model yet.
+        eval_metrics: Task metrics with the reward signature, reported in evaluation but never used as reward.
+        callbacks: Extra ``TrainerCallback``\ s (``NonFiniteGuardCallback`` is always added).
+
+    Example:
+        >>> trainer = PPOTrainer(model, PPOConfig(output_dir="out", max_steps=50), train_dataset=prompts,
+        ...                      processing_class=tokenizer, reward_funcs=[my_reward])  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: PPOConfig,
+        train_dataset,
+        eval_dataset=None,
+        processing_class=None,
+        reward_funcs: Callable | Sequence[Callable] | None = None,
+        reward_weights: Sequence[float] | None = None,
+        reward_model: nn.Module | None = None,
+        reward_processing_class=None,
+        value_model: nn.Module | None = None,
+        ref_model: nn.Module | None = None,
+        peft_config=None,
+        eval_metrics: Sequence[Callable] | None = None,
+        callbacks: list | None = None,
+    ):
+        if not isinstance(args, PPOConfig):
+            raise ValueError(f"PPOTrainer needs a PPOConfig, got {type(args).__name__}.")
+        tokenizer = processing_class
+        if tokenizer is None:
+            raise ValueError("PPOTrainer needs the policy's tokenizer: pass processing_class=tokenizer.")
+        if tokenizer.eos_token_id is None and tokenizer.pad_token_id is None:
+            raise ValueError(
+                "The tokenizer has neither an EOS nor a pad token: rollouts could never stop. Add one with "
+                "tokenizer.add_special_tokens({'eos_token': ...}) and resize the model's embeddings."
+            )
+        if tokenizer.eos_token_id is None:
+            raise ValueError("The tokenizer has no EOS token: set tokenizer.eos_token so responses can end.")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
+        tokenizer.truncation_side = "left"  # keep the end of a long prompt, next to the response
+        self._check_dataset(train_dataset, args, "train_dataset")
+        if eval_dataset is not None:
+            self._check_dataset(eval_dataset, args, "eval_dataset")
+
+        funcs = [] if reward_funcs is None else [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
+        if reward_model is not None:
+            funcs.append(RewardModelScorer(reward_model, reward_processing_class or tokenizer))
+        if not funcs:
+            raise ValueError("PPOTrainer needs a reward: pass reward_funcs=[...] and/or reward_model=...")
+        if reward_weights is not None and len(reward_weights) != len(funcs):
+            raise ValueError(f"{len(reward_weights)} reward_weights for {len(funcs)} rewards: give one weight each.")
+        self.reward_funcs, self.reward_weights = funcs, reward_weights
+        self.eval_metrics = list(eval_metrics or [])
+
+        if peft_config is not None and not hasattr(model, "disable_adapter"):
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        self.is_peft = hasattr(model, "disable_adapter")
+        embeddings = model.get_input_embeddings()
+        if len(tokenizer) > embeddings.num_embeddings:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but the policy's embedding has {embeddings.num_embeddings}: "
+                "call model.resize_token_embeddings(len(tokenizer))."
+            )
+        model.config.pad_token_id = model.config.pad_token_id or tokenizer.pad_token_id
+        if args.value_model == "shared":
+            if value_model is not None:
+                raise ValueError("value_model='shared' uses a head on the policy: do not pass a value_model too.")
+            hidden = model.get_input_embeddings().embedding_dim
+            value = nn.Linear(hidden, 1, dtype=embeddings.weight.dtype, device=embeddings.weight.device)
+            nn.init.zeros_(value.weight)
+            nn.init.zeros_(value.bias)
+        else:
+            value = value_model if value_model is not None else value_model_from_policy(model)
+            _value_head(value)
+        if ref_model is None and not self.is_peft:
+            ref_model = copy.deepcopy(model)
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+        self.ref_model = ref_model
+        self.policy, self.value = model, value
+
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, NonFiniteGuardCallback) for c in callbacks):
+            callbacks.append(NonFiniteGuardCallback())
+        super().__init__(
+            model=PolicyAndValue(model, value),
+            args=args,
+            data_collator=lambda rows: rows,  # prompts are tokenized per rollout, with left padding
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+        self._train_batch_size = args.rollout_batch_size
+        self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
+        if self.ref_model is not None:
+            self.ref_model.to(self.args.device)
+        self.generation_config = GenerationConfig(
+            max_new_tokens=args.max_completion_length,
+            do_sample=True,
+            temperature=args.temperature,
+            top_k=0,
+            top_p=1.0,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+
+    @staticmethod
+    def _check_dataset(dataset, args: PPOConfig, name: str) -> None:
+        if dataset is None or len(dataset) == 0:
+            raise ValueError(f"{name} is empty: PPO needs prompts.")
+        columns = getattr(dataset, "column_names", None)
+        if columns is not None and args.prompt_column not in columns:
+            raise ValueError(f"{name} has no '{args.prompt_column}' column (columns: {columns}): set prompt_column.")
+
+    # -- prompts and rollouts ----------------------------------------------------------------------
+
+    def _prompt_texts(self, rows: list[dict]) -> list[str]:
+        texts = []
+        for row in rows:
+            prompt = row[self.args.prompt_column]
+            if isinstance(prompt, list):  # chat messages
+                prompt = self.processing_class.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            texts.append(prompt)
+        return texts
+
+    def _columns(self, rows: list[dict]) -> dict[str, list]:
+        keys = [k for k in rows[0] if k != self.args.prompt_column]
+        return {k: [row[k] for row in rows] for k in keys}
+
+    def _unwrapped(self) -> PolicyAndValue:
+        return self.accelerator.unwrap_model(self.model_wrapped)
+
+    @torch.no_grad()
+    def _rollout(self, rows: list[dict]) -> dict[str, Any]:
+        args, tok = self.args, self.processing_class
+        prompts = self._prompt_texts(rows)
+        enc = tok(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+            truncation=args.max_prompt_length is not None, max_length=args.max_prompt_length,
+        ).to(args.device)
+        policy = self._unwrapped().policy
+        sequences = policy.generate(**enc, generation_config=self.generation_config)
+        prompt_len = enc["input_ids"].shape[1]
+        responses = sequences[:, prompt_len:]
+        is_eos = responses == tok.eos_token_id
+        has_eos = is_eos.any(dim=1)
+        first_eos = torch.where(has_eos, is_eos.float().argmax(dim=1), responses.shape[1] - 1)
+        arange = torch.arange(responses.shape[1], device=responses.device)
+        response_mask = (arange[None, :] <= first_eos[:, None]).long()
+        responses = torch.where(response_mask.bool(), responses, tok.pad_token_id)
+        input_ids = torch.cat([enc["input_ids"], responses], dim=1)
+        attention_mask = torch.cat([enc["attention_mask"], response_mask], dim=1)
+        position_ids = _position_ids(attention_mask)
+
+        length = responses.shape[1]
+        logits, values = self.model_wrapped(input_ids, attention_mask, position_ids, length)
+        logprobs, _ = _logprobs_and_entropy(logits[:, :-1], responses, args.temperature)
+        values = values[:, prompt_len - 1 : -1].float()
+        ref_logprobs = self._ref_logprobs(input_ids, attention_mask, position_ids, responses)
+
+        text_ends = first_eos + (~has_eos).long()  # decode without the EOS itself
+        completions = [tok.decode(r[:n], skip_special_tokens=True) for r, n in zip(responses, text_ends.tolist())]
+        scores = compute_rewards(
+            self.reward_funcs, self.reward_weights, prompts, completions, self._columns(rows), all_none="zero"
+        ).to(args.device)
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~has_eos).float()
+
+        mask = response_mask.float()
+        k1, k3 = kl_estimates(logprobs, ref_logprobs)
+        kl = (k1 if args.kl_estimator == "k1" else k3) * mask
+        non_score = -self.kl_ctl.value * kl
+        rewards = non_score.clone()
+        rewards[torch.arange(len(rows)), first_eos] += scores
+        if args.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, values, mask, args.gamma, args.lam)
+        advantages = masked_whiten(advantages, mask)
+        return {
+            "input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            "responses": responses, "mask": mask, "logprobs": logprobs, "values": values,
+            "advantages": advantages, "returns": returns,
+            "stats": {
+                "scores": scores, "k1": (k1 * mask).sum(1), "k3": (k3 * mask).sum(1),
+                "non_score_reward": non_score.sum(1), "length": mask.sum(1), "eos": has_eos.float(),
+                "values": values, "returns": returns, "mask": mask,
+            },
+        }
+
+    def _ref_logprobs(self, input_ids, attention_mask, position_ids, responses) -> torch.Tensor:
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False, logits_to_keep=responses.shape[1] + 1)
+        if self.ref_model is not None:
+            logits = self.ref_model(**kwargs).logits
+        else:
+            with self._unwrapped().policy.disable_adapter():
+                logits = self._unwrapped().policy(**kwargs).logits
+        return _logprobs_and_entropy(logits[:, :-1], responses, self.args.temperature)[0]
+
+    # -- the update ------------------------------------------------------------------------------
+
+    def _ppo_update(self, batch: dict[str, Any]) -> dict[str, float]:
+        args = self.args
+        n = batch["input_ids"].shape[0]
+        micro = args.per_device_train_batch_size
+        mini = micro * args.gradient_accumulation_steps
+        length = batch["responses"].shape[1]
+        totals: dict[str, list[torch.Tensor]] = {k: [] for k in
+                                                  ("loss", "policy_loss", "value_loss", "clipfrac", "vf_clipfrac",
+                                                   "approxkl", "entropy")}
+        grad_norm = None
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(n, device=batch["input_ids"].device)
+            for start in range(0, n, mini):
+                mb = order[start : start + mini]
+                for k, m_start in enumerate(range(0, len(mb), micro)):
+                    idx = mb[m_start : m_start + micro]
+                    last = m_start + micro >= len(mb)
+                    sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model_wrapped)
+                    with sync, self.compute_loss_context_manager():
+                        logits, values = self.model_wrapped(
+                            batch["input_ids"][idx], batch["attention_mask"][idx], batch["position_ids"][idx], length
+                        )
+                        logprobs, entropy = _logprobs_and_entropy(logits[:, :-1], batch["responses"][idx],
+                                                                  args.temperature)
+                        values = values[:, -length - 1 : -1].float()
+                        mask = batch["mask"][idx]
+                        pg_loss, clipfrac, approxkl = clipped_policy_loss(
+                            logprobs, batch["logprobs"][idx], batch["advantages"][idx], mask, args.cliprange)
+                        vf_loss, vf_clipfrac = clipped_value_loss(
+                            values, batch["values"][idx], batch["returns"][idx], mask, args.cliprange_value)
+                        mean_entropy = masked_mean(entropy, mask)
+                        loss = pg_loss + args.vf_coef * vf_loss - args.entropy_coef * mean_entropy
+                        if not torch.isfinite(loss):
+                            raise NonFiniteLossError(
+                                f"Non-finite PPO loss ({loss.item()}) at step {self.state.global_step + 1}: training "
+                                "stopped before that update. Lower the learning rate or check the rewards."
+                            )
+                        self.accelerator.backward(loss / math.ceil(len(mb) / micro))
+                    for key, value in zip(totals, (loss, pg_loss, vf_loss, clipfrac, vf_clipfrac, approxkl,
+                                                   mean_entropy)):
+                        totals[key].append(value.detach())
+                self.control = self.callback_handler.on_pre_optimizer_step(args, self.state, self.control)
+                if args.max_grad_norm is not None and args.max_grad_norm > 0:
+                    grad_norm = self.accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                self.optimizer.step()
+                self.control = self.callback_handler.on_optimizer_step(args, self.state, self.control)
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        stats = {k: torch.stack(v).mean().item() for k, v in totals.items()}
+        if grad_norm is not None:
+            stats["grad_norm"] = float(grad_norm)
+        return stats
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _inner_training_loop(self, batch_size=None, args=None, resume_from_checkpoint=None, trial=None,
+                             ignore_keys_for_eval=None) -> TrainOutput:
+        args = self.args
+        self.accelerator.free_memory()
+        dataloader = self.get_train_dataloader()
+        steps_per_epoch = len(dataloader)
+        max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+        num_epochs = math.ceil(max_steps / steps_per_epoch)
+        updates_per_step = args.num_ppo_epochs * math.ceil(args.rollout_batch_size / (
+            args.per_device_train_batch_size * args.gradient_accumulation_steps))
+        self._init_training_state(max_steps, steps_per_epoch, num_epochs, resume_from_checkpoint, trial)
+        # The scheduler counts optimizer updates; Trainer's state counts PPO steps.
+        model, dataloader = self._prepare_for_training(max_steps * updates_per_step, dataloader,
+                                                       resume_from_checkpoint)
+        if resume_from_checkpoint is not None:
+            self._load_ppo_state(resume_from_checkpoint)
+        model.eval()  # no dropout: the first PPO pass must see ratio == 1
+        start_time = time.time()
+        self._last_loss = 0.0
+        self._initial_global_step = self.state.global_step
+        self._globalstep_last_logged = self.state.global_step
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        if args.eval_on_start and self.eval_dataset is not None:
+            self._evaluate(trial, ignore_keys_for_eval, skip_scheduler=True)
+
+        epochs_trained, skip = divmod(self.state.global_step, steps_per_epoch)
+        for epoch in range(epochs_trained, num_epochs):
+            loader = dataloader
+            if epoch == epochs_trained and skip > 0 and resume_from_checkpoint is not None:
+                from accelerate import skip_first_batches
+
+                loader = skip_first_batches(dataloader, skip)
+            elif epoch == epochs_trained and resume_from_checkpoint is not None:
+                self._load_rng_state(resume_from_checkpoint)
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            rng_to_sync = epoch == epochs_trained and skip > 0 and resume_from_checkpoint is not None
+            self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
+            for rows in loader:
+                if rng_to_sync:  # as Trainer does: the skipped batches must not shift the RNG stream
+                    self._load_rng_state(resume_from_checkpoint)
+                    rng_to_sync = False
+                self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
+                step_start = time.time()
+                batch = self._rollout(rows)
+                rollout_time = time.time() - step_start
+                stats = self._ppo_update(batch)
+                self.state.global_step += 1
+                self.state.epoch = self.state.global_step / steps_per_epoch
+                logs = self._step_logs(batch["stats"], stats, rollout_time, time.time() - step_start)
+                self.kl_ctl.update(logs["objective/kl"], args.rollout_batch_size * args.world_size)
+                self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+                self._log_save_evaluate(logs, trial, ignore_keys_for_eval)
+                if self.control.should_training_stop or self.state.global_step >= max_steps:
+                    break
+            self.control = self.callback_handler.on_epoch_end(args, self.state, self.control)
+            self._log_save_evaluate(None, trial, ignore_keys_for_eval)
+            if self.control.should_training_stop or self.state.global_step >= max_steps:
+                break
+
+        steps = self.state.global_step - self._initial_global_step
+        metrics = speed_metrics("train", start_time, num_samples=steps * args.rollout_batch_size, num_steps=steps)
+        self.log(metrics)
+        self.control = self.callback_handler.on_train_end(args, self.state, self.control)
+        self._finish_current_push()
+        self.is_in_train = False
+        return TrainOutput(self.state.global_step, self._last_loss, metrics)
+
+    def _gather_mean(self, x: torch.Tensor) -> float:
+        return self.accelerator.gather_for_metrics(x.reshape(-1).float()).mean().item()
+
+    def _step_logs(self, rollout: dict[str, torch.Tensor], update: dict[str, float], rollout_s: float,
+                   step_s: float) -> dict[str, float]:
+        scores = self.accelerator.gather_for_metrics(rollout["scores"].float())
+        mask = rollout["mask"]
+        values, returns = rollout["values"][mask.bool()], rollout["returns"][mask.bool()]
+        explained = 1.0 - (returns - values).var() / returns.var().clamp(min=1e-8)
+        self._last_loss = update["loss"]
+        logs = {
+            "objective/scores": scores.mean().item(),
+            "objective/scores_std": scores.std().item() if len(scores) > 1 else 0.0,
+            "objective/kl": self._gather_mean(rollout["k1" if self.args.kl_estimator == "k1" else "k3"]),
+            "objective/kl_k1": self._gather_mean(rollout["k1"]),
+            "objective/kl_k3": self._gather_mean(rollout["k3"]),
+            "objective/non_score_reward": self._gather_mean(rollout["non_score_reward"]),
+            "objective/entropy": update["entropy"],
+            "objective/kl_coef": self.kl_ctl.value,
+            "loss": update["loss"],
+            "loss/policy": update["policy_loss"],
+            "loss/value": update["value_loss"],
+            "policy/clipfrac": update["clipfrac"],
+            "policy/approxkl": update["approxkl"],
+            "value/clipfrac": update["vf_clipfrac"],
+            "value/explained_variance": explained.item(),
+            "completion/length": self._gather_mean(rollout["length"]),
+            "completion/eos_rate": self._gather_mean(rollout["eos"]),
+            "learning_rate": self._get_learning_rate(),
+            "time/rollout_s": rollout_s,
+            "time/step_s": step_s,
+        }
+        logs["objective/rlhf_reward"] = logs["objective/scores"] + logs["objective/non_score_reward"]
+        if "grad_norm" in update:
+            logs["grad_norm"] = update["grad_norm"]
+        return logs
+
+    def _log_save_evaluate(self, logs: dict | None, trial, ignore_keys_for_eval) -> None:
+        if logs is not None and self.control.should_log and self.state.global_step > self._globalstep_last_logged:
+            self._globalstep_last_logged = self.state.global_step
+            self.log(logs)
+        if self.control.should_evaluate and self.eval_dataset is not None:
+            metrics = self._evaluate(trial, ignore_keys_for_eval)
+            is_best = self._determine_best_metric(metrics=metrics, trial=trial)
+            if self.args.save_strategy == "best":
+                self.control.should_save = is_best
+        self.control.should_evaluate = False
+        if self.control.should_save:
+            self._save_checkpoint(self.model_wrapped, trial)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Greedy generations on the eval prompts: mean reward, task metrics, and a samples table."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset.")
+        rows = [dataset[i] for i in range(len(dataset))]
+        start = time.time()
+        raw, table = evaluate_generations(
+            self._unwrapped().policy, self.processing_class, self._prompt_texts(rows), self._columns(rows),
+            self.reward_funcs, self.reward_weights, self.eval_metrics,
+            max_new_tokens=self.args.max_completion_length, batch_size=self.args.per_device_eval_batch_size,
+            num_logged=self.args.num_sample_generations,
+        )
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
+        self._write_samples(table, metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics
+
+    def _write_samples(self, table: list[dict], prefix: str) -> None:
+        if not table or not self.is_world_process_zero():
+            return
+        directory = Path(self.args.output_dir) / "samples"
+        directory.mkdir(parents=True, exist_ok=True)
+        stem = directory / f"{prefix}_step{self.state.global_step}"
+        stem.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in table))
+        keys = list(table[0])
+        cell = lambda v: (f"{v:.4f}" if isinstance(v, float) else str(v)).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        markdown = "\n".join(
+            ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            + ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in table]
+        )
+        stem.with_suffix(".md").write_text(markdown + "\n")
+        for callback in self.callback_handler.callbacks:
+            writer = getattr(callback, "tb_writer", None)
+            if writer is not None:
+                writer.add_text(f"{prefix}/samples", markdown, self.state.global_step)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Policy (or its adapter) at the top level, like any run; the critic under ``value_model/``."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        if not self.args.should_save:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        unwrapped.policy.save_pretrained(output_dir, safe_serialization=True)
+        if unwrapped.shared:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in unwrapped.value.state_dict().items()}, output_dir / VALUE_HEAD_FILE)
+        else:
+            unwrapped.value.save_pretrained(output_dir / VALUE_DIR, safe_serialization=True)
+        self.processing_class.save_pretrained(output_dir)
+        write_args_json(self.args, output_dir)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            (folder / PPO_STATE_FILE).write_text(json.dumps({"kl_coef": self.kl_ctl.value}))
+
+    def _load_ppo_state(self, checkpoint: str) -> None:
+        path = Path(checkpoint) / PPO_STATE_FILE
+        if path.is_file():
+            self.kl_ctl.value = float(json.loads(path.read_text())["kl_coef"])
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        from safetensors.torch import load_file
+
+        folder = Path(resume_from_checkpoint)
+        unwrapped = self.accelerator.unwrap_model(model or self.model)
+        if self.is_peft:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(unwrapped.policy, load_file(folder / "adapter_model.safetensors"))
+        else:
+            _load_weights(unwrapped.policy, folder)
+        if unwrapped.shared:
+            unwrapped.value.load_state_dict(load_file(folder / VALUE_HEAD_FILE))
+        else:
+            _load_weights(unwrapped.value, folder / VALUE_DIR)
+
+
+def _load_weights(model: nn.Module, folder: Path) -> None:
+    """Load ``model.safetensors`` (or its shards) saved by ``save_pretrained`` into ``model``, exactly."""
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [
+        "model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(os.fspath(folder / name)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"Checkpoint {folder} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
