@@ -27,6 +27,11 @@ _LAZY = {
     "load_metric": "hf_finetune.metrics",
     "SupervisedConfig": "hf_finetune.supervised.config",
     "SupervisedTrainer": "hf_finetune.supervised.trainer",
+    "LMFeaturesExtractor": "hf_finetune.rl.agents.extractor",
+    "TextObservationWrapper": "hf_finetune.rl.agents.envs",
+    "BabyAITextEnv": "hf_finetune.rl.agents.envs",
+    "TextBanditEnv": "hf_finetune.rl.agents.envs",
+    "load_agent": "hf_finetune.rl.agents.train",
 }
 
 __all__ = sorted(_LAZY)

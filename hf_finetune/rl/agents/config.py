@@ -1,0 +1,161 @@
+"""Recipe blocks of the ``rl_env`` method: the environment (``env``) and the agent (``agent``).
+
+A recipe also takes the shared ``model`` block (the encoder) and an optional ``lora`` block
+(``encoder_mode: lora``). Mappings (``env_kwargs``, ``algo_kwargs``, ...) are written as YAML
+mappings; on the command line they are JSON strings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+ALGORITHMS = ("dqn", "a2c", "ppo")
+
+
+def _mapping(value: Any, name: str) -> dict:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{name}: not a mapping ({err}); write it as a YAML mapping or a JSON object.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a mapping of key: value, got {type(value).__name__}.")
+    return value
+
+
+@dataclass
+class EnvArguments:
+    """Which environment the agent acts in, how its text is tokenized, and how many copies run.
+
+    Example:
+        >>> EnvArguments(env_id="hf_finetune/BabyAI-Text-v0", env_kwargs={"level": "BabyAI-GoToObj-v0"}).n_envs
+        4
+    """
+
+    env_id: str = field(
+        default="hf_finetune/BabyAI-Text-v0",
+        metadata={"help": "A gymnasium id: hf_finetune/BabyAI-Text-v0, hf_finetune/TextBandit-v0, or any registered "
+                  "env whose observation is token ids."},
+    )
+    env_kwargs: str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments of the env (a mapping), e.g. {level: BabyAI-GoToLocal-v0} or "
+                  "{dataset: bbc_news, text_column: title}. The tokenizer is the encoder's unless given."},
+    )
+    eval_env_kwargs: str | None = field(
+        default=None,
+        metadata={"help": "Overrides of env_kwargs for the held-out evaluation env (default for a dataset bandit: "
+                  "{split: validation})."},
+    )
+    max_length: int = field(default=96, metadata={"help": "Token ids per text observation (padded)."})
+    truncation: bool = field(
+        default=True, metadata={"help": "Cut texts longer than max_length (reported in info); off: raise instead."}
+    )
+    n_envs: int = field(default=4, metadata={"help": "Parallel training envs (a VecEnv)."})
+    subprocess_envs: bool = field(
+        default=False, metadata={"help": "Run the training envs in subprocesses (SubprocVecEnv) instead of in-process."}
+    )
+    eval_seed: int = field(
+        default=1_000_000,
+        metadata={"help": "Seed of the evaluation env: its episodes are held out from training's (seed + rank)."},
+    )
+
+    def __post_init__(self):
+        self.env_kwargs = _mapping(self.env_kwargs, "env.env_kwargs")
+        self.eval_env_kwargs = _mapping(self.eval_env_kwargs, "env.eval_env_kwargs")
+        if self.n_envs < 1:
+            raise ValueError(f"env.n_envs={self.n_envs}: use at least 1.")
+        if self.max_length < 2:
+            raise ValueError(f"env.max_length={self.max_length}: use at least 2 tokens.")
+        from .envs import registered_env_ids, register_envs
+
+        register_envs()
+        import gymnasium as gym
+
+        if self.env_id not in gym.registry:
+            raise ValueError(
+                f"env.env_id={self.env_id!r} is not registered. This package registers {registered_env_ids()}; "
+                "other ids need their package imported first."
+            )
+
+
+@dataclass
+class AgentConfig:
+    """The SB3 algorithm, the LM encoder's use, evaluation, checkpoints and the run directory.
+
+    Example:
+        >>> AgentConfig(output_dir="outputs/agent", algorithm="ppo", algo_kwargs={"n_steps": 128}).encoder_mode
+        'frozen'
+    """
+
+    output_dir: str = field(metadata={"help": "Run directory (agent, policy.safetensors, curves, checkpoints)."})
+    algorithm: str = field(
+        default="ppo",
+        metadata={"help": "dqn, a2c or ppo (Stable-Baselines3). A2C is the synchronous form of A3C; SB3 has no "
+                  "asynchronous A3C."},
+    )
+    algo_kwargs: str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments of the SB3 algorithm (a mapping), e.g. {n_steps: 128, batch_size: 64, "
+                  "learning_rate: 0.0003, ent_coef: 0.01}."},
+    )
+    net_arch: list[int] | None = field(
+        default=None, metadata={"help": "Hidden sizes of the policy/value (or Q) heads after the extractor."}
+    )
+    total_timesteps: int = field(default=10_000, metadata={"help": "Environment steps to train for."})
+    seed: int = field(default=0, metadata={"help": "Seed of the algorithm and of the training envs (seed + rank)."})
+    device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda or auto."})
+    encoder_mode: str = field(
+        default="frozen",
+        metadata={"help": "frozen (shared, cached, not trained), lora (PEFT adapters; needs/uses the lora block) or "
+                  "full (all encoder weights trained)."},
+    )
+    pooling: str = field(default="mean", metadata={"help": "mean (over the attention mask) or cls."})
+    features_dim: int = field(default=256, metadata={"help": "Output size of the extractor's projection."})
+    encoder_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of a trained encoder (lora/full); default: the algorithm's learning_rate."},
+    )
+    cache_size: int = field(
+        default=100_000, metadata={"help": "LRU embedding cache entries for a frozen encoder (0: no cache)."}
+    )
+    eval_freq: int = field(
+        default=2_000, metadata={"help": "Evaluate every this many environment steps (all envs together); 0: only at the end."}
+    )
+    n_eval_episodes: int = field(default=20, metadata={"help": "Held-out episodes per evaluation."})
+    deterministic_eval: bool = field(default=True, metadata={"help": "Greedy actions in evaluation."})
+    checkpoint_freq: int = field(
+        default=0, metadata={"help": "Save an SB3 checkpoint every this many environment steps (0: none)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "An SB3 checkpoint .zip of this recipe, or 'latest' (newest in output_dir/checkpoints), "
+                  "to continue from. Loaded through SB3's set_parameters (tensors only, no pickle)."},
+    )
+    verbose: int = field(default=0, metadata={"help": "SB3 verbosity (1 prints the training tables)."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the run with a model card to the Hub."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id to push to (user/name)."})
+
+    def __post_init__(self):
+        self.algo_kwargs = _mapping(self.algo_kwargs, "agent.algo_kwargs")
+        if self.algorithm not in ALGORITHMS:
+            hint = " (SB3 has no asynchronous A3C: use a2c, its synchronous form)" if self.algorithm == "a3c" else ""
+            raise ValueError(f"agent.algorithm={self.algorithm!r}: use one of {ALGORITHMS}{hint}.")
+        if self.encoder_mode not in ("frozen", "lora", "full"):
+            raise ValueError(f"agent.encoder_mode={self.encoder_mode!r}: use frozen, lora or full.")
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"agent.pooling={self.pooling!r}: use mean or cls.")
+        if self.total_timesteps < 1:
+            raise ValueError(f"agent.total_timesteps={self.total_timesteps}: use a positive number of steps.")
+        if self.n_eval_episodes < 1:
+            raise ValueError(f"agent.n_eval_episodes={self.n_eval_episodes}: use at least 1.")
+        for name in ("policy", "env", "seed", "device", "verbose", "policy_kwargs", "tensorboard_log"):
+            if name in self.algo_kwargs:
+                raise ValueError(f"agent.algo_kwargs sets {name!r}, which the recipe sets itself: remove it "
+                                 "(use agent.seed / agent.device / agent.net_arch).")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("agent.push_to_hub needs agent.hub_model_id (user/name).")

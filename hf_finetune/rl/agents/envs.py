@@ -1,0 +1,423 @@
+"""Text environments for SB3 agents: the token-id wrapper, BabyAI-Text and a text-classification bandit.
+
+Registered with gymnasium under the ``hf_finetune/`` prefix (importing this module registers them):
+
+* ``hf_finetune/BabyAI-Text-v0``: a ``minigrid`` BabyAI level whose partial 7x7 view is described in
+  words (objects, colours, doors, walls, relative position in steps) after the mission, as in
+  GLAM's BabyAI-Text; the seven BabyAI actions; ``info["is_success"]`` when the mission is done.
+* ``hf_finetune/TextBandit-v0``: a one-step contextual bandit over a labelled text dataset (the
+  observation is a text, the action a label, reward 1 when right).
+
+Both come wrapped in :class:`TextObservationWrapper`, so the observation is a fixed-length ``Box``
+of token ids that :class:`~hf_finetune.rl.agents.extractor.LMFeaturesExtractor` reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+TEXT_KEY = "text"
+
+# ---------------------------------------------------------------------------------------------
+# Token-id observation wrapper
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_tokenizer(tokenizer: Any):
+    if not isinstance(tokenizer, str):
+        return tokenizer
+    from ...config import ModelArguments
+    from ...models import load_tokenizer
+
+    return load_tokenizer(ModelArguments(model_name_or_path=tokenizer))
+
+
+class TextObservationWrapper(gym.ObservationWrapper):
+    """Turn a text observation (or the text entry of a ``Dict`` observation) into fixed-length token ids.
+
+    The ids are padded with the tokenizer's pad id into a ``Box`` of ``int64`` (SB3 one-hot encodes
+    ``MultiDiscrete``, which a transformer cannot use; a ``Box`` reaches the extractor as floats that
+    convert back exactly). Every ``info`` reports ``text_truncated`` and ``text_tokens`` (the length
+    before truncation); with ``truncation=False`` a text longer than ``max_length`` raises.
+
+    Args:
+        env: An env whose observation space is ``spaces.Text`` or a ``Dict`` with a ``Text`` entry.
+        tokenizer: A tokenizer object, or a Hub id / folder to load one from.
+        max_length: Tokens per observation, special tokens included.
+        truncation: Cut longer texts (reported in ``info``) instead of raising.
+        text_key: The ``Dict`` entry holding the text (default ``"text"``).
+
+    Example:
+        >>> env = TextObservationWrapper(TextBanditEnv(["a b", "c"], [0, 1]), "bert-base-uncased", 16)  # doctest: +SKIP
+    """
+
+    def __init__(self, env: gym.Env, tokenizer: Any, max_length: int = 64, truncation: bool = True,
+                 text_key: str = TEXT_KEY):
+        super().__init__(env)
+        self.tokenizer = _load_tokenizer(tokenizer)
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token: give it one (tokenizer.pad_token = tokenizer.eos_token).")
+        if max_length < 2:
+            raise ValueError(f"max_length={max_length}: use at least 2 tokens.")
+        self.max_length, self.truncation, self.text_key = max_length, truncation, text_key
+        ids_space = spaces.Box(0, len(self.tokenizer) - 1, shape=(max_length,), dtype=np.int64)
+        inner = env.observation_space
+        if isinstance(inner, spaces.Text):
+            self.observation_space = ids_space
+        elif isinstance(inner, spaces.Dict) and isinstance(inner.spaces.get(text_key), spaces.Text):
+            self.observation_space = spaces.Dict({**inner.spaces, text_key: ids_space})
+        else:
+            raise ValueError(
+                f"TextObservationWrapper needs a spaces.Text observation or a Dict with a Text entry "
+                f"'{text_key}'; got {inner}."
+            )
+        self._ids_cache: dict[str, tuple[np.ndarray, int]] = {}
+        self._last_length = 0
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of ``text`` padded to ``max_length`` (memoized: views repeat)."""
+        hit = self._ids_cache.get(text)
+        if hit is None:
+            ids = self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"]
+            if len(ids) > self.max_length:
+                if not self.truncation:
+                    raise ValueError(
+                        f"A text observation has {len(ids)} tokens, more than max_length={self.max_length}, and "
+                        f"truncation is off: raise max_length or set truncation=True. Text: {text[:120]!r}..."
+                    )
+                keep = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+            else:
+                keep = ids
+            row = np.full(self.max_length, self.tokenizer.pad_token_id, dtype=np.int64)
+            row[: len(keep)] = keep
+            hit = (row, len(ids))
+            if len(self._ids_cache) < 100_000:
+                self._ids_cache[text] = hit
+        self._last_length = hit[1]
+        return hit[0].copy()
+
+    def decode(self, ids: np.ndarray) -> str:
+        """The text of an id row, without padding and special tokens."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def observation(self, observation):
+        if isinstance(observation, dict):
+            return {**observation, self.text_key: self.encode(observation[self.text_key])}
+        return self.encode(observation)
+
+    def _report(self, info: dict) -> dict:
+        info = dict(info)
+        info["text_tokens"] = self._last_length
+        info["text_truncated"] = self._last_length > self.max_length
+        return info
+
+    def reset(self, **kwargs):
+        obs, info = super().reset(**kwargs)
+        return obs, self._report(info)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, self._report(info)
+
+
+# ---------------------------------------------------------------------------------------------
+# BabyAI-Text
+# ---------------------------------------------------------------------------------------------
+
+_OBJECTS = {2: "wall", 4: "door", 5: "key", 6: "ball", 7: "box", 8: "goal", 9: "lava"}
+_COLORS = ["red", "green", "blue", "purple", "yellow", "grey"]
+_DOOR_STATES = ["open", "closed", "locked"]
+ACTION_NAMES = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle", "done"]
+_CHARSET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;'-")
+
+
+def _steps(n: int, word: str) -> str:
+    return f"{n} step{'s' if n != 1 else ''} {word}"
+
+
+def describe_view(image: np.ndarray, carrying: str | None = None) -> list[str]:
+    """Describe a minigrid partial view (``obs["image"]``, shape ``(w, h, 3)``) in short sentences.
+
+    The agent stands at the bottom middle cell looking up. Each object, door and the nearest wall
+    straight ahead, left and right is given with its offset in steps ("1 step left and 2 steps
+    forward"). Written for this package, in the spirit of GLAM's BabyAI-Text descriptions.
+
+    Args:
+        image: The encoded view: ``image[x, y] = (object index, colour index, state)``.
+        carrying: What the agent holds (e.g. ``"red key"``), if anything.
+
+    Returns:
+        One sentence per thing seen, nearest first.
+    """
+    width, height = image.shape[0], image.shape[1]
+    ax, ay = width // 2, height - 1
+    seen: list[tuple[int, str]] = []
+    for x in range(width):
+        for y in range(height):
+            if (x, y) == (ax, ay):
+                continue
+            obj, color, state = (int(v) for v in image[x, y])
+            name = _OBJECTS.get(obj)
+            if name is None or name == "wall":
+                continue
+            side = x - ax
+            ahead = ay - y
+            where = []
+            if side:
+                where.append(_steps(abs(side), "left" if side < 0 else "right"))
+            if ahead:
+                where.append(_steps(ahead, "forward"))
+            thing = f"{_COLORS[color]} {name}" if name not in ("goal", "lava") else name
+            if name == "door":
+                thing = f"{_DOOR_STATES[state]} {thing}"
+            seen.append((abs(side) + ahead, f"You see a {thing} {' and '.join(where)}."))
+    seen.sort(key=lambda item: item[0])
+    walls = []
+    for label, cells in (
+        ("forward", [(ax, ay - d) for d in range(1, height)]),
+        ("left", [(ax - d, ay) for d in range(1, ax + 1)]),
+        ("right", [(ax + d, ay) for d in range(1, width - ax)]),
+    ):
+        for distance, (x, y) in enumerate(cells, start=1):
+            if int(image[x, y, 0]) == 2:
+                walls.append(f"You see a wall {_steps(distance, label)}.")
+                break
+    sentences = [s for _, s in seen] + walls
+    if carrying:
+        sentences.insert(0, f"You carry a {carrying}.")
+    return sentences
+
+
+class BabyAITextEnv(gym.Env):
+    """A BabyAI level from ``minigrid`` with its observation given as text.
+
+    Observation (``spaces.Text``): ``"Mission: <mission>. <description of the view>"``; actions: the
+    seven BabyAI actions (:data:`ACTION_NAMES`); reward: minigrid's (``1 - 0.9 * steps / max_steps``
+    on success); ``info["is_success"]`` at the end of each episode.
+
+    Args:
+        level: A registered minigrid/BabyAI env id, e.g. ``"BabyAI-GoToObj-v0"``.
+        max_chars: Maximum length of the text observation (for the ``Text`` space).
+        symbolic: Also return the raw 7x7 view and direction in a ``Dict`` (``text``, ``image``, ``direction``).
+
+    Example:
+        >>> env = BabyAITextEnv("BabyAI-GoToObj-v0")
+        >>> obs, info = env.reset(seed=0)
+        >>> obs.startswith("Mission: go to the")
+        True
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, level: str = "BabyAI-GoToObj-v0", max_chars: int = 2048, symbolic: bool = False):
+        import minigrid  # noqa: F401 - registers the BabyAI levels
+
+        if level not in gym.registry:
+            levels = sorted(k for k in gym.registry if k.startswith("BabyAI-"))
+            raise ValueError(f"Unknown BabyAI level {level!r}: use one of {levels[:12]} ... ({len(levels)} levels).")
+        self.level = level
+        self.env = gym.make(level)
+        self.action_space = self.env.action_space
+        text_space = spaces.Text(max_length=max_chars, charset=_CHARSET)
+        self.symbolic = symbolic
+        if symbolic:
+            inner = self.env.observation_space
+            self.observation_space = spaces.Dict(
+                {TEXT_KEY: text_space, "image": inner["image"], "direction": inner["direction"]}
+            )
+        else:
+            self.observation_space = text_space
+
+    def _text(self, obs: dict) -> str:
+        carrying = self.env.unwrapped.carrying
+        held = f"{carrying.color} {carrying.type}" if carrying is not None else None
+        text = " ".join([f"Mission: {obs['mission']}.", *describe_view(obs["image"], held)])
+        return text[: self.observation_space[TEXT_KEY].max_length if self.symbolic else self.observation_space.max_length]
+
+    def _obs(self, obs: dict):
+        text = self._text(obs)
+        if self.symbolic:
+            return {TEXT_KEY: text, "image": obs["image"], "direction": obs["direction"]}
+        return text
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._obs(obs), dict(info)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = dict(info)
+        if terminated or truncated:
+            info["is_success"] = bool(terminated and reward > 0)
+        return self._obs(obs), float(reward), terminated, truncated, info
+
+    def close(self):
+        self.env.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Text-classification bandit
+# ---------------------------------------------------------------------------------------------
+
+
+class TextBanditEnv(gym.Env):
+    """A contextual bandit over labelled texts: see a text, answer its label, reward 1 when right.
+
+    Every episode is one step. Episodes draw texts at random from the env's RNG (``reset(seed=...)``),
+    or in order with ``sequential=True`` (a deterministic sweep for evaluation).
+
+    Args:
+        texts: The observations.
+        labels: Integer label of each text.
+        label_names: Names of the labels (the action meanings); default ``label_0`` ...
+        max_chars: Maximum text length in characters (longer texts are cut).
+        sequential: Go through the texts in order instead of sampling.
+
+    Example:
+        >>> env = TextBanditEnv(["goal", "chip"], [0, 1], ["sport", "tech"])
+        >>> obs, _ = env.reset(seed=0)
+        >>> env.step(env.labels[env.index])[1]
+        1.0
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, texts: list[str], labels: list[int], label_names: list[str] | None = None,
+                 max_chars: int = 4096, sequential: bool = False):
+        if len(texts) == 0:
+            raise ValueError("TextBanditEnv got no texts: check the dataset and its split.")
+        if len(texts) != len(labels):
+            raise ValueError(f"TextBanditEnv: {len(texts)} texts but {len(labels)} labels.")
+        n = max(int(x) for x in labels) + 1 if label_names is None else len(label_names)
+        if min(int(x) for x in labels) < 0 or max(int(x) for x in labels) >= n:
+            raise ValueError(f"TextBanditEnv: labels must be integers in [0, {n}); got {sorted(set(labels))[:10]}.")
+        self.texts = [str(t)[:max_chars] for t in texts]
+        self.labels = [int(x) for x in labels]
+        self.label_names = list(label_names) if label_names is not None else [f"label_{i}" for i in range(n)]
+        self.sequential = sequential
+        self.observation_space = spaces.Text(max_length=max_chars, min_length=0, charset=_bandit_charset(self.texts))
+        self.action_space = spaces.Discrete(n)
+        self.index = 0
+        self._cursor = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if self.sequential:
+            if seed is not None:
+                self._cursor = 0
+            self.index = self._cursor % len(self.texts)
+            self._cursor += 1
+        else:
+            self.index = int(self.np_random.integers(len(self.texts)))
+        return self.texts[self.index], {"label": self.labels[self.index]}
+
+    def step(self, action):
+        correct = int(action) == self.labels[self.index]
+        info = {"label": self.labels[self.index], "is_success": correct}
+        return self.texts[self.index], float(correct), True, False, info
+
+
+def _bandit_charset(texts: list[str]) -> frozenset:
+    chars = set()
+    for text in texts:
+        chars.update(text)
+    return frozenset(chars) or frozenset("a")
+
+
+def load_bandit_data(dataset: str, split: str = "train", text_column: str = "text", label_column: str = "label",
+                     validation_size: float = 0.2, split_seed: int = 42, max_samples: int | None = None):
+    """Texts, integer labels and label names of one split of a dataset from :mod:`hf_finetune.data`."""
+    from datasets import ClassLabel
+
+    from ...config import DataArguments
+    from ...data import load_splits, require_columns
+
+    args = DataArguments(dataset=dataset, text_column=text_column, label_column=label_column,
+                         validation_size=validation_size, split_seed=split_seed)
+    splits = load_splits(args, label_column=label_column)
+    name = {"train": "train", "validation": "validation", "eval": "validation"}.get(split)
+    if name is None:
+        raise ValueError(f"split={split!r}: use 'train' or 'validation'.")
+    ds = splits[name]
+    require_columns(ds, [text_column, label_column], f"dataset {dataset}")
+    if max_samples is not None and max_samples < len(ds):
+        ds = ds.shuffle(seed=split_seed).select(range(max_samples))
+    feature = ds.features[label_column]
+    if isinstance(feature, ClassLabel):
+        names, labels = list(feature.names), list(ds[label_column])
+    else:
+        names = sorted({str(v) for v in splits["train"][label_column]})
+        index = {n: i for i, n in enumerate(names)}
+        labels = [index[str(v)] for v in ds[label_column]]
+    return list(ds[text_column]), labels, names
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered factories (entry points of gym.make)
+# ---------------------------------------------------------------------------------------------
+
+
+def make_babyai_text(tokenizer: Any = "sentence-transformers/all-MiniLM-L6-v2", level: str = "BabyAI-GoToObj-v0",
+                     max_length: int = 96, truncation: bool = True, symbolic: bool = False) -> gym.Env:
+    """BabyAI-Text with token-id observations (the entry point of ``hf_finetune/BabyAI-Text-v0``)."""
+    env = BabyAITextEnv(level, symbolic=symbolic)
+    return TextObservationWrapper(env, tokenizer, max_length=max_length, truncation=truncation)
+
+
+def make_text_bandit(tokenizer: Any = "sentence-transformers/all-MiniLM-L6-v2", dataset: str | None = None,
+                     texts: list[str] | None = None, labels: list[int] | None = None,
+                     label_names: list[str] | None = None, split: str = "train", text_column: str = "text",
+                     label_column: str = "label", validation_size: float = 0.2, split_seed: int = 42,
+                     max_samples: int | None = None, max_length: int = 64, truncation: bool = True,
+                     sequential: bool = False) -> gym.Env:
+    """The text bandit with token-id observations (the entry point of ``hf_finetune/TextBandit-v0``).
+
+    Give either ``dataset`` (anything :func:`hf_finetune.data.load_source` reads, e.g. ``bbc_news``
+    with ``text_column: title``) or ``texts`` and ``labels`` directly.
+    """
+    if dataset is not None:
+        texts, labels, label_names = load_bandit_data(
+            dataset, split, text_column, label_column, validation_size, split_seed, max_samples
+        )
+    elif texts is None or labels is None:
+        raise ValueError("hf_finetune/TextBandit-v0 needs dataset=... or texts=[...] and labels=[...].")
+    env = TextBanditEnv(texts, labels, label_names, sequential=sequential)
+    return TextObservationWrapper(env, tokenizer, max_length=max_length, truncation=truncation)
+
+
+# The two envs of this package (a literal dict: gym.register is the registry).
+ENTRY_POINTS = {
+    "hf_finetune/BabyAI-Text-v0": "hf_finetune.rl.agents.envs:make_babyai_text",
+    "hf_finetune/TextBandit-v0": "hf_finetune.rl.agents.envs:make_text_bandit",
+}
+
+
+def register_envs() -> None:
+    """Register the package's envs with gymnasium (idempotent; done on import of this module)."""
+    for env_id, entry_point in ENTRY_POINTS.items():
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=entry_point, disable_env_checker=True)
+
+
+def registered_env_ids() -> list[str]:
+    """The ids of this package's envs."""
+    return sorted(ENTRY_POINTS)
+
+
+def make_env(env_id: str, **kwargs: Any) -> gym.Env:
+    """``gym.make`` with a clear error for an id that is not registered (lists the package's envs)."""
+    register_envs()
+    if env_id not in gym.registry:
+        raise ValueError(
+            f"Environment {env_id!r} is not registered. This package registers {registered_env_ids()}; "
+            "any other gymnasium id works once its package is imported (e.g. 'BabyAI-GoToObj-v0' via minigrid)."
+        )
+    return gym.make(env_id, **kwargs)
+
+
+register_envs()

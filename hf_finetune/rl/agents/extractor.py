@@ -1,0 +1,318 @@
+"""``LMFeaturesExtractor``: a pretrained transformers encoder as the features extractor of SB3 policies.
+
+SB3 has no text observations (SB3 issue #1704) and no LM encoder, so this module is written for
+this package. It reads token ids from a ``Box`` of integers (SB3 hands them over as float32, exact
+for ids < 2**24, and we convert back), pools the encoder's last hidden state (CLS or mean over the
+attention mask), concatenates any extra non-text ``Dict`` entries (flattened) and projects.
+
+A *frozen* encoder is shared: it is kept out of the module tree (in :class:`FrozenEncoder`), so
+DQN's ``q_net_target`` and A2C/PPO's separate actor/critic extractors reuse one copy and one
+embedding cache instead of each holding (and saving) the 22M weights again. Its embeddings go
+through a bounded LRU cache keyed by the token ids, so a view seen before costs no forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+ENCODER_MODES = ("frozen", "lora", "full")
+POOLINGS = ("cls", "mean")
+ACCEPTED_SPACES = (
+    "a 1-D Box of integers (token ids, e.g. from TextObservationWrapper), or a Dict holding one such Box "
+    "under text_key plus other Box/Discrete/MultiBinary/MultiDiscrete entries (flattened and concatenated)"
+)
+
+
+def _load_encoder(encoder: str, revision: str | None = None):
+    from transformers import AutoModel
+
+    from ...config import ModelArguments
+    from ...models import load_model
+
+    return load_model(ModelArguments(model_name_or_path=encoder, revision=revision), AutoModel)
+
+
+def _is_token_box(space: gym.Space) -> bool:
+    return isinstance(space, spaces.Box) and len(space.shape) == 1 and np.issubdtype(space.dtype, np.integer)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """CLS (first token) or mean over the attention mask of ``hidden`` ``(batch, seq, dim)``."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class FrozenEncoder:
+    """A frozen encoder with its LRU embedding cache, shared by every extractor that names it.
+
+    Not an ``nn.Module`` on purpose: extractors hold it outside their module tree, so it is neither
+    duplicated into DQN's target network nor written into the policy's ``state_dict`` (it is
+    reloaded from its Hub id or folder). The cache maps the bytes of an id row to its pooled
+    embedding as computed by the encoder in the batch that first met it.
+
+    Args:
+        model: The (``AutoModel``) encoder.
+        pad_token_id: Id that marks padding.
+        pooling: ``"cls"`` or ``"mean"``.
+        cache_size: Embeddings kept (LRU); 0 disables the cache.
+
+    Example:
+        >>> shared = FrozenEncoder(AutoModel.from_pretrained(path), pad_token_id=0, pooling="mean")  # doctest: +SKIP
+        >>> shared.embed(torch.tensor([[101, 2054, 102, 0]])).shape  # doctest: +SKIP
+        torch.Size([1, 384])
+    """
+
+    _shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def __init__(self, model: nn.Module, pad_token_id: int, pooling: str = "mean", cache_size: int = 100_000):
+        self.model = model.eval().requires_grad_(False)
+        self.pad_token_id, self.pooling, self.cache_size = pad_token_id, pooling, cache_size
+        self.cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+
+    @classmethod
+    def get(cls, encoder: str, revision: str | None, pad_token_id: int, pooling: str, cache_size: int) -> FrozenEncoder:
+        """The live shared instance for these settings, or a new one."""
+        key = (encoder, revision, pad_token_id, pooling, cache_size)
+        found = cls._shared.get(key)
+        if found is None:
+            found = cls(_load_encoder(encoder, revision), pad_token_id, pooling, cache_size)
+            cls._shared[key] = found
+        return found
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def reset_stats(self) -> None:
+        self.hits = self.misses = 0
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Pooled embeddings of an id batch, without the cache."""
+        device = ids.device
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
+        mask = (ids != self.pad_token_id).long()
+        # Trailing columns that are padding in every row change nothing: drop them (views are short).
+        width = max(int(mask.sum(1).max().item()), 1)
+        ids, mask = ids[:, :width], mask[:, :width]
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return pool(hidden, mask, self.pooling)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Pooled embeddings through the cache (misses are encoded together in one batch)."""
+        if self.cache_size <= 0:
+            self.misses += len(ids)
+            return self.forward(ids)
+        rows = ids.cpu().numpy()
+        keys = [row.tobytes() for row in rows]
+        out: list[torch.Tensor | None] = [None] * len(keys)
+        missing: dict[bytes, list[int]] = {}
+        for i, key in enumerate(keys):
+            cached = self.cache.get(key)
+            if cached is not None:
+                self.cache.move_to_end(key)
+                out[i] = cached
+                self.hits += 1
+            else:
+                missing.setdefault(key, []).append(i)
+        if missing:
+            first = [positions[0] for positions in missing.values()]
+            fresh = self.forward(ids[first])
+            for (key, positions), vector in zip(missing.items(), fresh):
+                vector = vector.clone()
+                self.cache[key] = vector
+                for i in positions:
+                    out[i] = vector
+            self.misses += len(first)
+            self.hits += sum(len(p) - 1 for p in missing.values())
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        return torch.stack(out).to(ids.device)  # type: ignore[arg-type]
+
+
+class LMFeaturesExtractor(BaseFeaturesExtractor):
+    """SB3 features extractor over a pretrained ``AutoModel`` encoder reading token-id observations.
+
+    Args:
+        observation_space: See :data:`ACCEPTED_SPACES`.
+        encoder: Hub id or folder of the encoder (bundled offline copies resolve through
+            :func:`hf_finetune.models.resolve_model_path`).
+        encoder_mode: ``"frozen"`` (shared, cached, not trained), ``"lora"`` (PEFT adapters) or ``"full"``.
+        pooling: ``"mean"`` over the attention mask or ``"cls"``.
+        features_dim: Output size of the projection (``Linear`` + ``ReLU``).
+        pad_token_id: Padding id; default: the encoder config's ``pad_token_id`` (else 0).
+        text_key: The ``Dict`` entry with the token ids.
+        cache_size: LRU embedding cache size for the frozen encoder (0: off).
+        lora: LoRA settings (``LoraArguments`` fields) for ``encoder_mode="lora"``.
+        revision: Hub revision of the encoder.
+
+    Example:
+        >>> policy_kwargs = {"features_extractor_class": LMFeaturesExtractor,
+        ...                  "features_extractor_kwargs": {"encoder": "sentence-transformers/all-MiniLM-L6-v2"}}
+        >>> model = PPO("MlpPolicy", env, policy_kwargs=policy_kwargs)  # doctest: +SKIP
+    """
+
+    def __init__(self, observation_space: gym.Space, encoder: str = DEFAULT_ENCODER, encoder_mode: str = "frozen",
+                 pooling: str = "mean", features_dim: int = 256, pad_token_id: int | None = None,
+                 text_key: str = "text", cache_size: int = 100_000, lora: dict[str, Any] | None = None,
+                 revision: str | None = None):
+        if encoder_mode not in ENCODER_MODES:
+            raise ValueError(f"encoder_mode={encoder_mode!r}: use one of {ENCODER_MODES}.")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}: use one of {POOLINGS}.")
+        if encoder_mode == "frozen" and lora:
+            raise ValueError(
+                "LoRA was requested for a frozen encoder: set encoder_mode='lora' to train adapters, "
+                "or drop the lora settings to keep the encoder frozen."
+            )
+        if features_dim < 1:
+            raise ValueError(f"features_dim={features_dim}: use a positive size, e.g. 256.")
+        extra_spaces = self._split_space(observation_space, text_key)
+        super().__init__(observation_space, features_dim)
+        self.text_key = text_key if isinstance(observation_space, spaces.Dict) else None
+        self.encoder_mode, self.pooling = encoder_mode, pooling
+        self.extra_keys = sorted(extra_spaces)
+        extra_dim = sum(get_flattened_obs_dim(extra_spaces[k]) for k in self.extra_keys)
+
+        if encoder_mode == "frozen":
+            from transformers import AutoConfig
+
+            from ...config import ModelArguments
+            from ...models import model_source
+
+            config = AutoConfig.from_pretrained(model_source(ModelArguments(model_name_or_path=encoder)),
+                                                revision=revision)
+            pad = pad_token_id if pad_token_id is not None else (getattr(config, "pad_token_id", None) or 0)
+            shared = FrozenEncoder.get(encoder, revision, pad, pooling, cache_size)
+            # object.__setattr__ keeps the shared encoder out of this module's children (see module doc).
+            object.__setattr__(self, "frozen", shared)
+            self.encoder = None
+            model = shared.model
+        else:
+            model = _load_encoder(encoder, revision)
+            if encoder_mode == "lora":
+                from ...config import LoraArguments
+                from ...models import apply_lora
+
+                model = apply_lora(model, LoraArguments(use_lora=True, **(lora or {})), task_type=None)
+            object.__setattr__(self, "frozen", None)
+            self.encoder = model
+            config = model.config
+            pad = pad_token_id if pad_token_id is not None else (getattr(config, "pad_token_id", None) or 0)
+            for param in self.encoder.parameters():
+                if param.requires_grad:
+                    param._hf_encoder_param = True  # read by EncoderLRAdam to give the encoder its own lr
+        self.pad_token_id = pad
+        embeddings = model.get_input_embeddings()
+        self.vocab_size = embeddings.num_embeddings
+        hidden = model.config.hidden_size
+        limit = getattr(model.config, "max_position_embeddings", None)
+        length = self._text_space(observation_space, text_key).shape[0]
+        if limit is not None and length > limit:
+            raise ValueError(f"Token observations have {length} ids but the encoder allows {limit} positions: "
+                             f"lower the wrapper's max_length to <= {limit}.")
+        self.project = nn.Sequential(nn.Linear(hidden + extra_dim, features_dim), nn.ReLU())
+
+    @staticmethod
+    def _text_space(space: gym.Space, text_key: str) -> spaces.Box:
+        return space[text_key] if isinstance(space, spaces.Dict) else space
+
+    @staticmethod
+    def _split_space(space: gym.Space, text_key: str) -> dict[str, gym.Space]:
+        if _is_token_box(space):
+            return {}
+        if isinstance(space, spaces.Dict) and _is_token_box(space.spaces.get(text_key)):
+            extra = {k: v for k, v in space.spaces.items() if k != text_key}
+            for key, sub in extra.items():
+                if not isinstance(sub, (spaces.Box, spaces.Discrete, spaces.MultiBinary, spaces.MultiDiscrete)):
+                    raise ValueError(f"LMFeaturesExtractor cannot read Dict entry {key!r} ({sub}): it accepts "
+                                     f"{ACCEPTED_SPACES}.")
+            return extra
+        raise ValueError(f"LMFeaturesExtractor cannot read the observation space {space}: it accepts "
+                         f"{ACCEPTED_SPACES}. Wrap a text env with TextObservationWrapper.")
+
+    def token_ids(self, observations: torch.Tensor) -> torch.Tensor:
+        """Back from SB3's float32 to integer ids, checked against the encoder's vocabulary."""
+        ids = observations.round().long()
+        if ids.numel() and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
+            bad = int(ids.max()) if int(ids.max()) >= self.vocab_size else int(ids.min())
+            raise ValueError(f"Token id {bad} is outside the encoder's vocabulary [0, {self.vocab_size}): the env's "
+                             "tokenizer does not match the encoder. Use the encoder's own tokenizer in the wrapper.")
+        return ids
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder embeddings of integer ids (through the cache when frozen)."""
+        if self.frozen is not None:
+            return self.frozen.embed(ids)
+        mask = (ids != self.pad_token_id).long()
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return pool(hidden, mask, self.pooling)
+
+    def forward(self, observations) -> torch.Tensor:
+        if self.text_key is None:
+            text = self.encode(self.token_ids(observations))
+            return self.project(text)
+        parts = [self.encode(self.token_ids(observations[self.text_key]))]
+        parts += [observations[k].flatten(1).float() for k in self.extra_keys]
+        return self.project(torch.cat(parts, dim=1))
+
+
+class EncoderLRAdam(torch.optim.Adam):
+    """Adam whose encoder parameters step at ``encoder_lr_scale`` times the policy's learning rate.
+
+    SB3 builds the optimizer from a flat parameter list and rewrites every group's ``lr`` from its
+    schedule before each update, so the encoder's own rate is kept as a ratio applied at step time
+    (``lr`` stays the schedule's value). Parameters are recognised by the mark the extractor sets.
+
+    Example:
+        >>> policy_kwargs = {"optimizer_class": EncoderLRAdam, "optimizer_kwargs": {"encoder_lr_scale": 0.1}}
+    """
+
+    def __init__(self, params, lr: float = 1e-3, encoder_lr_scale: float = 1.0, **kwargs: Any):
+        params = [p for p in params if p.requires_grad]
+        encoder = [p for p in params if getattr(p, "_hf_encoder_param", False)]
+        rest = [p for p in params if not getattr(p, "_hf_encoder_param", False)]
+        groups = [{"params": rest, "lr_scale": 1.0}]
+        if encoder:
+            groups.append({"params": encoder, "lr_scale": encoder_lr_scale})
+        super().__init__(groups, lr=lr, **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        base = [group["lr"] for group in self.param_groups]
+        for group in self.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+        try:
+            return super().step(closure)
+        finally:
+            for group, lr in zip(self.param_groups, base):
+                group["lr"] = lr
+
+
+def frozen_encoders(policy: nn.Module) -> list[FrozenEncoder]:
+    """The distinct shared frozen encoders used by a policy's extractors."""
+    found: dict[int, FrozenEncoder] = {}
+    for module in policy.modules():
+        shared = getattr(module, "frozen", None) if isinstance(module, LMFeaturesExtractor) else None
+        if shared is not None:
+            found[id(shared)] = shared
+    return list(found.values())

@@ -1,0 +1,380 @@
+"""Entry point of the ``rl_env`` recipe method: SB3 DQN, A2C or PPO over an LM encoder in a text env.
+
+The algorithms, vectorized envs, logger, ``EvalCallback`` and ``CheckpointCallback`` are SB3's.
+Written here: the held-out re-seeding of evaluation, cache and non-finite checks, the safetensors
+export and the safe resume/load paths.
+
+What SB3's ``agent.zip`` holds: ``data`` (JSON; values JSON cannot hold, e.g. the observation and
+action spaces, schedules, the policy class and ``policy_kwargs``, are cloudpickled inside it, so
+``PPO.load`` unpickles them), ``policy.pth`` and ``policy.optimizer.pth`` (tensors, read with
+``torch.load(weights_only=True)``), ``pytorch_variables.pth`` and version files. This package never
+needs the pickled part: :func:`load_agent` rebuilds the agent from ``recipe.yaml`` and reads
+``policy.safetensors``; resuming reads only the tensors of a checkpoint zip through SB3's own
+``set_parameters`` plus the plain-JSON step counter.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from gymnasium import spaces
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+from ...callbacks import NonFiniteLossError, plot_curves
+from ...config import LoraArguments, ModelArguments, Recipe, parse_recipe
+from .config import AgentConfig, EnvArguments
+from .envs import make_env
+from .extractor import EncoderLRAdam, LMFeaturesExtractor, frozen_encoders
+
+logger = logging.getLogger(__name__)
+
+BLOCKS = {"model": ModelArguments, "lora": LoraArguments, "env": EnvArguments, "agent": AgentConfig}
+ALGORITHM_CLASSES = {"dqn": DQN, "a2c": A2C, "ppo": PPO}
+_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+
+
+def blocks(method: str) -> dict[str, type]:
+    """The recipe blocks of the ``rl_env`` method."""
+    return BLOCKS
+
+
+# ------------------------------------------------------------------ envs
+
+
+def env_kwargs(recipe: Recipe, evaluation: bool = False) -> dict[str, Any]:
+    """Keyword arguments of ``gym.make`` for the training (or held-out evaluation) env."""
+    env: EnvArguments = recipe.env
+    kwargs = dict(env.env_kwargs)
+    kwargs.setdefault("tokenizer", recipe.model.tokenizer_name_or_path or recipe.model.model_name_or_path)
+    kwargs.setdefault("max_length", env.max_length)
+    kwargs.setdefault("truncation", env.truncation)
+    if evaluation:
+        if env.env_id == "hf_finetune/TextBandit-v0" and "dataset" in kwargs:
+            kwargs["split"] = "validation"
+        kwargs.update(env.eval_env_kwargs)
+    return kwargs
+
+
+def build_envs(recipe: Recipe, evaluation: bool = False):
+    """The training VecEnv (seeds ``seed + rank``) or the one-env held-out evaluation VecEnv."""
+    env: EnvArguments = recipe.env
+    kwargs = {"env_id": env.env_id, **env_kwargs(recipe, evaluation)}
+    if evaluation:
+        return make_vec_env(make_env, n_envs=1, seed=env.eval_seed, env_kwargs=kwargs, vec_env_cls=DummyVecEnv)
+    vec_cls = SubprocVecEnv if env.subprocess_envs and env.n_envs > 1 else DummyVecEnv
+    return make_vec_env(make_env, n_envs=env.n_envs, seed=recipe.agent.seed, env_kwargs=kwargs, vec_env_cls=vec_cls)
+
+
+# ------------------------------------------------------------------ agent
+
+
+def _lora_settings(recipe: Recipe) -> dict[str, Any] | None:
+    agent: AgentConfig = recipe.agent
+    if recipe.lora.use_lora and agent.encoder_mode == "frozen":
+        raise ValueError(
+            "A lora block was given but agent.encoder_mode is 'frozen': a frozen encoder takes no LoRA. "
+            "Set agent.encoder_mode: lora, or remove the lora block."
+        )
+    if agent.encoder_mode != "lora":
+        return None
+    return {k: getattr(recipe.lora, k) for k in _LORA_KEYS if getattr(recipe.lora, k) is not None}
+
+
+def policy_kwargs(recipe: Recipe, learning_rate: float) -> dict[str, Any]:
+    """SB3 ``policy_kwargs``: the LM extractor, the heads, and the encoder's own learning rate."""
+    agent: AgentConfig = recipe.agent
+    extractor = {
+        "encoder": recipe.model.model_name_or_path,
+        "encoder_mode": agent.encoder_mode,
+        "pooling": agent.pooling,
+        "features_dim": agent.features_dim,
+        "cache_size": agent.cache_size,
+        "revision": recipe.model.revision,
+    }
+    lora = _lora_settings(recipe)
+    if lora is not None:
+        extractor["lora"] = lora
+    kwargs: dict[str, Any] = {"features_extractor_class": LMFeaturesExtractor, "features_extractor_kwargs": extractor}
+    if agent.net_arch is not None:
+        kwargs["net_arch"] = list(agent.net_arch)
+    if agent.encoder_mode != "frozen":
+        scale = (agent.encoder_learning_rate or learning_rate) / learning_rate
+        kwargs["optimizer_class"] = EncoderLRAdam
+        kwargs["optimizer_kwargs"] = {"encoder_lr_scale": scale}
+    return kwargs
+
+
+def build_agent(recipe: Recipe, env):
+    """The SB3 algorithm object for a recipe and a VecEnv."""
+    agent: AgentConfig = recipe.agent
+    cls = ALGORITHM_CLASSES[agent.algorithm]
+    algo_kwargs = dict(agent.algo_kwargs)
+    learning_rate = algo_kwargs.get("learning_rate", _default(cls, "learning_rate"))
+    if not isinstance(learning_rate, (int, float)):
+        raise ValueError("agent.algo_kwargs.learning_rate must be a number in a recipe.")
+    policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy"
+    try:
+        return cls(policy, env, seed=agent.seed, device=agent.device, verbose=agent.verbose,
+                   policy_kwargs=policy_kwargs(recipe, float(learning_rate)), **algo_kwargs)
+    except TypeError as err:
+        raise ValueError(f"agent.algo_kwargs: {err}. See the {cls.__name__} arguments in the SB3 docs.") from None
+
+
+def _default(cls, name: str):
+    import inspect
+
+    return inspect.signature(cls.__init__).parameters[name].default
+
+
+# ------------------------------------------------------------------ callbacks
+
+
+class HeldOutEvalCallback(EvalCallback):
+    """SB3's ``EvalCallback`` that re-seeds the evaluation env before every evaluation.
+
+    Every evaluation then plays the same held-out episodes (the eval env's seed differs from the
+    training envs' ``seed + rank``), so the curve compares like with like.
+    """
+
+    def __init__(self, eval_env, eval_seed: int, **kwargs: Any):
+        super().__init__(eval_env, **kwargs)
+        self.eval_seed = eval_seed
+
+    def _on_step(self) -> bool:
+        if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+            self.eval_env.seed(self.eval_seed)
+        return super()._on_step()
+
+
+class EncoderStatsCallback(BaseCallback):
+    """Logs the frozen encoder's cache hit rate and stops on non-finite policy weights, naming the step."""
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        for i, shared in enumerate(frozen_encoders(self.model.policy)):
+            suffix = f"_{i}" if i else ""
+            self.logger.record(f"encoder/cache_hit_rate{suffix}", shared.hit_rate)
+            self.logger.record(f"encoder/cache_entries{suffix}", len(shared.cache))
+        for name, param in self.model.policy.named_parameters():
+            if not torch.isfinite(param).all():
+                raise NonFiniteLossError(
+                    f"Non-finite weights in {name} at step {self.num_timesteps}: training stopped. Lower the "
+                    "learning rate or set max_grad_norm."
+                )
+
+
+def evaluate(model, eval_env, recipe: Recipe) -> dict[str, float]:
+    """Success rate and mean return over the held-out episodes (same episodes every call)."""
+    successes: list[float] = []
+
+    def record(locals_: dict, _globals: dict) -> None:
+        if locals_["done"]:
+            successes.append(float(locals_["info"].get("is_success", False)))
+
+    eval_env.seed(recipe.env.eval_seed)
+    returns, lengths = evaluate_policy(model, eval_env, n_eval_episodes=recipe.agent.n_eval_episodes,
+                                       deterministic=recipe.agent.deterministic_eval, return_episode_rewards=True,
+                                       callback=record)
+    return {
+        "eval_mean_return": float(np.mean(returns)),
+        "eval_std_return": float(np.std(returns)),
+        "eval_success_rate": float(np.mean(successes)) if successes else 0.0,
+        "eval_mean_length": float(np.mean(lengths)),
+    }
+
+
+# ------------------------------------------------------------------ save / load
+
+
+def save_agent(model, run_dir: Path) -> None:
+    """Write ``agent.zip`` (SB3's format) and ``policy.safetensors`` (the policy's tensors, no pickle)."""
+    from safetensors.torch import save_model
+
+    model.save(run_dir / "agent.zip")
+    save_model(model.policy, str(run_dir / "policy.safetensors"))
+
+
+def load_agent(run_dir: str | Path, env=None):
+    """Rebuild a trained agent from its run directory without unpickling anything.
+
+    The algorithm and policy come from ``recipe.yaml``, the weights from ``policy.safetensors``
+    (a frozen encoder is reloaded from its Hub id or folder).
+
+    Example:
+        >>> agent = load_agent("outputs/babyai-ppo")  # doctest: +SKIP
+        >>> action, _ = agent.predict(obs, deterministic=True)  # doctest: +SKIP
+    """
+    from safetensors.torch import load_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "policy.safetensors").is_file() or not (run_dir / "recipe.yaml").is_file():
+        raise ValueError(f"{run_dir} is not an rl_env run: expected recipe.yaml and policy.safetensors there.")
+    data = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    recipe = parse_recipe(data, BLOCKS, source=str(run_dir / "recipe.yaml"))
+    env = env if env is not None else build_envs(recipe, evaluation=True)
+    model = build_agent(recipe, env)
+    load_model(model.policy, str(run_dir / "policy.safetensors"))
+    return model
+
+
+def _checkpoint_path(agent: AgentConfig) -> Path:
+    if agent.resume_from_checkpoint != "latest":
+        path = Path(agent.resume_from_checkpoint)
+        if not path.is_file():
+            raise ValueError(f"agent.resume_from_checkpoint={path}: no such checkpoint .zip.")
+        return path
+    found = sorted(Path(agent.output_dir, "checkpoints").glob("agent_*_steps.zip"),
+                   key=lambda p: int(p.stem.split("_")[-2]))
+    if not found:
+        raise ValueError(f"agent.resume_from_checkpoint=latest but {agent.output_dir}/checkpoints holds no checkpoint.")
+    return found[-1]
+
+
+def resume(model, path: Path) -> int:
+    """Load a checkpoint's tensors (policy and optimizer) and its step counter; returns the step."""
+    model.set_parameters(str(path), exact_match=True, device=model.device)
+    with zipfile.ZipFile(path) as archive:
+        data = json.loads(archive.read("data"))
+    model.num_timesteps = int(data.get("num_timesteps", 0))
+    if "_n_updates" in data:
+        model._n_updates = int(data["_n_updates"])
+    return model.num_timesteps
+
+
+# ------------------------------------------------------------------ curves and card
+
+
+def _progress_curves(run_dir: Path) -> None:
+    path = run_dir / "progress.csv"
+    if not path.is_file():
+        return
+    history = []
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            step = row.get("time/total_timesteps")
+            if not step:
+                continue
+            entry = {"step": int(float(step))}
+            for key, value in row.items():
+                if value not in (None, "") and key != "time/total_timesteps":
+                    try:
+                        entry[key] = float(value)
+                    except ValueError:
+                        pass
+            history.append(entry)
+    keys = ("rollout/ep_rew_mean", "rollout/success_rate", "eval/mean_reward", "eval/success_rate",
+            "encoder/cache_hit_rate")
+    plot_curves(history, run_dir / "curves.png", keys=keys)
+
+
+def model_card(recipe: Recipe, metrics: dict[str, Any]) -> str:
+    """A model card (README.md) for an agent run: algorithm, encoder, environment and evaluation results."""
+    agent, env = recipe.agent, recipe.env
+    results = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, float))
+    kwargs = {k: v for k, v in env.env_kwargs.items() if k not in ("texts", "labels")}
+    return f"""---
+library_name: stable-baselines3
+tags: [reinforcement-learning, stable-baselines3, {agent.algorithm}, hf-finetune, text-environment]
+---
+
+# {agent.algorithm.upper()} agent with an LM encoder on {env.env_id}
+
+- **Algorithm:** Stable-Baselines3 `{agent.algorithm.upper()}`{" (the synchronous form of A3C)" if agent.algorithm == "a2c" else ""}
+- **Encoder:** `{recipe.model.model_name_or_path}` ({agent.encoder_mode}, {agent.pooling} pooling, projection to {agent.features_dim})
+- **Environment:** `{env.env_id}` with `{json.dumps(kwargs, default=str)}`, {env.max_length} tokens per observation
+- **Training:** {agent.total_timesteps} environment steps, {env.n_envs} envs, seed {agent.seed}
+
+## Evaluation (held-out env seed {env.eval_seed}, {agent.n_eval_episodes} episodes)
+
+| metric | value |
+|---|---|
+{results}
+
+## Files
+
+`policy.safetensors` holds the policy weights (a frozen encoder is not included: it is reloaded
+from its id); `recipe.yaml` rebuilds the agent: `hf_finetune.rl.agents.train.load_agent(run_dir)`.
+`agent.zip` is SB3's own format (its `data` entry contains cloudpickled objects: only load it from
+a source you trust).
+"""
+
+
+def _push(run_dir: Path, agent: AgentConfig) -> None:
+    try:
+        from ... import hub
+    except ImportError:
+        raise ValueError("agent.push_to_hub needs hf_finetune.hub, which this installation lacks.") from None
+    push = getattr(hub, "push_run", None) or getattr(hub, "push_to_hub", None)
+    if push is None:
+        raise ValueError("hf_finetune.hub has no push function: push the run directory with huggingface_hub.")
+    push(str(run_dir), repo_id=agent.hub_model_id)
+
+
+# ------------------------------------------------------------------ run
+
+
+def run(recipe: Recipe) -> dict:
+    """Train the agent the recipe describes; returns the final held-out evaluation metrics."""
+    agent: AgentConfig = recipe.agent
+    started = time.time()
+    _lora_settings(recipe)  # fail on frozen + LoRA before loading anything
+    set_random_seed(agent.seed)
+    run_dir = Path(agent.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+    train_env = build_envs(recipe)
+    eval_env = build_envs(recipe, evaluation=True)
+    model = build_agent(recipe, train_env)
+    model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"] if agent.verbose else ["csv", "tensorboard"]))
+    done = resume(model, _checkpoint_path(agent)) if agent.resume_from_checkpoint else 0
+
+    n_envs = recipe.env.n_envs
+    callbacks: list[BaseCallback] = [EncoderStatsCallback()]
+    if agent.eval_freq > 0:
+        callbacks.append(HeldOutEvalCallback(
+            eval_env, recipe.env.eval_seed, n_eval_episodes=agent.n_eval_episodes,
+            eval_freq=max(agent.eval_freq // n_envs, 1), deterministic=agent.deterministic_eval,
+            log_path=str(run_dir), verbose=0,
+        ))
+    if agent.checkpoint_freq > 0:
+        callbacks.append(CheckpointCallback(max(agent.checkpoint_freq // n_envs, 1), str(run_dir / "checkpoints"),
+                                            name_prefix="agent"))
+    remaining = max(agent.total_timesteps - done, 0)
+    if remaining:
+        model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=not done, log_interval=1)
+
+    metrics: dict[str, Any] = evaluate(model, eval_env, recipe)
+    for i, shared in enumerate(frozen_encoders(model.policy)):
+        metrics[f"cache_hit_rate{'_' + str(i) if i else ''}"] = float(shared.hit_rate)
+    metrics["trainable_parameters"] = sum(p.numel() for p in model.policy.parameters() if p.requires_grad)
+    metrics["num_timesteps"] = int(model.num_timesteps)
+    metrics["train_runtime_s"] = round(time.time() - started, 1)
+    save_agent(model, run_dir)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    (run_dir / "README.md").write_text(model_card(recipe, metrics))
+    _progress_curves(run_dir)
+    train_env.close()
+    eval_env.close()
+    print(f"[hf-finetune] done in {metrics['train_runtime_s']:.0f}s: eval_success_rate="
+          f"{metrics['eval_success_rate']:.4f}, eval_mean_return={metrics['eval_mean_return']:.4f} | run saved to {run_dir}")
+    if agent.push_to_hub:
+        _push(run_dir, agent)
+    return metrics
