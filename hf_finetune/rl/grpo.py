@@ -1,0 +1,314 @@
+"""GRPO and RLOO: thin subclasses of TRL's maintained trainers that take the same blocks as our PPO.
+
+What the subclasses add to ``trl.GRPOTrainer`` / ``trl.RLOOTrainer``:
+
+- the constructor of :class:`~hf_finetune.rl.ppo_trainer.PPOTrainer` (``reward_funcs`` +
+  ``reward_weights`` + ``reward_model`` + ``eval_metrics``, ``prompt_column``), so ``train.py``
+  builds all three methods the same way;
+- CPU-safe config defaults (TRL defaults to ``bf16=True`` and ``gradient_checkpointing=True``),
+  ``kl_coef`` as an alias of ``beta`` (PPO's name), and checks that fail before step 1;
+- evaluation that ``eval_strategy`` drives: greedy generation on held-out prompts scored by the
+  rewards and by reward-independent task metrics, with a sample-generations table — the same
+  :func:`~hf_finetune.rl.rewards.evaluate_generations` PPO uses (TRL's own evaluation samples
+  ``num_generations`` completions per prompt and reports the training loss);
+- ``training_args.json`` instead of the pickled ``training_args.bin``, and the non-finite guard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trl
+from transformers import Trainer
+
+from ..callbacks import NonFiniteGuardCallback
+from ..runs import SafeSaveMixin
+from .rewards import RewardModelScorer, evaluate_generations, resolve_reward_funcs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _SharedRLArguments:
+    """Fields our GRPO/RLOO configs share with ``PPOConfig`` (same names, same meaning)."""
+
+    prompt_column: str = field(default="prompt", metadata={"help": "Dataset column holding the prompt text."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Fail before training when a prompt has more tokens than this. None: no check."}
+    )
+    kl_coef: float | None = field(
+        default=None,
+        metadata={"help": "KL penalty coefficient under PPO's name; when set it overrides beta (so recipes switch "
+                  "between ppo, grpo and rloo unchanged)."},
+    )
+    num_sample_generations: int = field(
+        default=8, metadata={"help": "Evaluation generations written to the samples table (eval_samples/*.jsonl)."}
+    )
+
+
+def _cpu_safe_post_init(config) -> None:
+    if config.kl_coef is not None:
+        if config.kl_coef < 0:
+            raise ValueError(f"training.kl_coef={config.kl_coef}: use a value >= 0.")
+        config.beta = config.kl_coef
+    if not config.prompt_column:
+        raise ValueError("training.prompt_column is empty: name the dataset column that holds the prompts.")
+    if config.max_prompt_length is not None and config.max_prompt_length < 1:
+        raise ValueError("training.max_prompt_length must be >= 1 (or null).")
+    if config.max_completion_length < 1:
+        raise ValueError("training.max_completion_length must be >= 1.")
+    if config.num_generations < 2:
+        raise ValueError(
+            f"training.num_generations={config.num_generations}: group-relative methods need >= 2 completions per "
+            "prompt (the baseline is the mean of the others)."
+        )
+
+
+_CPU_SAFE = {
+    "bf16": field(default=False, metadata={"help": "bf16 mixed precision (off by default: CPUs and older GPUs)."}),
+    "gradient_checkpointing": field(
+        default=False, metadata={"help": "Recompute activations in the backward pass to save memory (slower)."}
+    ),
+    "max_completion_length": field(default=64, metadata={"help": "Most tokens generated per completion."}),
+    "num_generations": field(default=4, metadata={"help": "Completions sampled per prompt (the group)."}),
+    "learning_rate": field(default=1e-5, metadata={"help": "Initial learning rate of AdamW."}),
+    "logging_steps": field(default=1, metadata={"help": "Log every N steps."}),
+}
+
+
+@dataclass
+class GRPOConfig(_SharedRLArguments, trl.GRPOConfig):
+    """``trl.GRPOConfig`` with CPU-safe defaults and the fields shared with ``PPOConfig``.
+
+    ``per_device_train_batch_size`` counts completions (prompts x ``num_generations``), as in TRL.
+
+    Example:
+        >>> args = GRPOConfig(output_dir="out", max_steps=10, num_generations=4, kl_coef=0.02)
+        >>> args.bf16, args.gradient_checkpointing, args.beta
+        (False, False, 0.02)
+    """
+
+    bf16: bool | None = _CPU_SAFE["bf16"]
+    gradient_checkpointing: bool = _CPU_SAFE["gradient_checkpointing"]
+    max_completion_length: int = _CPU_SAFE["max_completion_length"]
+    num_generations: int = _CPU_SAFE["num_generations"]
+    learning_rate: float = _CPU_SAFE["learning_rate"]
+    logging_steps: float = _CPU_SAFE["logging_steps"]
+    # Set from code, not recipes: the model is loaded from the `model` block (which owns
+    # trust_remote_code), and the weights come from the `reward` block (reward_weights).
+    trust_remote_code: bool = field(default=False, init=False)
+    reward_weights: list[float] | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _cpu_safe_post_init(self)
+
+
+@dataclass
+class RLOOConfig(_SharedRLArguments, trl.RLOOConfig):
+    """``trl.RLOOConfig`` with CPU-safe defaults and the fields shared with ``PPOConfig``.
+
+    ``per_device_train_batch_size`` counts completions (prompts x ``num_generations``), as in TRL.
+
+    Example:
+        >>> RLOOConfig(output_dir="out", max_steps=10).num_generations
+        4
+    """
+
+    bf16: bool | None = _CPU_SAFE["bf16"]
+    gradient_checkpointing: bool = _CPU_SAFE["gradient_checkpointing"]
+    max_completion_length: int = _CPU_SAFE["max_completion_length"]
+    num_generations: int = _CPU_SAFE["num_generations"]
+    learning_rate: float = _CPU_SAFE["learning_rate"]
+    logging_steps: float = _CPU_SAFE["logging_steps"]
+    trust_remote_code: bool = field(default=False, init=False)
+    reward_weights: list[float] | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _cpu_safe_post_init(self)
+
+
+class _GroupTrainerMixin(SafeSaveMixin):
+    """Shared constructor checks and generation-based evaluation of our GRPO and RLOO trainers."""
+
+    def _setup_rl(self, model, args, train_dataset, eval_dataset, processing_class, reward_funcs, reward_weights,
+                  reward_model, reward_processing_class, peft_config, eval_metrics, callbacks):
+        funcs = resolve_reward_funcs(list(reward_funcs or []))
+        if reward_model is not None:
+            if hasattr(reward_model, "config"):  # a raw classifier, not a scorer
+                if reward_processing_class is None:
+                    raise ValueError("A reward_model given as a model needs its tokenizer as reward_processing_class.")
+                reward_model = RewardModelScorer(reward_model, reward_processing_class)
+            funcs.append(reward_model)
+        if not funcs:
+            raise ValueError("No reward: pass reward_funcs and/or a reward_model.")
+        if reward_weights is not None:
+            if len(reward_weights) != len(funcs):
+                raise ValueError(f"{len(reward_weights)} reward weights for {len(funcs)} rewards: give one each.")
+            args.reward_weights = [float(w) for w in reward_weights]
+        if processing_class is None:
+            raise ValueError("Pass the policy tokenizer as processing_class.")
+        if processing_class.pad_token is None:
+            if processing_class.eos_token is None:
+                raise ValueError("The policy tokenizer has no pad and no EOS token: add one before RL training.")
+            processing_class.pad_token = processing_class.eos_token
+        if processing_class.eos_token_id is None:
+            raise ValueError("The policy tokenizer has no EOS token: completions could never end.")
+        train_dataset = self._prepare_prompts(train_dataset, args, processing_class, "train_dataset")
+        if eval_dataset is not None:
+            eval_dataset = self._prepare_prompts(eval_dataset, args, processing_class, "eval_dataset")
+        elif args.eval_strategy != "no":
+            raise ValueError(f"eval_strategy={args.eval_strategy!r} needs an eval_dataset of held-out prompts.")
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        longest = max(len(ids) for ids in processing_class(list(train_dataset["prompt"]), add_special_tokens=False)["input_ids"])
+        if limit is not None and longest + args.max_completion_length > limit:
+            raise ValueError(
+                f"The longest prompt ({longest} tokens) + max_completion_length ({args.max_completion_length}) exceeds "
+                f"the model's max_position_embeddings ({limit}): shorten the prompts or max_completion_length."
+            )
+        if args.beta > 0 and peft_config is None and not hasattr(model, "peft_config"):
+            name = getattr(getattr(model, "config", None), "_name_or_path", "")
+            if isinstance(model, str):
+                name = model
+            if not name or (not os.path.isdir(name) and os.environ.get("HF_HUB_OFFLINE") == "1"):
+                # TRL rebuilds the frozen reference model from model.config._name_or_path.
+                raise ValueError(
+                    f"beta/kl_coef={args.beta} needs a reference model, which TRL reloads from "
+                    f"model.config._name_or_path ({name!r}), not a saved model: save the model with "
+                    "save_pretrained() and load it from that folder, use LoRA (the reference is the adapter-disabled "
+                    "base), or set kl_coef: 0."
+                )
+        self._rl_reward_funcs = funcs
+        self._rl_eval_metrics = resolve_reward_funcs(list(eval_metrics or []))
+        callbacks = [*(callbacks or []), NonFiniteGuardCallback()]
+        return funcs, train_dataset, eval_dataset, callbacks
+
+    @staticmethod
+    def _prepare_prompts(dataset, args, tokenizer, where: str):
+        column = args.prompt_column
+        if column not in dataset.column_names:
+            raise ValueError(f"{where} has no prompt column '{column}' (columns: {dataset.column_names}): "
+                             "set training.prompt_column.")
+        if len(dataset) == 0:
+            raise ValueError(f"{where} is empty: RL needs at least one prompt.")
+        if column != "prompt":
+            if "prompt" in dataset.column_names:
+                dataset = dataset.remove_columns("prompt")
+            dataset = dataset.rename_column(column, "prompt")
+        if not all(isinstance(p, str) and p for p in dataset["prompt"]):
+            raise ValueError(f"{where}: every prompt must be a non-empty string (render chat prompts with the template).")
+        if args.max_prompt_length is not None:
+            sizes = [len(ids) for ids in tokenizer(list(dataset["prompt"]), add_special_tokens=False)["input_ids"]]
+            if max(sizes) > args.max_prompt_length:
+                raise ValueError(f"{where}: a prompt has {max(sizes)} tokens > max_prompt_length="
+                                 f"{args.max_prompt_length}: raise it or shorten the prompts.")
+        return dataset
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Greedy generation on held-out prompts: mean reward, task metrics and a sample-generations table."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset of held-out prompts.")
+        if isinstance(dataset, dict):  # several named eval sets
+            out = {}
+            for name, part in dataset.items():
+                out.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return out
+        columns = {c: list(dataset[c]) for c in dataset.column_names if c != "prompt"}
+        model = self.accelerator.unwrap_model(self.model)
+        raw, table = evaluate_generations(
+            model,
+            self.processing_class,
+            list(dataset["prompt"]),
+            columns,
+            self._rl_reward_funcs,
+            self.args.reward_weights,
+            self._rl_eval_metrics,
+            max_new_tokens=self.args.max_completion_length,
+            batch_size=self.args.per_device_eval_batch_size,
+            num_logged=self.args.num_sample_generations,
+        )
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
+        # Trainer.log, not TRL's log: TRL's merges (and clears) the pending training metrics.
+        Trainer.log(self, metrics)
+        if self.args.should_save and table:
+            folder = Path(self.args.output_dir) / "eval_samples"
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / f"step-{self.state.global_step}.jsonl", "w") as f:
+                for row in table:
+                    f.write(json.dumps(row) + "\n")
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class GRPOTrainer(_GroupTrainerMixin, trl.GRPOTrainer):
+    """TRL's ``GRPOTrainer`` with the constructor of our ``PPOTrainer`` and generation-based evaluation.
+
+    Args:
+        model: Policy (``AutoModelForCausalLM``, or a PEFT model), loaded from a folder when ``beta > 0``
+            without LoRA (TRL reloads the reference from ``model.config._name_or_path``).
+        args: A :class:`GRPOConfig`.
+        train_dataset: Prompts (``args.prompt_column``) plus any columns the rewards read.
+        eval_dataset: Held-out prompts for evaluation.
+        processing_class: The policy tokenizer (needs EOS; pad falls back to EOS).
+        reward_funcs: Reward functions or recipe names (see :func:`~hf_finetune.rl.rewards.resolve_reward_funcs`).
+        reward_weights: One weight per reward (functions first, then ``reward_model``).
+        reward_model: A :class:`~hf_finetune.rl.rewards.RewardModelScorer`, or a sequence classifier
+            (with ``reward_processing_class``) scored by its first label/logit.
+        reward_processing_class: Tokenizer of a raw ``reward_model``.
+        peft_config: A ``peft.LoraConfig`` to train adapters; the reference is then the adapter-disabled base.
+        eval_metrics: Task metrics (reward-function signature) reported at evaluation only.
+        callbacks: Extra ``TrainerCallback``s.
+
+    Example:
+        >>> trainer = GRPOTrainer(model, GRPOConfig(output_dir="out", max_steps=20), prompts,
+        ...                       processing_class=tok, reward_funcs=["exact_match"])  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+    """
+
+    def __init__(self, model, args: GRPOConfig, train_dataset, eval_dataset=None, processing_class=None,
+                 reward_funcs=None, reward_weights=None, reward_model=None, reward_processing_class=None,
+                 value_model=None, ref_model=None, peft_config=None, eval_metrics=None, callbacks=None):
+        _reject_ppo_only(value_model, ref_model, type(self).__name__)
+        funcs, train_dataset, eval_dataset, callbacks = self._setup_rl(
+            model, args, train_dataset, eval_dataset, processing_class, reward_funcs, reward_weights,
+            reward_model, reward_processing_class, peft_config, eval_metrics, callbacks)
+        super().__init__(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+                         peft_config=peft_config)
+
+
+class RLOOTrainer(_GroupTrainerMixin, trl.RLOOTrainer):
+    """TRL's ``RLOOTrainer`` with the constructor of our ``PPOTrainer`` and generation-based evaluation.
+
+    Arguments as for :class:`GRPOTrainer`, with an :class:`RLOOConfig`.
+
+    Example:
+        >>> trainer = RLOOTrainer(model, RLOOConfig(output_dir="out", max_steps=20), prompts,
+        ...                       processing_class=tok, reward_funcs=["length:10"])  # doctest: +SKIP
+    """
+
+    def __init__(self, model, args: RLOOConfig, train_dataset, eval_dataset=None, processing_class=None,
+                 reward_funcs=None, reward_weights=None, reward_model=None, reward_processing_class=None,
+                 value_model=None, ref_model=None, peft_config=None, eval_metrics=None, callbacks=None):
+        _reject_ppo_only(value_model, ref_model, type(self).__name__)
+        funcs, train_dataset, eval_dataset, callbacks = self._setup_rl(
+            model, args, train_dataset, eval_dataset, processing_class, reward_funcs, reward_weights,
+            reward_model, reward_processing_class, peft_config, eval_metrics, callbacks)
+        super().__init__(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+                         peft_config=peft_config)
+
+
+def _reject_ppo_only(value_model, ref_model, name: str) -> None:
+    # Same signature as PPOTrainer so train.py builds all three alike; these two only mean something there.
+    if value_model is not None:
+        raise ValueError(f"{name} is critic-free: value_model is a PPO argument (use method: ppo).")
+    if ref_model is not None:
+        raise ValueError(f"{name} builds its own reference model (reloaded by name, or the adapter-disabled base "
+                         "with LoRA): do not pass ref_model.")
