@@ -16,6 +16,14 @@ __version__ = "0.1.0"
 
 # Public name -> defining module (a literal table; `__getattr__` imports on first use).
 _LAZY = {
+    "MaskedLMCollator": "hf_finetune.self_supervised.collators",
+    "WholeWordMaskingCollator": "hf_finetune.self_supervised.collators",
+    "SpanMaskingCollator": "hf_finetune.self_supervised.collators",
+    "CausalLMCollator": "hf_finetune.self_supervised.collators",
+    "FIMCollator": "hf_finetune.self_supervised.collators",
+    "MaskingEpochCallback": "hf_finetune.self_supervised.collators",
+    "SelfSupervisedConfig": "hf_finetune.self_supervised.config",
+    "TextArguments": "hf_finetune.self_supervised.config",
     "ModelArguments": "hf_finetune.config",
     "DataArguments": "hf_finetune.config",
     "LoraArguments": "hf_finetune.config",

@@ -15,6 +15,7 @@ from .config import build_parser, parse_recipe, read_recipe_yaml
 # A literal dict on purpose: the methods are known, and adding one is one line here.
 METHODS = {
     "supervised": "hf_finetune.supervised.train",
+    "self_supervised": "hf_finetune.self_supervised.train",
     "rl_env": "hf_finetune.rl.agents.train",
 }
 

@@ -1,0 +1,272 @@
+"""Entry point of the ``self_supervised`` recipe method: MLM / whole-word / span / CLM / FIM training.
+
+Optionally chained into a supervised recipe (``training.finetune``) that starts from the adapted
+encoder with a fresh task head: domain- or task-adaptive pretraining followed by fine-tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_FOR_MASKED_LM_MAPPING,
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    DataCollatorWithFlattening,
+    Trainer,
+)
+
+from ..callbacks import NonFiniteGuardCallback
+from ..config import DataArguments, LoraArguments, ModelArguments, Recipe, read_recipe_yaml
+from ..models import (
+    apply_lora,
+    check_model_fits,
+    export_model,
+    load_model,
+    load_tokenizer,
+    model_source,
+    trainable_parameters,
+)
+from ..runs import SafeSaveMixin, finish_run, start_run
+from .collators import (
+    EVAL_EPOCH,
+    CausalLMCollator,
+    FIMCollator,
+    MaskedLMCollator,
+    MaskingEpochCallback,
+    SpanMaskingCollator,
+    WholeWordMaskingCollator,
+    _require_mask_token,
+    add_fim_tokens,
+)
+from .config import MASKED_OBJECTIVES, SelfSupervisedConfig, TextArguments
+from .text import split_corpus, tokenize_corpus
+
+logger = logging.getLogger(__name__)
+
+BLOCKS = {
+    "model": ModelArguments,
+    "data": DataArguments,
+    "text": TextArguments,
+    "lora": LoraArguments,
+    "training": SelfSupervisedConfig,
+}
+
+
+def blocks(method: str) -> dict[str, type]:
+    """The recipe blocks of the ``self_supervised`` method."""
+    return BLOCKS
+
+
+class SelfSupervisedTrainer(SafeSaveMixin, Trainer):
+    """``Trainer`` that evaluates with fixed masks and reports perplexity (``exp(eval_loss)``).
+
+    Example:
+        >>> trainer = SelfSupervisedTrainer(model=model, args=args, data_collator=collator, ...)  # doctest: +SKIP
+    """
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        collator = self.data_collator
+        epoch = getattr(collator, "epoch", None)
+        if epoch is not None:  # same masks at every evaluation, so eval losses are comparable
+            collator.set_epoch(EVAL_EPOCH)
+        try:
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            if epoch is not None:
+                collator.set_epoch(epoch)
+        loss = metrics.get(f"{metric_key_prefix}_loss")
+        if loss is not None:
+            metrics[f"{metric_key_prefix}_perplexity"] = math.exp(min(loss, 700.0))
+        return metrics
+
+
+def make_collator(args: SelfSupervisedConfig, tokenizer):
+    """The collator for ``args.objective``, seeded with the training seed."""
+    common = {"tokenizer": tokenizer, "seed": args.seed}
+    replace = {
+        k: v
+        for k, v in (("mask_replace_prob", args.mask_replace_prob), ("random_replace_prob", args.random_replace_prob))
+        if v is not None
+    }
+    if args.objective == "mlm":
+        return MaskedLMCollator(mlm_probability=args.mlm_probability, **replace, **common)
+    if args.objective == "whole_word":
+        return WholeWordMaskingCollator(mlm_probability=args.mlm_probability, **replace, **common)
+    if args.objective == "span":
+        return SpanMaskingCollator(
+            mlm_probability=args.mlm_probability,
+            mean_span_length=args.mean_span_length,
+            max_span_length=args.max_span_length,
+            **replace,
+            **common,
+        )
+    if args.objective == "fim":
+        return FIMCollator(fim_rate=args.fim_rate, **common)
+    return CausalLMCollator(**common)
+
+
+@torch.no_grad()
+def supports_padding_free(model) -> bool:
+    """Whether ``model`` keeps two sequences packed in one row apart given only ``position_ids``.
+
+    Checked by running it: the logits of the second sequence packed after a first one must equal
+    its logits alone. Models whose attention masks come from ``transformers.masking_utils`` pass
+    (Llama, SmolLM2); others would silently attend across documents.
+    """
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (7,), generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        packed = model(input_ids=ids[None].to(device), position_ids=torch.tensor([[0, 1, 2, 0, 1, 2, 3]], device=device))
+        alone = model(input_ids=ids[None, 3:].to(device))
+    finally:
+        model.train(was_training)
+    return bool(torch.allclose(packed.logits[0, 3:].float(), alone.logits[0].float(), atol=1e-4))
+
+
+def _check_model_kind(model_args: ModelArguments, objective: str) -> None:
+    config = AutoConfig.from_pretrained(
+        model_source(model_args), revision=model_args.revision, trust_remote_code=model_args.trust_remote_code
+    )
+    if objective in MASKED_OBJECTIVES and (type(config) not in MODEL_FOR_MASKED_LM_MAPPING or config.is_decoder):
+        raise ValueError(
+            f"{model_args.model_name_or_path} is a causal (decoder-only) model ({config.model_type}) and has no "
+            f"masked-LM head, so objective '{objective}' cannot train it: use objective 'clm' or 'fim'."
+        )
+    if objective not in MASKED_OBJECTIVES and type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ValueError(
+            f"{model_args.model_name_or_path} ({config.model_type}) is not a causal LM: objective '{objective}' "
+            "needs one; use objective 'mlm', 'whole_word' or 'span' for encoders."
+        )
+
+
+def build(recipe: Recipe):
+    """Tokenizer, model (LoRA-wrapped when asked), collator and tokenized splits, all validated."""
+    args: SelfSupervisedConfig = recipe.training
+    model_args, data, text, lora = recipe.model, recipe.data, recipe.text, recipe.lora
+    masked = args.objective in MASKED_OBJECTIVES
+    tokenizer = load_tokenizer(model_args, require_pad=True)
+    if masked:
+        _require_mask_token(tokenizer, f"objective '{args.objective}'")
+    _check_model_kind(model_args, args.objective)
+    model = load_model(model_args, AutoModelForMaskedLM if masked else AutoModelForCausalLM)
+    if args.objective == "fim":
+        add_fim_tokens(tokenizer, model)
+    block_size = data.max_length or getattr(model.config, "max_position_embeddings", None) or 512
+    check_model_fits(model, tokenizer, block_size + (3 if args.objective == "fim" else 0))
+    collator = make_collator(args, tokenizer)
+    splits = split_corpus(data, text)
+    tokenized = {
+        split: tokenize_corpus(
+            ds,
+            tokenizer,
+            block_size,
+            packing=text.packing,
+            with_offsets=args.objective == "whole_word",
+            num_proc=data.preprocessing_num_workers,
+            split=split,
+        )
+        for split, ds in splits.items()
+    }
+    if args.padding_free:
+        if not supports_padding_free(model):
+            raise ValueError(
+                f"{model_args.model_name_or_path} ({model.config.model_type}) does not separate packed sequences "
+                "by position_ids: set training.padding_free false."
+            )
+        collator = DataCollatorWithFlattening()
+    if lora.use_lora:
+        model = apply_lora(model, lora, task_type=None if masked else "CAUSAL_LM")
+    return tokenizer, model, collator, tokenized
+
+
+def _finetune_argv(overrides: dict) -> list[str]:
+    argv = []
+    for key, value in overrides.items():
+        if isinstance(value, bool):
+            argv += [f"--{key}", str(value).lower()]
+        elif isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def load_finetune_recipe(args: SelfSupervisedConfig, encoder_dir: Path):
+    """The supervised recipe of ``training.finetune``, pointed at ``encoder_dir``."""
+    from ..cli import load_recipe
+
+    if read_recipe_yaml(args.finetune)["method"] != "supervised":
+        raise ValueError(f"training.finetune={args.finetune!r} must be a recipe with method: supervised.")
+    overrides = {"model_name_or_path": str(encoder_dir), "output_dir": str(Path(args.output_dir) / "finetune")}
+    overrides.update(args.finetune_overrides or {})
+    return load_recipe(args.finetune, _finetune_argv(overrides))
+
+
+def export_encoder(model, tokenizer, model_args: ModelArguments, directory: Path) -> None:
+    """Save the adapted encoder as the pretrained model's base class (e.g. ``BertModel``).
+
+    ``BertForMaskedLM`` has no pooler, so a classifier loaded from its checkpoint would get a
+    random one; starting from the original base model and loading the adapted weights over it
+    keeps the pretrained pooler (and anything else the LM head model lacks).
+    """
+    base = load_model(model_args, AutoModel)
+    if len(tokenizer) != base.get_input_embeddings().num_embeddings:
+        base.resize_token_embeddings(len(tokenizer))
+    adapted = model.base_model.state_dict()
+    result = base.load_state_dict(adapted, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"Cannot map the adapted weights onto {type(base).__name__}: {result.unexpected_keys[:3]}")
+    export_model(base, tokenizer, directory)
+
+
+def run(recipe: Recipe) -> dict:
+    """Train as the recipe says; returns eval loss / perplexity (and ``finetune_*`` metrics when chained)."""
+    args: SelfSupervisedConfig = recipe.training
+    if args.finetune:  # a bad second recipe fails now, not after pretraining
+        load_finetune_recipe(args, Path(args.output_dir) / "encoder")
+    # The collators need special_tokens_mask / offset_mapping, which Trainer would drop as unused.
+    args.remove_unused_columns = False
+    started = start_run(recipe)
+    tokenizer, model, collator, tokenized = build(recipe)
+    trainable, total = trainable_parameters(model)
+    logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    trainer = SelfSupervisedTrainer(
+        model=model,
+        args=args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=collator,
+        callbacks=[NonFiniteGuardCallback(), MaskingEpochCallback(collator)],
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    metrics["trainable_parameters"] = trainable
+    metrics["train_blocks"] = len(tokenized["train"])
+    run_dir = Path(args.output_dir)
+    final = trainer.model
+    if recipe.lora.use_lora and (recipe.lora.lora_merge_on_export or args.finetune):
+        final = final.merge_and_unload()
+    export_model(final, tokenizer, run_dir)
+    trainer.log_metrics("eval", metrics)
+    metrics = finish_run(trainer, metrics, started, headline=("eval_loss", "eval_perplexity"))
+    if args.finetune and trainer.is_world_process_zero():
+        from ..cli import run_recipe
+
+        export_encoder(final, tokenizer, recipe.model, run_dir / "encoder")
+        finetuned = run_recipe(load_finetune_recipe(args, run_dir / "encoder"))
+        metrics.update({f"finetune_{k}": v for k, v in finetuned.items()})
+    return metrics
