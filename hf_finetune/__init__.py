@@ -40,6 +40,15 @@ _LAZY = {
     "BabyAITextEnv": "hf_finetune.rl.agents.envs",
     "TextBanditEnv": "hf_finetune.rl.agents.envs",
     "load_agent": "hf_finetune.rl.agents.train",
+    "PPOConfig": "hf_finetune.rl.ppo_config",
+    "PPOTrainer": "hf_finetune.rl.ppo_trainer",
+    "GRPOConfig": "hf_finetune.rl.grpo",
+    "GRPOTrainer": "hf_finetune.rl.grpo",
+    "RLOOConfig": "hf_finetune.rl.grpo",
+    "RLOOTrainer": "hf_finetune.rl.grpo",
+    "RewardArguments": "hf_finetune.rl.config",
+    "RewardModelScorer": "hf_finetune.rl.rewards",
+    "compute_rewards": "hf_finetune.rl.rewards",
 }
 
 __all__ = sorted(_LAZY)

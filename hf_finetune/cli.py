@@ -17,6 +17,9 @@ METHODS = {
     "supervised": "hf_finetune.supervised.train",
     "self_supervised": "hf_finetune.self_supervised.train",
     "rl_env": "hf_finetune.rl.agents.train",
+    "ppo": "hf_finetune.rl.train",
+    "grpo": "hf_finetune.rl.train",
+    "rloo": "hf_finetune.rl.train",
 }
 
 USAGE = """hf-finetune train RECIPE.yaml [--key value ...]   train as the recipe says (CLI values override YAML)

@@ -85,6 +85,10 @@ class RewardArguments:
             "they do not enter the reward."
         },
     )
+    evaluate_before_training: bool = field(
+        default=True,
+        metadata={"help": "Also evaluate the untrained policy (metrics before_eval_*), so the run shows the change."},
+    )
 
     @property
     def num_rewards(self) -> int:

@@ -46,7 +46,7 @@ class _SharedRLArguments:
                   "between ppo, grpo and rloo unchanged)."},
     )
     num_sample_generations: int = field(
-        default=8, metadata={"help": "Evaluation generations written to the samples table (eval_samples/*.jsonl)."}
+        default=8, metadata={"help": "Evaluation generations written to the samples table (samples/eval_step*.jsonl and .md)."}
     )
 
 
@@ -70,8 +70,9 @@ def _cpu_safe_post_init(config) -> None:
 
 _CPU_SAFE = {
     "bf16": field(default=False, metadata={"help": "bf16 mixed precision (off by default: CPUs and older GPUs)."}),
+    # None (not TRL's True): transformers then resolves it from activation_checkpointing, default off.
     "gradient_checkpointing": field(
-        default=False, metadata={"help": "Recompute activations in the backward pass to save memory (slower)."}
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off by default here)."}
     ),
     "max_completion_length": field(default=64, metadata={"help": "Most tokens generated per completion."}),
     "num_generations": field(default=4, metadata={"help": "Completions sampled per prompt (the group)."}),
@@ -93,7 +94,7 @@ class GRPOConfig(_SharedRLArguments, trl.GRPOConfig):
     """
 
     bf16: bool | None = _CPU_SAFE["bf16"]
-    gradient_checkpointing: bool = _CPU_SAFE["gradient_checkpointing"]
+    gradient_checkpointing: bool | None = _CPU_SAFE["gradient_checkpointing"]
     max_completion_length: int = _CPU_SAFE["max_completion_length"]
     num_generations: int = _CPU_SAFE["num_generations"]
     learning_rate: float = _CPU_SAFE["learning_rate"]
@@ -120,7 +121,7 @@ class RLOOConfig(_SharedRLArguments, trl.RLOOConfig):
     """
 
     bf16: bool | None = _CPU_SAFE["bf16"]
-    gradient_checkpointing: bool = _CPU_SAFE["gradient_checkpointing"]
+    gradient_checkpointing: bool | None = _CPU_SAFE["gradient_checkpointing"]
     max_completion_length: int = _CPU_SAFE["max_completion_length"]
     num_generations: int = _CPU_SAFE["num_generations"]
     learning_rate: float = _CPU_SAFE["learning_rate"]
@@ -236,12 +237,8 @@ class _GroupTrainerMixin(SafeSaveMixin):
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
         # Trainer.log, not TRL's log: TRL's merges (and clears) the pending training metrics.
         Trainer.log(self, metrics)
-        if self.args.should_save and table:
-            folder = Path(self.args.output_dir) / "eval_samples"
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / f"step-{self.state.global_step}.jsonl", "w") as f:
-                for row in table:
-                    f.write(json.dumps(row) + "\n")
+        if self.is_world_process_zero():
+            _write_samples(table, Path(self.args.output_dir) / "samples" / f"{metric_key_prefix}_step{self.state.global_step}")
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
@@ -303,6 +300,22 @@ class RLOOTrainer(_GroupTrainerMixin, trl.RLOOTrainer):
         super().__init__(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
                          peft_config=peft_config)
+
+
+def _write_samples(table: list[dict], stem: Path) -> None:
+    """The sample-generations table as JSON lines and Markdown (same files as PPOTrainer writes)."""
+    if not table:
+        return
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in table))
+    keys = list(table[0])
+
+    def cell(value):
+        return (f"{value:.4f}" if isinstance(value, float) else str(value)).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(row[k]) for k in keys) + " |" for row in table]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def _reject_ppo_only(value_model, ref_model, name: str) -> None:

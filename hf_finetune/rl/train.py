@@ -1,0 +1,166 @@
+"""Entry point of the ``ppo``, ``grpo`` and ``rloo`` recipe methods.
+
+The three methods take the same ``model``, ``data``, ``lora`` and ``reward`` blocks; only the
+``training`` block's class differs (:class:`~hf_finetune.rl.ppo_config.PPOConfig`,
+:class:`~hf_finetune.rl.grpo.GRPOConfig`, :class:`~hf_finetune.rl.grpo.RLOOConfig`), and their
+shared fields (``prompt_column``, ``max_prompt_length``, ``max_completion_length``,
+``temperature``, ``kl_coef``, ``num_sample_generations`` and every ``TrainingArguments`` field)
+have one name and meaning. A recipe that sticks to those switches algorithm with its ``method``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM
+
+from ..config import LoraArguments, ModelArguments, Recipe
+from ..data import load_splits, require_columns
+from ..models import apply_lora, check_model_fits, export_model, load_model, load_tokenizer, trainable_parameters
+from ..runs import finish_run, start_run, write_args_json
+from .config import RewardArguments, RLDataArguments
+from .rewards import load_reward_model, resolve_reward_funcs, score_per_function
+
+logger = logging.getLogger(__name__)
+
+RL_METHODS = ("ppo", "grpo", "rloo")
+
+
+def _trainer_classes(method: str) -> tuple[type, type]:
+    # Imported on demand: each pulls in a different part of TRL / our PPO.
+    if method == "ppo":
+        from .ppo_config import PPOConfig
+        from .ppo_trainer import PPOTrainer
+
+        return PPOConfig, PPOTrainer
+    from .grpo import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    if method == "grpo":
+        return GRPOConfig, GRPOTrainer
+    if method == "rloo":
+        return RLOOConfig, RLOOTrainer
+    raise ValueError(f"Unknown RL method {method!r}: use one of {list(RL_METHODS)}.")
+
+
+def blocks(method: str) -> dict[str, type]:
+    """The recipe blocks of ``method`` (``ppo``, ``grpo`` or ``rloo``): all alike but ``training``."""
+    return {
+        "model": ModelArguments,
+        "data": RLDataArguments,
+        "lora": LoraArguments,
+        "reward": RewardArguments,
+        "training": _trainer_classes(method)[0],
+    }
+
+
+def render_prompts(dataset, tokenizer, column: str, data: RLDataArguments):
+    """Turn the prompt column into model-ready text: the chat template (with generation prompt) when asked and
+    available, else the raw text. A column of chat messages is always rendered with the template."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def render(row):
+        prompt = row[column]
+        if isinstance(prompt, str) and not (data.use_chat_template and has_template):
+            return {column: prompt}
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if not has_template:
+            raise ValueError(f"The prompt column '{column}' holds chat messages but the tokenizer has no chat template.")
+        if data.system_prompt and prompt[0].get("role") != "system":
+            prompt = [{"role": "system", "content": data.system_prompt}, *prompt]
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return {column: text}
+
+    return dataset.map(render, desc="rendering prompts")
+
+
+def build_rewards(reward: RewardArguments) -> tuple[list, list[float] | None, list]:
+    """Reward functions (then the reward model), their weights, and the evaluation-only task metrics."""
+    funcs = resolve_reward_funcs(reward.reward_funcs or [])
+    if reward.reward_model is not None:
+        label = reward.reward_model_label
+        funcs.append(
+            load_reward_model(
+                reward.reward_model,
+                label=int(label) if label is not None and label.lstrip("-").isdigit() else label,
+                output=reward.reward_model_output,
+                batch_size=reward.reward_model_batch_size,
+                include_prompt=reward.reward_model_include_prompt,
+            )
+        )
+    return funcs, reward.reward_weights, resolve_reward_funcs(reward.eval_metrics or [])
+
+
+def _preflight(funcs, metrics, dataset, column: str) -> None:
+    """Score two rows with empty completions, so a missing column or a broken reward fails before step 1."""
+    rows = dataset.select(range(min(2, len(dataset))))
+    prompts = list(rows[column])
+    columns = {c: list(rows[c]) for c in rows.column_names if c != column}
+    for group in (funcs, metrics):
+        if group:
+            score_per_function(group, prompts, [""] * len(prompts), columns)
+
+
+def _last_logged(log_history: list[dict], words: tuple[str, ...]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for entry in log_history:
+        for key, value in entry.items():
+            if key.startswith("eval") or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            if any(w in key for w in words):
+                out[f"train_last_{key.replace('/', '_')}"] = float(value)
+    return out
+
+
+def run(recipe: Recipe) -> dict:
+    """RL fine-tuning of a causal LM as the recipe says; returns final metrics (``eval_*``, ``before_eval_*``)."""
+    args = recipe.training
+    data: RLDataArguments = recipe.data
+    _, trainer_class = _trainer_classes(recipe.method)
+    started = start_run(recipe)
+    tokenizer = load_tokenizer(recipe.model, require_pad=True, padding_side="left")
+    if tokenizer.eos_token is None:
+        raise ValueError("The policy tokenizer has no EOS token, so completions could never end: use a model with one.")
+    splits = load_splits(data)
+    for name, split in splits.items():
+        require_columns(split, [args.prompt_column], f"The {name} split of {data.dataset}")
+    splits = {name: render_prompts(split, tokenizer, args.prompt_column, data) for name, split in splits.items()}
+    funcs, weights, task_metrics = build_rewards(recipe.reward)
+    _preflight(funcs, task_metrics, splits["train"], args.prompt_column)
+
+    model = load_model(recipe.model, AutoModelForCausalLM)
+    check_model_fits(model, tokenizer, None)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if recipe.lora.use_lora:
+        model = apply_lora(model, recipe.lora, task_type="CAUSAL_LM")
+    trainable, total = trainable_parameters(model)
+    logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        processing_class=tokenizer,
+        reward_funcs=funcs,
+        reward_weights=weights,
+        eval_metrics=task_metrics,
+    )
+    metrics: dict[str, float] = {}
+    if recipe.reward.evaluate_before_training and not args.resume_from_checkpoint:
+        metrics.update(trainer.evaluate(metric_key_prefix="before_eval"))
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    metrics.update(trainer.evaluate())
+    metrics.update(_last_logged(trainer.state.log_history, ("kl", "reward", "scores")))
+    metrics["trainable_parameters"] = trainable
+    policy = getattr(trainer, "policy", None) or trainer.accelerator.unwrap_model(trainer.model)
+    if recipe.lora.use_lora and recipe.lora.lora_merge_on_export:
+        if trainer.is_world_process_zero():
+            export_model(policy, tokenizer, args.output_dir, merge_lora=True)
+            write_args_json(args, Path(args.output_dir))
+    else:
+        trainer.save_model(args.output_dir)
+    headline = ("before_eval_reward", "eval_reward", *(f"eval_{getattr(f, '__name__', '')}" for f in task_metrics))
+    return finish_run(trainer, metrics, started, headline=headline)
