@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForSequenceClassification, GenerationConfig, Trainer
 from transformers.trainer_utils import TrainOutput, speed_metrics
@@ -187,8 +186,15 @@ def value_model_from_policy(policy: nn.Module) -> nn.Module:
     config.num_labels = 1
     value = AutoModelForSequenceClassification.from_config(config, dtype=next(base.parameters()).dtype)
     # Same base_model_prefix in *ForCausalLM and *ForSequenceClassification: backbone keys match.
-    state = {k: v for k, v in base.state_dict().items() if k.startswith(value.base_model_prefix + ".")}
-    value.load_state_dict(state, strict=False)
+    # Under PEFT the base weights sit in `.base_layer` and the adapters are not part of the critic.
+    prefix = value.base_model_prefix + "."
+    state = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items()
+             if k.startswith(prefix) and "lora_" not in k}
+    missing, _ = value.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k.startswith(prefix)]
+    if missing:
+        raise ValueError(f"Could not initialize the value model from the policy's backbone (missing {missing[:3]}): "
+                         "pass value_model=... explicitly, or use value_model='shared'.")
     nn.init.zeros_(_value_head(value).weight)
     value.config.pad_token_id = base.config.pad_token_id
     return value.to(next(base.parameters()).device)
@@ -482,7 +488,7 @@ class PPOTrainer(SafeSaveMixin, Trainer):
             order = torch.randperm(n, device=batch["input_ids"].device)
             for start in range(0, n, mini):
                 mb = order[start : start + mini]
-                for k, m_start in enumerate(range(0, len(mb), micro)):
+                for m_start in range(0, len(mb), micro):
                     idx = mb[m_start : m_start + micro]
                     last = m_start + micro >= len(mb)
                     sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model_wrapped)

@@ -1,0 +1,299 @@
+"""PPO: the math against hand-computed values, and end-to-end effects on a tiny GPT-2 built from config."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from hf_finetune.rl.ppo_config import PPOConfig
+from hf_finetune.rl.ppo_trainer import (
+    AdaptiveKLController,
+    PPOTrainer,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    kl_estimates,
+    masked_mean,
+    masked_whiten,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Unit tests of the math
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gae_matches_hand_computation():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 5.0]])
+    values = torch.tensor([[0.5, 0.2, 0.4, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the 4th position is padding after EOS
+    gamma, lam = 0.9, 0.5
+    # deltas: d2 = 1 - 0.4 = 0.6; d1 = 0 + 0.9*0.4 - 0.2 = 0.16; d0 = 0 + 0.9*0.2 - 0.5 = -0.32
+    a2 = 0.6
+    a1 = 0.16 + 0.45 * a2
+    a0 = -0.32 + 0.45 * a1
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    assert torch.allclose(adv, torch.tensor([[a0, a1, a2, 0.0]]), atol=1e-6)
+    assert torch.allclose(ret, torch.tensor([[a0 + 0.5, a1 + 0.2, a2 + 0.4, 0.0]]), atol=1e-6)
+
+
+def test_masked_whiten_and_mean():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert masked_mean(x, mask).item() == pytest.approx(2.0)
+    # mean 2, unbiased variance 1 -> (x - 2) / 1, padding stays 0
+    assert torch.allclose(masked_whiten(x, mask), torch.tensor([[-1.0, 0.0, 1.0, 0.0]]), atol=1e-4)
+    assert torch.allclose(masked_whiten(x, mask, shift_mean=False), torch.tensor([[1.0, 2.0, 3.0, 0.0]]), atol=1e-4)
+
+
+def test_kl_estimators():
+    logp = torch.tensor([math.log(0.5), math.log(0.2)])
+    ref = torch.tensor([math.log(0.25), math.log(0.4)])
+    k1, k3 = kl_estimates(logp, ref)
+    assert torch.allclose(k1, torch.tensor([math.log(2.0), math.log(0.5)]), atol=1e-6)
+    # k3 = (r - 1) - log r with r = ref / p: r = 0.5 -> -0.5 + log 2; r = 2 -> 1 - log 2
+    assert torch.allclose(k3, torch.tensor([-0.5 + math.log(2.0), 1.0 - math.log(2.0)]), atol=1e-6)
+    assert (k3 >= 0).all()
+
+
+def test_clipped_policy_loss():
+    old = torch.zeros(1, 3)
+    new = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1
+    adv = torch.tensor([[1.0, -1.0, 2.0]])
+    mask = torch.ones(1, 3)
+    loss, clipfrac, approxkl = clipped_policy_loss(new, old, adv, mask, cliprange=0.2)
+    # per token max(-A r, -A clip(r)): max(-1.5, -1.2) = -1.2; max(0.5, 0.8) = 0.8; max(-2.2, -2.2) = -2.2
+    assert loss.item() == pytest.approx((-1.2 + 0.8 - 2.2) / 3, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(2 / 3)
+    assert approxkl.item() == pytest.approx(0.5 * (new**2).mean().item(), abs=1e-6)
+
+
+def test_clipped_value_loss():
+    values = torch.tensor([[1.0, 0.0]])
+    old = torch.tensor([[0.0, 0.0]])
+    returns = torch.tensor([[2.0, 1.0]])
+    loss, clipfrac = clipped_value_loss(values, old, returns, torch.ones(1, 2), cliprange_value=0.2)
+    # token 0: unclipped (1-2)^2 = 1, clipped (0.2-2)^2 = 3.24 -> 3.24; token 1: 1 and 1 -> 1
+    assert loss.item() == pytest.approx(0.5 * (3.24 + 1.0) / 2, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(0.5)
+
+
+def test_adaptive_kl_controller():
+    fixed = AdaptiveKLController(0.1)
+    fixed.update(kl=10.0, n_steps=100)
+    assert fixed.value == 0.1
+    ctl = AdaptiveKLController(0.1, target=1.0, horizon=1000)
+    ctl.update(kl=10.0, n_steps=100)  # error clipped to 0.2
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 0.1))
+    ctl.update(kl=0.9, n_steps=100)  # error -0.1
+    assert ctl.value == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 0.1))
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on a tiny GPT-2
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tok_and_config(tiny_gpt2_dir):
+    from transformers import AutoConfig, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_gpt2_dir), AutoConfig.from_pretrained(tiny_gpt2_dir)
+
+
+def tiny_policy(config, seed=0):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config)
+
+
+def prompt_dataset(n=40, with_answer=False):
+    from conftest import make_topic_rows
+    from datasets import Dataset
+
+    rows = [{"prompt": " ".join(r["text"].split()[:3])} for r in make_topic_rows(n // 3 + 1)][:n]
+    if with_answer:
+        for r in rows:
+            r["answer"] = "goal"
+    return Dataset.from_list(rows)
+
+
+def target_token_reward(tokenizer):
+    """Fraction of completion tokens whose text contains an 'a' (about 1 in 10 tokens at random)."""
+    target = {i for t, i in tokenizer.get_vocab().items() if "a" in t}
+
+    def fraction_target(prompts, completions, **_):
+        out = []
+        for text in completions:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            out.append(sum(i in target for i in ids) / len(ids) if ids else 0.0)
+        return out
+
+    return fraction_target
+
+
+def ppo_args(tmp_path, **kw):
+    defaults = dict(
+        output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-2,
+        lr_scheduler_type="constant", max_completion_length=6, num_ppo_epochs=2, logging_steps=1, report_to=[],
+        save_strategy="no", use_cpu=True, seed=0, kl_coef=0.01, disable_tqdm=True,
+    )
+    defaults.update(kw)
+    return PPOConfig(**defaults)
+
+
+def scores_logged(trainer):
+    return [e["objective/scores"] for e in trainer.state.log_history if "objective/scores" in e]
+
+
+def test_learns_target_tokens(tmp_path, tok_and_config):
+    tokenizer, config = tok_and_config
+    model = tiny_policy(config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = ppo_args(tmp_path, max_steps=40, per_device_train_batch_size=16, max_completion_length=8, num_ppo_epochs=4)
+    trainer = PPOTrainer(model, args, prompt_dataset(), processing_class=tokenizer,
+                         reward_funcs=target_token_reward(tokenizer))
+    trainer.train()
+    scores = scores_logged(trainer)
+    assert len(scores) == 40
+    assert sum(scores[:3]) / 3 < 0.3
+    assert sum(scores[-5:]) / 5 > 0.6, scores
+    logged = trainer.state.log_history[-2]
+    for key in ("objective/kl", "objective/kl_k3", "objective/entropy", "objective/non_score_reward", "loss/policy",
+                "loss/value", "policy/clipfrac", "value/clipfrac", "policy/approxkl", "value/explained_variance",
+                "completion/length", "completion/eos_rate", "learning_rate", "objective/scores_std"):
+        assert key in logged and math.isfinite(logged[key]), key
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert logged["objective/kl"] > 0  # the policy moved away from the reference
+
+
+def test_constant_reward_is_logged_exactly(tmp_path, tok_and_config):
+    tokenizer, config = tok_and_config
+    args = ppo_args(tmp_path, max_steps=2, missing_eos_penalty=0.5, max_completion_length=3)
+    trainer = PPOTrainer(tiny_policy(config), args, prompt_dataset(16), processing_class=tokenizer,
+                         reward_funcs=lambda prompts, completions, **_: [0.7] * len(prompts))
+    trainer.train()
+    for entry in [e for e in trainer.state.log_history if "objective/scores" in e]:
+        expected = 0.7 - 0.5 * (1.0 - entry["completion/eos_rate"])
+        assert entry["objective/scores"] == pytest.approx(expected, abs=1e-6)
+        assert entry["objective/rlhf_reward"] == pytest.approx(expected + entry["objective/non_score_reward"], abs=1e-6)
+        assert entry["objective/non_score_reward"] == pytest.approx(-0.01 * entry["objective/kl"], rel=1e-4, abs=1e-7)
+
+
+def test_lora_keeps_base_and_reference_is_adapter_disabled_base(tmp_path, tok_and_config):
+    from peft import LoraConfig
+
+    tokenizer, config = tok_and_config
+    model = tiny_policy(config)
+    original = tiny_policy(config).eval()  # same seed: same weights, never trained
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+    args = ppo_args(tmp_path, max_steps=3, value_model="shared")
+    trainer = PPOTrainer(model, args, prompt_dataset(), processing_class=tokenizer,
+                         reward_funcs=target_token_reward(tokenizer), peft_config=lora)
+    policy = trainer.policy
+    assert trainer.ref_model is None  # one copy of the base weights
+    base_before = {k: v.clone() for k, v in policy.state_dict().items() if "lora_" not in k}
+    lora_before = {k: v.clone() for k, v in policy.state_dict().items() if "lora_B" in k}
+    head_before = trainer.value.weight.clone()
+    trainer.train()
+    after = policy.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in base_before.items())
+    assert any(not torch.equal(v, after[k]) for k, v in lora_before.items())
+    assert not torch.equal(head_before, trainer.value.weight)
+    # The reference log-probs are those of the untouched base model.
+    ids = tokenizer(["the match goal", "a new phone"], return_tensors="pt", padding=True)
+    responses = ids["input_ids"][:, -2:]
+    from hf_finetune.rl.ppo_trainer import _logprobs_and_entropy, _position_ids
+
+    pos = _position_ids(ids["attention_mask"])
+    ref = trainer._ref_logprobs(ids["input_ids"], ids["attention_mask"], pos, responses)
+    logits = original(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], position_ids=pos).logits
+    expected = _logprobs_and_entropy(logits[:, -3:-1], responses, 1.0)[0]
+    assert torch.allclose(ref, expected, atol=1e-5)
+    with torch.no_grad():
+        trained = policy(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], position_ids=pos).logits
+    assert not torch.allclose(trained, logits, atol=1e-4)  # and the adapter really changes the policy
+
+
+def _final_weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resume_is_bitwise_identical(tmp_path, tok_and_config):
+    tokenizer, config = tok_and_config
+    common = dict(max_steps=5, save_strategy="steps", save_steps=2, target_kl=0.05, kl_horizon=100,
+                  per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=2)
+    data = prompt_dataset(40)  # 40 prompts / 16 per rollout: 3 rollouts per epoch, the last one short
+    reward = target_token_reward(tokenizer)
+
+    full = PPOTrainer(tiny_policy(config), ppo_args(tmp_path / "a", **common), data, processing_class=tokenizer,
+                      reward_funcs=reward)
+    full.train()
+    reference = _final_weights(full)
+
+    resumed = PPOTrainer(tiny_policy(config), ppo_args(tmp_path / "a", **common), data, processing_class=tokenizer,
+                         reward_funcs=reward)
+    checkpoint = tmp_path / "a" / "run" / "checkpoint-2"
+    state = json.loads((checkpoint / "ppo_state.json").read_text())
+    assert state["kl_coef"] != 0.01  # the adaptive controller moved and its state is in the checkpoint
+    assert (checkpoint / "value_model" / "model.safetensors").is_file()
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 5
+    assert resumed.kl_ctl.value == full.kl_ctl.value
+    final = _final_weights(resumed)
+    assert all(torch.equal(reference[k], final[k]) for k in reference)
+
+
+def test_evaluation_logs_reward_task_metric_and_samples(tmp_path, tok_and_config):
+    from hf_finetune.rl.rewards import exact_match
+
+    tokenizer, config = tok_and_config
+    args = ppo_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4,
+                    num_sample_generations=3)
+    trainer = PPOTrainer(tiny_policy(config), args, prompt_dataset(16), eval_dataset=prompt_dataset(6, True),
+                         processing_class=tokenizer, reward_funcs=target_token_reward(tokenizer),
+                         eval_metrics=[exact_match("answer", mode="contains")])
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_reward" in e]
+    assert len(evals) == 1 and evals[0]["step"] == 2
+    assert "eval_contains_answer" in evals[0] and 0.0 <= evals[0]["eval_contains_answer"] <= 1.0
+    rows = (tmp_path / "run" / "samples" / "eval_step2.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and set(json.loads(rows[0])) >= {"prompt", "completion", "reward", "contains_answer"}
+    assert (tmp_path / "run" / "samples" / "eval_step2.md").read_text().startswith("| prompt |")
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path, tok_and_config):
+    from hf_finetune.callbacks import NonFiniteLossError
+
+    tokenizer, config = tok_and_config
+    trainer = PPOTrainer(tiny_policy(config), ppo_args(tmp_path, max_steps=2), prompt_dataset(16),
+                         processing_class=tokenizer, reward_funcs=lambda prompts, completions, **_: [3e38] * len(prompts))
+    with pytest.raises(NonFiniteLossError, match="step 1"):
+        trainer.train()
+
+
+def test_clear_errors_before_step_one(tmp_path, tok_and_config):
+    from datasets import Dataset
+
+    tokenizer, config = tok_and_config
+    reward = target_token_reward(tokenizer)
+    with pytest.raises(ValueError, match="no 'prompt' column"):
+        PPOTrainer(tiny_policy(config), ppo_args(tmp_path), Dataset.from_list([{"text": "x"}]),
+                   processing_class=tokenizer, reward_funcs=reward)
+    with pytest.raises(ValueError, match="is empty"):
+        PPOTrainer(tiny_policy(config), ppo_args(tmp_path), Dataset.from_list([]), processing_class=tokenizer,
+                   reward_funcs=reward)
+    with pytest.raises(ValueError, match="needs a reward"):
+        PPOTrainer(tiny_policy(config), ppo_args(tmp_path), prompt_dataset(4), processing_class=tokenizer)
+    from conftest import build_bpe_tokenizer
+
+    bare = build_bpe_tokenizer()
+    bare.eos_token = None
+    with pytest.raises(ValueError, match="neither an EOS nor a pad"):
+        PPOTrainer(tiny_policy(config), ppo_args(tmp_path), prompt_dataset(4), processing_class=bare,
+                   reward_funcs=reward)
+    with pytest.raises(ValueError, match="value_model"):
+        ppo_args(tmp_path, value_model="critic")
