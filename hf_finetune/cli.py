@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
@@ -24,6 +25,9 @@ METHODS = {
 
 USAGE = """hf-finetune train RECIPE.yaml [--key value ...]   train as the recipe says (CLI values override YAML)
 hf-finetune train [RECIPE.yaml] --help            every recipe field with its help text
+hf-finetune eval RUN_DIR [--data PATH]             re-evaluate a saved run (on other data with --data)
+hf-finetune push RUN_DIR --repo-id ORG/NAME [--private] [--revision BRANCH]
+                                                  upload a run with a generated model card (token: HF_TOKEN or `hf auth login`)
 
 Methods: {methods}. Recipes live in recipes/; every field of a block is also a --key option."""
 
@@ -62,6 +66,77 @@ def _train_help(argv: list[str]) -> None:
               "`hf-finetune train RECIPE.yaml --help` shows the fields of that recipe's method.")
 
 
+def _eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-finetune eval", description="Re-evaluate a saved run.")
+    parser.add_argument("run_dir", help="a run's output_dir (holds recipe.yaml and the model or adapter)")
+    parser.add_argument("--data", help="evaluate on this file or folder instead of the run's validation split")
+    return parser
+
+
+def _push_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-finetune push",
+        description="Upload a run (model or adapter, tokenizer, recipe, metrics, curves) with a generated model "
+        "card. The token comes from HF_TOKEN or `hf auth login`, never from a file.",
+    )
+    parser.add_argument("run_dir", help="a finished run's output_dir")
+    parser.add_argument("--repo-id", required=True, help="'name' or 'org/name'; created when missing")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--revision", help="branch to push to (created when missing); default main")
+    return parser
+
+
+def evaluate_run(run_dir: str, data: str | None = None) -> dict:
+    """Re-evaluate a saved supervised run (full model or LoRA adapter) as its training run did.
+
+    The run's ``recipe.yaml`` says how the data was built (same seeded split, same label order);
+    ``data`` replaces the evaluation set with another file or folder.
+
+    Args:
+        run_dir: the run's ``output_dir``.
+        data: optional evaluation file or folder (``data.eval_dataset``).
+
+    Returns:
+        The metrics under the same ``eval_*`` names as the run's ``metrics.json``.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from .data import load_splits
+    from .models import load_trained
+    from .supervised.tasks import classification_metrics, prepare_classification
+    from .supervised.trainer import SupervisedTrainer
+
+    recipe_path = Path(run_dir) / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise ValueError(f"{run_dir} has no recipe.yaml: give the output_dir of a run trained with hf-finetune.")
+    method = read_recipe_yaml(recipe_path)["method"]
+    if method != "supervised":
+        raise ValueError(f"hf-finetune eval supports supervised runs; {run_dir} is a {method!r} run.")
+    with tempfile.TemporaryDirectory() as scratch:
+        overrides = ["--output_dir", scratch, "--report_to", "none", "--push_to_hub", "false"]
+        if data:
+            overrides += ["--eval_dataset", data]
+        recipe = load_recipe(str(recipe_path), overrides)
+        tokenizer = AutoTokenizer.from_pretrained(run_dir)
+        splits = load_splits(recipe.data, label_column=recipe.data.label_column)
+        tokenized, names = prepare_classification(splits, tokenizer, recipe.data)
+        labels = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+        model = load_trained(run_dir, AutoModelForSequenceClassification, **labels)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        trainer = SupervisedTrainer(
+            model=model,
+            args=recipe.training,
+            eval_dataset=tokenized["validation"],
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=classification_metrics(names),
+        )
+        return trainer.evaluate(metric_key_prefix="eval")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(
@@ -69,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Fine-tune pretrained language models: supervised, self-supervised and RL.",
         usage=USAGE.format(methods=", ".join(sorted(METHODS))),
     )
-    top.add_argument("command", choices=["train"], help="what to do")
+    top.add_argument("command", choices=["train", "eval", "push"], help="what to do")
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
@@ -84,6 +159,22 @@ def main(argv: list[str] | None = None) -> int:
             if not rest or rest[0].startswith("-"):
                 raise ValueError("train needs a recipe: hf-finetune train RECIPE.yaml [--key value ...]")
             run_recipe(load_recipe(rest[0], rest[1:]))
+            return 0
+        if command == "eval":
+            opts = _eval_parser().parse_args(rest)
+            metrics = evaluate_run(opts.run_dir, data=opts.data)
+            print(json.dumps(metrics, indent=2, sort_keys=True))
+            return 0
+        if command == "push":
+            from .hub import HubPushError, push_run
+
+            opts = _push_parser().parse_args(rest)
+            try:
+                url = push_run(opts.run_dir, opts.repo_id, private=opts.private or None, revision=opts.revision)
+            except HubPushError as err:
+                print(f"hf-finetune: error: {err}", file=sys.stderr)
+                return 1
+            print(f"[hf-finetune] pushed {opts.run_dir} to {url}")
             return 0
         top.error(f"unknown command {command!r}")
     except (ValueError, NonFiniteLossError) as err:

@@ -7,8 +7,11 @@ resolved recipe), ``metrics.json``, ``training_args.json`` and ``curves.png``; c
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,18 +27,79 @@ logger = logging.getLogger(__name__)
 
 
 class SafeSaveMixin:
-    """Mix into a ``Trainer`` subclass: write ``training_args.json`` instead of the pickled ``.bin``.
+    """Mix into a ``Trainer`` subclass: JSON arguments instead of a pickle, and a correct multi-process loss.
 
     ``Trainer._save`` stores ``torch.save(self.args)``, a pickle that loading would have to trust;
     JSON is readable and ``TrainingArguments.to_dict`` already redacts ``*_token`` fields.
+
+    It also corrects ``model_accepts_loss_kwargs`` for models whose loss ignores
+    ``num_items_in_batch`` (see :func:`loss_uses_num_items`): without that, the loss of e.g.
+    ``BertForMaskedLM`` or ``BertForSequenceClassification`` is multiplied by the number of
+    processes under DDP (and not divided by the gradient-accumulation steps).
 
     Example:
         >>> class MyTrainer(SafeSaveMixin, Trainer): ...  # doctest: +SKIP
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if getattr(self, "model_accepts_loss_kwargs", False) and not loss_uses_num_items(self.model):
+            # Trainer takes any `**kwargs` in forward() as "the model normalises its loss by
+            # num_items_in_batch"; with average_tokens_across_devices it then multiplies the loss by
+            # the world size, and skips the division by gradient_accumulation_steps. A model that
+            # averages its own loss must go through the plain per-batch-mean path instead.
+            self.model_accepts_loss_kwargs = False
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
         write_args_json(self.args, Path(output_dir or self.args.output_dir))
+
+
+def loss_uses_num_items(model: Any) -> bool:
+    """Whether ``model``'s forward really normalises its loss by the ``num_items_in_batch`` kwarg.
+
+    ``Trainer`` assumes it does whenever forward takes ``**kwargs``; transformers 5 gives nearly every
+    model ``**kwargs``, but only those that pass them to a loss taking ``num_items_in_batch`` (the
+    causal/masked LM losses of ``transformers.loss``) use it. ``BertForMaskedLM`` builds its own
+    ``CrossEntropyLoss()`` and ignores it. Written by hand because transformers has no such check.
+
+    Args:
+        model: a ``PreTrainedModel``, optionally wrapped by PEFT.
+
+    Returns:
+        True when the loss honours ``num_items_in_batch`` (or when this cannot be told).
+    """
+    from transformers.loss.loss_utils import LOSS_MAPPING
+    from transformers.trainer_utils import unwrap_peft_model
+
+    base = unwrap_peft_model(model)
+    if hasattr(base, "accepts_loss_kwargs"):  # the model says so itself: Trainer trusts it, so do we
+        return bool(base.accepts_loss_kwargs)
+    try:
+        source = inspect.getsource(type(base).forward)
+    except (OSError, TypeError):
+        return True
+    if "num_items_in_batch" in source:
+        return True
+    if "self.loss_function" in source:
+        loss_fn = getattr(base, "_loss_function", None) or LOSS_MAPPING.get(getattr(base, "loss_type", None))
+        return loss_fn is not None and "num_items_in_batch" in inspect.signature(loss_fn).parameters
+    return False
+
+
+def default_report_to() -> list[str]:
+    """``["tensorboard"]`` when tensorboard is installed, else ``[]``: the default ``report_to`` of our configs.
+
+    Use it as ``report_to: ... = field(default_factory=default_report_to, ...)`` in a method's
+    ``TrainingArguments`` subclass; an explicit ``report_to`` in a recipe (``none``, ``wandb``...) wins.
+    """
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+
+
+REPORT_TO_HELP = (
+    "Where to log: 'tensorboard' (the default when tensorboard is installed; event files in "
+    "<output_dir>/runs), 'wandb', 'all' or 'none'."
+)
 
 
 def write_args_json(args: Any, output_dir: Path) -> None:
@@ -50,11 +114,31 @@ def write_args_json(args: Any, output_dir: Path) -> None:
 def start_run(recipe: Recipe) -> float:
     """Seed everything and write the resolved recipe before training, so a crashed run is reproducible."""
     training = recipe.training
+    if getattr(training, "hub_token", None):
+        raise ValueError(
+            "training.hub_token is set: tokens do not belong in recipes (they end up in files and shell history). "
+            "Remove it and log in with `hf auth login`, or set the HF_TOKEN environment variable."
+        )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and getattr(training, "world_size", launched) == 1:
+        # accelerate/torchrun started several workers, but each one would train alone on its own copy.
+        raise ValueError(
+            f"{launched} processes were launched but training would run in {launched} separate single "
+            "processes: on a machine without GPUs set `use_cpu: true` in the training block (or add "
+            "`--use_cpu true`) so they join one gloo group; see recipes/accelerate/multi_cpu.yaml."
+        )
+    if getattr(training, "push_to_hub", False):
+        from .hub import check_push_ready
+
+        check_push_ready(getattr(training, "hub_model_id", None) or Path(training.output_dir).name)
     set_seed(training.seed, deterministic=getattr(training, "full_determinism", False))
     run_dir = Path(training.output_dir)
     if getattr(training, "should_save", True):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        from .hub import library_versions
+
+        (run_dir / "versions.json").write_text(json.dumps(library_versions(), indent=2))
     return time.time()
 
 
@@ -63,9 +147,18 @@ def finish_run(trainer, metrics: dict[str, float], started: float, headline: tup
     run_dir = Path(trainer.args.output_dir)
     metrics = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
     metrics["train_runtime_s"] = round(time.time() - started, 1)
+    metrics["world_size"] = trainer.args.world_size
     if trainer.is_world_process_zero():
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         plot_curves(trainer.state.log_history, run_dir / "curves.png")
         shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in headline if isinstance(metrics.get(k), float))
         print(f"[hf-finetune] done in {metrics['train_runtime_s']:.0f}s: {shown or 'no metrics'} | run saved to {run_dir}")
+        if trainer.args.push_to_hub:
+            # Our push replaces the card Trainer may have pushed with checkpoints by the run's own card.
+            from .hub import push_run
+
+            args = trainer.args
+            repo_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id or run_dir.name
+            url = push_run(run_dir, repo_id, private=args.hub_private_repo, revision=args.hub_revision)
+            print(f"[hf-finetune] pushed to {url}")
     return metrics
