@@ -232,6 +232,18 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
                              f"lower the wrapper's max_length to <= {limit}.")
         self.project = nn.Sequential(nn.Linear(hidden + extra_dim, features_dim), nn.ReLU())
 
+    def apply(self, fn):
+        """``nn.Module.apply`` that leaves the pretrained encoder alone.
+
+        A2C/PPO's ``ortho_init`` calls ``features_extractor.apply(init_weights)``, which would
+        re-initialise every ``Linear`` of a trained (lora/full) encoder and throw the pretraining away.
+        """
+        for name, module in self.named_children():
+            if name != "encoder":
+                module.apply(fn)
+        fn(self)
+        return self
+
     @staticmethod
     def _text_space(space: gym.Space, text_key: str) -> spaces.Box:
         return space[text_key] if isinstance(space, spaces.Dict) else space

@@ -343,6 +343,10 @@ def run(recipe: Recipe) -> dict:
     train_env = build_envs(recipe)
     eval_env = build_envs(recipe, evaluation=True)
     model = build_agent(recipe, train_env)
+    for shared in frozen_encoders(model.policy):
+        # The frozen encoder is shared process-wide: start each run cold, so runs are reproducible.
+        shared.cache.clear()
+        shared.reset_stats()
     model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"] if agent.verbose else ["csv", "tensorboard"]))
     done = resume(model, _checkpoint_path(agent)) if agent.resume_from_checkpoint else 0
 

@@ -1,0 +1,122 @@
+"""Text environments: SB3's check_env, the token-id wrapper, BabyAI-Text descriptions, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from stable_baselines3.common.env_checker import check_env
+
+from hf_finetune.rl.agents.envs import (
+    BabyAITextEnv,
+    TextBanditEnv,
+    TextObservationWrapper,
+    describe_view,
+    make_env,
+    registered_env_ids,
+)
+
+TEXTS = ["goal match team", "chip code data", "bank shares profit"]
+
+
+def _kwargs(env_id, tokenizer):
+    if env_id == "hf_finetune/TextBandit-v0":
+        return {"tokenizer": tokenizer, "texts": TEXTS, "labels": [0, 1, 2], "max_length": 8}
+    return {"tokenizer": tokenizer, "level": "BabyAI-GoToObj-v0", "max_length": 128}
+
+
+@pytest.mark.parametrize("env_id", registered_env_ids())
+def test_check_env_on_every_registered_env(env_id, tiny_bert_dir):
+    env = make_env(env_id, **_kwargs(env_id, tiny_bert_dir))
+    check_env(env, warn=False)
+    obs, info = env.reset(seed=0)
+    assert obs.dtype == np.int64 and obs.shape == env.observation_space.shape
+    assert {"text_tokens", "text_truncated"} <= set(info)
+
+
+def test_check_env_babyai_text_with_symbolic_parts(tiny_bert_dir):
+    env = make_env("hf_finetune/BabyAI-Text-v0", tokenizer=tiny_bert_dir, max_length=128, symbolic=True)
+    check_env(env, warn=False)
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {"text", "image", "direction"} and obs["image"].shape == (7, 7, 3)
+
+
+def test_wrapper_ids_decode_back_to_the_text(tiny_bert_dir):
+    env = TextObservationWrapper(TextBanditEnv(TEXTS, [0, 1, 2]), tiny_bert_dir, max_length=8)
+    seen = set()
+    for seed in range(20):
+        obs, info = env.reset(seed=seed)
+        text = TEXTS[env.unwrapped.index]
+        assert env.decode(obs) == text
+        assert info["text_truncated"] is False
+        seen.add(text)
+    assert len(seen) == 3
+
+
+def test_babyai_text_ids_decode_to_the_description(tiny_bert_dir):
+    env = make_env("hf_finetune/BabyAI-Text-v0", tokenizer=tiny_bert_dir, max_length=128)
+    obs, _ = env.reset(seed=3)
+    raw = BabyAITextEnv("BabyAI-GoToObj-v0")
+    text, _ = raw.reset(seed=3)
+    wrapper = env
+    while not isinstance(wrapper, TextObservationWrapper):
+        wrapper = wrapper.env
+    # The toy WordPiece vocabulary spells unknown words letter by letter: compare without spaces.
+    assert wrapper.decode(obs).replace(" ", "") == text.lower().replace(" ", "")
+    assert text.startswith("Mission: go to the")
+
+
+def test_truncation_is_reported_and_can_be_an_error(tiny_bert_dir):
+    long = ["goal match team cup score win season league player coach"]
+    env = TextObservationWrapper(TextBanditEnv(long, [0]), tiny_bert_dir, max_length=6)
+    obs, info = env.reset(seed=0)
+    assert info["text_truncated"] is True and info["text_tokens"] == 12
+    assert env.decode(obs) == "goal match team cup"
+    strict = TextObservationWrapper(TextBanditEnv(long, [0]), tiny_bert_dir, max_length=6, truncation=False)
+    with pytest.raises(ValueError, match="more than max_length=6, and truncation is off"):
+        strict.reset(seed=0)
+
+
+def test_bandit_rewards_the_right_label():
+    env = TextBanditEnv(TEXTS, [0, 1, 2], ["sport", "tech", "business"])
+    env.reset(seed=0)
+    right = env.labels[env.index]
+    assert env.step(right)[1] == 1.0
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step((right + 1) % 3)
+    assert reward == 0.0 and terminated and info["is_success"] is False
+
+
+def test_describe_view_positions_and_walls():
+    image = np.zeros((7, 7, 3), dtype=np.uint8)
+    image[:, :, 0] = 1  # empty floor
+    image[2, 4] = (6, 0, 0)  # red ball: 1 left, 2 forward
+    image[3, 1] = (4, 2, 2)  # locked blue door: 5 forward
+    image[3, 0] = (2, 5, 0)  # wall 6 forward
+    image[6, 6] = (2, 5, 0)  # wall 3 right
+    sentences = describe_view(image, carrying="green key")
+    assert sentences == [
+        "You carry a green key.",
+        "You see a red ball 1 step left and 2 steps forward.",
+        "You see a locked blue door 5 steps forward.",
+        "You see a wall 6 steps forward.",
+        "You see a wall 3 steps right.",
+    ]
+
+
+def test_babyai_success_is_reported_at_episode_end():
+    env = BabyAITextEnv("BabyAI-GoToObj-v0")
+    env.reset(seed=0)
+    terminated = truncated = False
+    while not (terminated or truncated):
+        _, _, terminated, truncated, info = env.step(6)  # "done" never completes GoTo: runs to the time limit
+    assert info["is_success"] is False
+
+
+def test_unregistered_env_id_lists_the_registered_ones():
+    with pytest.raises(ValueError, match=r"not registered.*hf_finetune/BabyAI-Text-v0.*hf_finetune/TextBandit-v0"):
+        make_env("hf_finetune/NoSuchEnv-v0")
+
+
+def test_unknown_babyai_level():
+    with pytest.raises(ValueError, match="Unknown BabyAI level"):
+        BabyAITextEnv("BabyAI-NoSuchLevel-v0")

@@ -1,0 +1,151 @@
+"""LMFeaturesExtractor: exact ids, the embedding cache, the shared frozen encoder, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from hf_finetune.rl.agents.envs import make_env
+from hf_finetune.rl.agents.extractor import EncoderLRAdam, FrozenEncoder, LMFeaturesExtractor, pool
+
+TEXTS = ["goal match team", "chip code data", "bank shares profit", "the cup"]
+
+
+def _ids_space(vocab: int = 100, length: int = 8):
+    return spaces.Box(0, vocab - 1, shape=(length,), dtype=np.int64)
+
+
+def _bandit(tiny_bert_dir, n_envs=1):
+    kwargs = {"env_id": "hf_finetune/TextBandit-v0", "tokenizer": tiny_bert_dir, "texts": TEXTS,
+              "labels": [0, 1, 2, 0], "max_length": 8}
+    return make_vec_env(make_env, n_envs=n_envs, seed=0, env_kwargs=kwargs)
+
+
+def _observations(tiny_bert_dir):
+    env = _bandit(tiny_bert_dir).envs[0]
+    rows = []
+    for seed in range(40):
+        obs, _ = env.reset(seed=seed)
+        rows.append(obs)
+    return torch.as_tensor(np.stack(rows)).float()  # as SB3 hands Box observations over
+
+
+def test_cache_returns_exactly_what_the_encoder_computes(tiny_bert_dir):
+    extractor = LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, features_dim=16, cache_size=100)
+    shared = extractor.frozen
+    shared.cache.clear()
+    shared.reset_stats()
+    obs = _observations(tiny_bert_dir)
+    ids = extractor.token_ids(obs)
+    assert torch.equal(ids.float(), obs)
+    distinct = torch.unique(ids, dim=0)
+    direct = shared.forward(distinct)
+    cold = shared.embed(distinct)
+    warm = shared.embed(distinct)
+    assert torch.equal(cold, direct) and torch.equal(warm, direct)
+    # A batch with repeats: every row equals the encoder's own embedding of that row.
+    mixed = shared.embed(ids)
+    for row, vector in zip(ids, mixed):
+        assert torch.allclose(vector, shared.forward(row[None])[0], atol=1e-6)
+    assert shared.misses == len(distinct) and shared.hits == len(distinct) + len(ids)
+    assert shared.hit_rate > 0.5
+
+
+def test_cache_is_bounded_lru(tiny_bert_dir):
+    model = LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, features_dim=8).frozen.model
+    shared = FrozenEncoder(model, pad_token_id=0, cache_size=2)
+    a, b, c = (torch.tensor([[2, t, 3, 0]]) for t in (60, 61, 62))
+    shared.embed(a), shared.embed(b), shared.embed(a), shared.embed(c)
+    assert len(shared.cache) == 2 and a[0].numpy().tobytes() in shared.cache
+    assert b[0].numpy().tobytes() not in shared.cache  # least recently used went first
+
+
+def test_frozen_encoder_is_not_in_the_policy_and_dqn_target_shares_it(tiny_bert_dir):
+    env = _bandit(tiny_bert_dir)
+    kwargs = {"features_extractor_class": LMFeaturesExtractor,
+              "features_extractor_kwargs": {"encoder": tiny_bert_dir, "features_dim": 16}, "net_arch": [16]}
+    model = DQN("MlpPolicy", env, policy_kwargs=kwargs, learning_starts=0, buffer_size=100, seed=0)
+    online, target = model.policy.q_net.features_extractor, model.policy.q_net_target.features_extractor
+    assert online.frozen is target.frozen and online.frozen.model is target.frozen.model
+    encoder_params = {id(p) for p in online.frozen.model.parameters()}
+    n_encoder = sum(p.numel() for p in online.frozen.model.parameters())
+    assert not encoder_params & {id(p) for p in model.policy.parameters()}
+    hidden = online.frozen.model.config.hidden_size
+    head = (hidden * 16 + 16) + (16 * 16 + 16) + (16 * 3 + 3)  # projection, net_arch, Q head
+    assert sum(p.numel() for p in model.policy.parameters()) == 2 * head  # online + target, no encoder
+    assert n_encoder > 10 * head
+    assert not any("frozen" in k or "encoder." in k for k in model.policy.state_dict())
+
+
+def test_trained_encoder_gets_its_own_learning_rate(tiny_bert_dir):
+    env = _bandit(tiny_bert_dir)
+    kwargs = {"features_extractor_class": LMFeaturesExtractor,
+              "features_extractor_kwargs": {"encoder": tiny_bert_dir, "encoder_mode": "full", "features_dim": 16},
+              "optimizer_class": EncoderLRAdam, "optimizer_kwargs": {"encoder_lr_scale": 0.0}}
+    model = PPO("MlpPolicy", env, policy_kwargs=kwargs, n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    groups = model.policy.optimizer.param_groups
+    assert [g["lr_scale"] for g in groups] == [1.0, 0.0]
+    encoder = model.policy.features_extractor.encoder
+    before_enc = {k: v.clone() for k, v in encoder.state_dict().items()}
+    before_proj = model.policy.features_extractor.project[0].weight.clone()
+    model.learn(64)
+    assert all(torch.equal(before_enc[k], v) for k, v in encoder.state_dict().items())  # scale 0: untouched
+    assert not torch.equal(before_proj, model.policy.features_extractor.project[0].weight)
+    assert groups[0]["lr"] == groups[1]["lr"] == model.lr_schedule(model._current_progress_remaining)
+
+
+def test_dict_observation_with_extra_parts(tiny_bert_dir):
+    space = spaces.Dict({"text": _ids_space(), "direction": spaces.Discrete(4), "pos": spaces.Box(-1, 1, (2,))})
+    extractor = LMFeaturesExtractor(space, encoder=tiny_bert_dir, features_dim=12)
+    assert extractor.extra_keys == ["direction", "pos"]
+    assert extractor.project[0].in_features == 32 + 4 + 2
+    obs = {"text": torch.tensor([[2.0, 60, 3, 0, 0, 0, 0, 0]]), "direction": torch.eye(4)[[1]], "pos": torch.zeros(1, 2)}
+    assert extractor(obs).shape == (1, 12)
+
+
+def test_mean_pooling_ignores_padding_and_cls_takes_the_first_token():
+    hidden = torch.tensor([[[1.0, 1.0], [3.0, 5.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.equal(pool(hidden, mask, "mean"), torch.tensor([[2.0, 3.0]]))
+    assert torch.equal(pool(hidden, mask, "cls"), torch.tensor([[1.0, 1.0]]))
+
+
+def test_unreadable_observation_space_lists_the_accepted_ones(tiny_bert_dir):
+    with pytest.raises(ValueError, match="cannot read the observation space.*1-D Box of integers"):
+        LMFeaturesExtractor(spaces.Discrete(5), encoder=tiny_bert_dir)
+    with pytest.raises(ValueError, match="cannot read the observation space"):
+        LMFeaturesExtractor(spaces.Box(0, 1, (8,), dtype=np.float32), encoder=tiny_bert_dir)
+    with pytest.raises(ValueError, match="cannot read Dict entry 'words'"):
+        LMFeaturesExtractor(spaces.Dict({"text": _ids_space(), "words": spaces.Text(5)}), encoder=tiny_bert_dir)
+
+
+def test_token_id_outside_the_vocabulary(tiny_bert_dir):
+    extractor = LMFeaturesExtractor(_ids_space(vocab=10_000), encoder=tiny_bert_dir, features_dim=8)
+    with pytest.raises(ValueError, match=r"Token id 5000 is outside the encoder's vocabulary \[0, \d+\)"):
+        extractor(torch.tensor([[2.0, 5000.0, 3.0, 0.0, 0, 0, 0, 0]]))
+
+
+def test_frozen_encoder_with_lora_is_an_error(tiny_bert_dir):
+    with pytest.raises(ValueError, match="LoRA was requested for a frozen encoder"):
+        LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, encoder_mode="frozen", lora={"lora_r": 4})
+
+
+def test_observation_longer_than_the_encoder_allows(tiny_bert_dir):
+    with pytest.raises(ValueError, match="encoder allows 128 positions"):
+        LMFeaturesExtractor(_ids_space(length=200), encoder=tiny_bert_dir)
+
+
+def test_ortho_init_leaves_a_trained_encoder_pretrained(tiny_bert_dir):
+    from transformers import AutoModel
+
+    kwargs = {"features_extractor_class": LMFeaturesExtractor,
+              "features_extractor_kwargs": {"encoder": tiny_bert_dir, "encoder_mode": "full", "features_dim": 16}}
+    model = PPO("MlpPolicy", _bandit(tiny_bert_dir), policy_kwargs=kwargs, n_steps=32, batch_size=32, seed=0)
+    pretrained = AutoModel.from_pretrained(tiny_bert_dir).state_dict()
+    encoder = model.policy.features_extractor.encoder.state_dict()
+    checked = [k for k in encoder if not k.startswith("pooler.")]  # the pooler is not in the checkpoint: random
+    assert len(checked) > 20 and all(torch.equal(encoder[k], pretrained[k]) for k in checked)
