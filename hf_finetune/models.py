@@ -80,6 +80,11 @@ def materialize_gguf(path: str, gguf_file: str) -> str:
     logger.info("Dequantizing %s once into %s", gguf_file, target)
     model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    # The weights are plain float32 now, but transformers keeps the GGUF quantizer attached and refuses
+    # to save_pretrained such a model: detach it so the copy is an ordinary safetensors checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -199,7 +204,9 @@ def export_model(model, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
 
     if merge_lora and isinstance(model, PeftModel):
         model = model.merge_and_unload()
-    model.save_pretrained(output_dir, safe_serialization=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            Path(output_dir, name).unlink(missing_ok=True)
+    model.save_pretrained(output_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
 
