@@ -62,11 +62,91 @@ class AccuracyMetric(ClassificationMetric):
         return {"accuracy": super()._compute(predictions, references, **kwargs)["accuracy"]}
 
 
+def bio_entities(tags: list[str]) -> list[tuple[str, int, int]]:
+    """Entity chunks ``(type, start, end_inclusive)`` of a BIO/IOB2 tag sequence, with conlleval rules.
+
+    As in ``seqeval``'s default mode (and the CoNLL ``conlleval`` script): an ``I-X`` that follows
+    ``O`` or a different type starts a new entity instead of being dropped.
+    """
+    entities = []
+    start, kind = None, None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, label = tag.partition("-") if tag != "O" else ("O", "", "")
+        ends = start is not None and (prefix in ("B", "O") or label != kind)
+        if ends:
+            entities.append((kind, start, i - 1))
+            start, kind = None, None
+        if prefix == "B" or (prefix == "I" and start is None):
+            start, kind = i, label
+    return entities
+
+
+class SeqevalMetric(evaluate.Metric):
+    """Entity-level precision, recall and F1 (seqeval / conlleval semantics) for BIO tag sequences, offline.
+
+    Returns the keys of the Hub's ``seqeval`` metric: ``overall_precision``, ``overall_recall``,
+    ``overall_f1``, ``overall_accuracy`` (per token) and one ``{precision, recall, f1, number}`` dict
+    per entity type.
+
+    Example:
+        >>> refs = [["B-PER", "I-PER", "O", "B-LOC"]]
+        >>> SeqevalMetric().compute(predictions=[["B-PER", "I-PER", "O", "O"]], references=refs)["overall_f1"]
+        0.6666666666666666
+    """
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Entity-level P/R/F1 with conlleval chunking (seqeval default mode).",
+            citation=_CITATION,
+            inputs_description="predictions and references: lists of BIO tag sequences (strings).",
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("string")),
+                    "references": datasets.Sequence(datasets.Value("string")),
+                }
+            ),
+        )
+
+    def _compute(self, predictions, references):
+        true, pred = set(), set()
+        correct_tokens = total_tokens = 0
+        for i, (p, r) in enumerate(zip(predictions, references)):
+            if len(p) != len(r):
+                raise ValueError(f"Sequence {i}: {len(p)} predicted tags for {len(r)} reference tags.")
+            true |= {(i, *e) for e in bio_entities(r)}
+            pred |= {(i, *e) for e in bio_entities(p)}
+            correct_tokens += sum(a == b for a, b in zip(p, r))
+            total_tokens += len(r)
+
+        def prf(t: set, q: set) -> tuple[float, float, float]:
+            hit = len(t & q)
+            precision = hit / len(q) if q else 0.0
+            recall = hit / len(t) if t else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            return precision, recall, f1
+
+        result = {}
+        for kind in sorted({e[1] for e in true | pred}):
+            t = {e for e in true if e[1] == kind}
+            q = {e for e in pred if e[1] == kind}
+            precision, recall, f1 = prf(t, q)
+            result[kind] = {"precision": precision, "recall": recall, "f1": f1, "number": len(t)}
+        precision, recall, f1 = prf(true, pred)
+        result.update(
+            overall_precision=precision,
+            overall_recall=recall,
+            overall_f1=f1,
+            overall_accuracy=correct_tokens / total_tokens if total_tokens else 0.0,
+        )
+        return result
+
+
 # The offline metric modules, by the names users pass to evaluate.load().
 BUILTIN_METRICS = {
     "accuracy": AccuracyMetric,
     "classification": ClassificationMetric,
     "f1": ClassificationMetric,
+    "seqeval": SeqevalMetric,
 }
 
 
@@ -83,3 +163,4 @@ def confusion_matrix(predictions, references, num_labels: int) -> np.ndarray:
     matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
     np.add.at(matrix, (np.asarray(references), np.asarray(predictions)), 1)
     return matrix
+
