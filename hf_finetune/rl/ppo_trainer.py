@@ -148,7 +148,9 @@ class PolicyAndValue(nn.Module):
         self.value = value
         self.shared = isinstance(value, nn.Linear)
 
-    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int):
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int, with_policy: bool = True):
+        if not with_policy and not self.shared:  # rollout: the sampled log-probs come from generate()
+            return None, self._critic(input_ids, attention_mask, position_ids)
         out = self.policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -161,12 +163,15 @@ class PolicyAndValue(nn.Module):
             hidden = out.hidden_states[-1]
             values = self.value(hidden).squeeze(-1)
         else:
-            backbone = getattr(self.value, self.value.base_model_prefix)
-            hidden = backbone(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-            ).last_hidden_state
-            values = _value_head(self.value)(hidden).squeeze(-1)
+            values = self._critic(input_ids, attention_mask, position_ids)
         return out.logits, values
+
+    def _critic(self, input_ids, attention_mask, position_ids):
+        backbone = getattr(self.value, self.value.base_model_prefix)
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        return _value_head(self.value)(hidden).squeeze(-1)
 
 
 def _value_head(model: nn.Module) -> nn.Module:
@@ -205,12 +210,13 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, temperature: float):
+def _logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, entropy_grad: bool = False):
     logits = logits.float() / temperature
     logsumexp = torch.logsumexp(logits, dim=-1)
     logprobs = torch.gather(logits, 2, tokens.unsqueeze(-1)).squeeze(-1) - logsumexp
-    probs = torch.softmax(logits, dim=-1)
-    entropy = logsumexp - (probs * logits).sum(-1)
+    # Entropy over the vocabulary is costly to differentiate; only keep its graph when it is in the loss.
+    with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+        entropy = logsumexp - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return logprobs, entropy
 
 
@@ -244,7 +250,8 @@ class PPOTrainer(SafeSaveMixin, Trainer):
     6. **KL coefficient**: fixed ``kl_coef``, or with ``target_kl`` the adaptive controller of
        Ziegler et al. (2019): ``beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) B / kl_horizon)``.
 
-    Dropout is disabled (the module runs in eval mode) so that ``rho = 1`` exactly at the first pass.
+    Dropout is disabled (the module runs in eval mode) so that ``rho = 1`` at the first pass (up to the
+    rounding of generate()'s KV cache, whose logits give the sampled log-probs without a second forward).
 
     Models: ``model`` is the policy (an ``AutoModelForCausalLM``, optionally a PEFT model). The critic
     is ``value_model`` (a ``AutoModelForSequenceClassification`` with one label; by default built
@@ -376,6 +383,8 @@ class PPOTrainer(SafeSaveMixin, Trainer):
             top_p=1.0,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
         )
 
     @staticmethod
@@ -413,7 +422,8 @@ class PPOTrainer(SafeSaveMixin, Trainer):
             truncation=args.max_prompt_length is not None, max_length=args.max_prompt_length,
         ).to(args.device)
         policy = self._unwrapped().policy
-        sequences = policy.generate(**enc, generation_config=self.generation_config)
+        generated = policy.generate(**enc, generation_config=self.generation_config)
+        sequences = generated.sequences
         prompt_len = enc["input_ids"].shape[1]
         responses = sequences[:, prompt_len:]
         is_eos = responses == tok.eos_token_id
@@ -427,15 +437,22 @@ class PPOTrainer(SafeSaveMixin, Trainer):
         position_ids = _position_ids(attention_mask)
 
         length = responses.shape[1]
-        logits, values = self.model_wrapped(input_ids, attention_mask, position_ids, length)
-        logprobs, _ = _logprobs_and_entropy(logits[:, :-1], responses, args.temperature)
+        logits, values = self.model_wrapped(input_ids, attention_mask, position_ids, length, with_policy=False)
+        if logits is None:  # generate()'s raw logits: no second policy forward over the rollout
+            logits = torch.stack(generated.logits, dim=1)
+        else:
+            logits = logits[:, :-1]
+        logprobs, _ = _logprobs_and_entropy(logits, responses, args.temperature)
         values = values[:, prompt_len - 1 : -1].float()
         ref_logprobs = self._ref_logprobs(input_ids, attention_mask, position_ids, responses)
 
         text_ends = first_eos + (~has_eos).long()  # decode without the EOS itself
         completions = [tok.decode(r[:n], skip_special_tokens=True) for r, n in zip(responses, text_ends.tolist())]
+        # completion_ids as TRL's GRPO passes them (without the EOS), for rewards defined on tokens.
+        completion_ids = [r[:n].tolist() for r, n in zip(responses, text_ends.tolist())]
         scores = compute_rewards(
-            self.reward_funcs, self.reward_weights, prompts, completions, self._columns(rows), all_none="zero"
+            self.reward_funcs, self.reward_weights, prompts, completions, self._columns(rows), all_none="zero",
+            completion_ids=completion_ids,
         ).to(args.device)
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * (~has_eos).float()
@@ -497,7 +514,7 @@ class PPOTrainer(SafeSaveMixin, Trainer):
                             batch["input_ids"][idx], batch["attention_mask"][idx], batch["position_ids"][idx], length
                         )
                         logprobs, entropy = _logprobs_and_entropy(logits[:, :-1], batch["responses"][idx],
-                                                                  args.temperature)
+                                                                  args.temperature, args.entropy_coef != 0)
                         values = values[:, -length - 1 : -1].float()
                         mask = batch["mask"][idx]
                         pg_loss, clipfrac, approxkl = clipped_policy_loss(
