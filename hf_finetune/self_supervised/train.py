@@ -256,6 +256,9 @@ def run(recipe: Recipe) -> dict:
     metrics = trainer.evaluate()
     metrics["trainable_parameters"] = trainable
     metrics["train_blocks"] = len(tokenized["train"])
+    first_eval = next((e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e), None)
+    if args.eval_on_start and first_eval is not None:
+        metrics["eval_loss_at_start"] = first_eval
     run_dir = Path(args.output_dir)
     final = trainer.model
     if recipe.lora.use_lora and (recipe.lora.lora_merge_on_export or args.finetune):
