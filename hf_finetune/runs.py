@@ -54,6 +54,12 @@ class SafeSaveMixin:
         super()._save(output_dir, state_dict)
         write_args_json(self.args, Path(output_dir or self.args.output_dir))
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # Trainer's mid-run push pickles the arguments into output_dir/training_args.bin and uploads
+        # that pickle. With push_to_hub, runs.finish_run pushes the finished run (model, card,
+        # metrics) in one commit instead, so checkpoints are not pushed mid-run.
+        return None
+
 
 def loss_uses_num_items(model: Any) -> bool:
     """Whether ``model``'s forward really normalises its loss by the ``num_items_in_batch`` kwarg.
@@ -148,6 +154,7 @@ def finish_run(trainer, metrics: dict[str, float], started: float, headline: tup
     metrics = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
     metrics["train_runtime_s"] = round(time.time() - started, 1)
     metrics["world_size"] = trainer.args.world_size
+    trainer.save_state()  # trainer_state.json: the whole log history, for curves and audits
     if trainer.is_world_process_zero():
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         plot_curves(trainer.state.log_history, run_dir / "curves.png")
