@@ -52,7 +52,13 @@ class SafeSaveMixin:
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
-        write_args_json(self.args, Path(output_dir or self.args.output_dir))
+        output_dir = Path(output_dir or self.args.output_dir)
+        write_args_json(self.args, output_dir)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.args.should_save and hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+            # An adapter alone does not record the task config (num_labels, id2label): keep it beside
+            # the adapter so `models.load_trained` rebuilds the same head shape.
+            model.get_base_model().config.save_pretrained(output_dir)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # Trainer's mid-run push pickles the arguments into output_dir/training_args.bin and uploads
@@ -88,8 +94,10 @@ def loss_uses_num_items(model: Any) -> bool:
     if "num_items_in_batch" in source:
         return True
     if "self.loss_function" in source:
-        loss_fn = getattr(base, "_loss_function", None) or LOSS_MAPPING.get(getattr(base, "loss_type", None))
-        return loss_fn is not None and "num_items_in_batch" in inspect.signature(loss_fn).parameters
+        # Mirrors PreTrainedModel.loss_function: an unknown loss_type falls back to ForCausalLMLoss.
+        loss_type = getattr(base, "loss_type", None)
+        loss_fn = getattr(base, "_loss_function", None) or LOSS_MAPPING.get(loss_type) or LOSS_MAPPING["ForCausalLM"]
+        return "num_items_in_batch" in inspect.signature(loss_fn).parameters
     return False
 
 

@@ -163,9 +163,16 @@ def test_model_card_eval_results_in_model_index():
 
 
 def test_lora_adapter_push_and_eval(tmp_path, tiny_bert_dir, topic_csv):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
     from hf_finetune.cli import evaluate_run, load_recipe, run_recipe
 
-    recipe = supervised_recipe(tiny_bert_dir, topic_csv, tmp_path / "lora", save_strategy="no", report_to="none")
+    # A base checkpoint with a pooler: the fixture's MLM checkpoint has none, and a pooler initialised
+    # at random on every load (frozen, so not in the adapter) would change the reloaded predictions.
+    base = tmp_path / "base"
+    BertForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3).save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(base)
+    recipe = supervised_recipe(str(base), topic_csv, tmp_path / "lora", save_strategy="no", report_to="none")
     recipe["lora"] = {"lora_r": 4, "lora_target_modules": ["query", "value"]}
     trained = run_recipe(load_recipe(write_recipe(tmp_path / "lora.yaml", recipe)))
     run_dir = tmp_path / "lora"
