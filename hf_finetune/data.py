@@ -135,8 +135,11 @@ def load_splits(args: DataArguments, label_column: str | None = None) -> Dataset
         evaluation = raw[args.eval_split]
     else:
         stratify = None
-        if args.stratify and label_column and isinstance(train.features.get(label_column), ClassLabel):
-            stratify = label_column
+        if args.stratify and label_column in train.column_names:
+            if train.features[label_column] == datasets.Value("string") and None not in train[label_column]:
+                train = train.class_encode_column(label_column)  # string labels -> ClassLabel (sorted names)
+            if isinstance(train.features[label_column], ClassLabel):
+                stratify = label_column
         parts = train.train_test_split(test_size=args.validation_size, seed=args.split_seed, stratify_by_column=stratify)
         train, evaluation = parts["train"], parts["test"]
     require_rows(evaluation, f"The evaluation split of {args.dataset}")

@@ -217,7 +217,11 @@ def load_trained(run_dir: str | os.PathLike, auto_class: Any, **kwargs: Any):
     if (run_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
+        from transformers import AutoConfig
+
         base = json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        if (run_dir / "config.json").is_file():
+            kwargs.setdefault("config", AutoConfig.from_pretrained(run_dir))
         base_model = auto_class.from_pretrained(model_source(ModelArguments(model_name_or_path=base)), **kwargs)
         return PeftModel.from_pretrained(base_model, str(run_dir))
     if not (run_dir / "config.json").is_file():
