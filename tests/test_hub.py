@@ -49,8 +49,7 @@ def supervised_recipe(tiny_bert_dir: str, topic_csv: str, output_dir: Path, **tr
             "logging_steps": 2,
             "eval_strategy": "steps",
             "eval_steps": 3,
-            "save_steps": 3,
-            "report_to": "tensorboard",
+            "save_steps": 3,  # report_to left out: TensorBoard is the default when installed
             **training,
         },
     }
@@ -100,6 +99,9 @@ def test_train_and_push_arrives_byte_for_byte(canary_run):
     for required in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml", "metrics.json", "curves.png"):
         assert required in pushed
     assert any(name.startswith("runs/") and "tfevents" in name for name in pushed), "TensorBoard events not pushed"
+    summary = (canary_run["logs"] / "stdout.txt").read_text()
+    assert "[hf-finetune] done in" in summary and f"run saved to {run_dir}" in summary
+    assert "[hf-finetune] pushed to" in summary
     card = pushed["README.md"].decode()
     assert "model-index" in card and "hf-finetune train recipe.yaml" in card and "transformers" in card
     assert not any(name.startswith("checkpoint-") or name.endswith(".bin") for name in last["files"])

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..runs import REPORT_TO_HELP, default_report_to
+
 OBJECTIVES = ("mlm", "whole_word", "span", "clm", "fim")
 MASKED_OBJECTIVES = ("mlm", "whole_word", "span")
 PACKING = ("concat", "per_document", "none")
@@ -56,6 +58,9 @@ class SelfSupervisedConfig(TrainingArguments):
         'span'
     """
 
+    report_to: None | str | list[str] = field(
+        default_factory=default_report_to, metadata={"help": REPORT_TO_HELP}
+    )
     objective: str = field(
         default="mlm",
         metadata={

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..runs import REPORT_TO_HELP, default_report_to
+
 SUPERVISED_TASKS = ("classification", "multi_label", "regression", "token_classification")
 SCHEDULES = ("global-local", "lp-ft", "gradual-unfreezing")
 STAGE_KEYS = {
@@ -149,6 +151,9 @@ class SupervisedConfig(StageArguments, TrainingArguments):
         True
     """
 
+    report_to: None | str | list[str] = field(
+        default_factory=default_report_to, metadata={"help": REPORT_TO_HELP}
+    )
     task: str = field(
         default="classification",
         metadata={
