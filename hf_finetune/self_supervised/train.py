@@ -119,7 +119,8 @@ def supports_padding_free(model) -> bool:
 
     Checked by running it: the logits of the second sequence packed after a first one must equal
     its logits alone. Models whose attention masks come from ``transformers.masking_utils`` pass
-    (Llama, SmolLM2); others would silently attend across documents.
+    (Llama, SmolLM2) - without a KV cache only, which is why training sets ``use_cache=False``;
+    others would silently attend across documents.
     """
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(0, vocab, (7,), generator=torch.Generator().manual_seed(0))
@@ -127,8 +128,9 @@ def supports_padding_free(model) -> bool:
     was_training = model.training
     model.eval()
     try:
-        packed = model(input_ids=ids[None].to(device), position_ids=torch.tensor([[0, 1, 2, 0, 1, 2, 3]], device=device))
-        alone = model(input_ids=ids[None, 3:].to(device))
+        positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3]], device=device)
+        packed = model(input_ids=ids[None].to(device), position_ids=positions, use_cache=False)
+        alone = model(input_ids=ids[None, 3:].to(device), use_cache=False)
     finally:
         model.train(was_training)
     return bool(torch.allclose(packed.logits[0, 3:].float(), alone.logits[0].float(), atol=1e-4))
@@ -155,10 +157,10 @@ def build(recipe: Recipe):
     args: SelfSupervisedConfig = recipe.training
     model_args, data, text, lora = recipe.model, recipe.data, recipe.text, recipe.lora
     masked = args.objective in MASKED_OBJECTIVES
+    _check_model_kind(model_args, args.objective)
     tokenizer = load_tokenizer(model_args, require_pad=True)
     if masked:
         _require_mask_token(tokenizer, f"objective '{args.objective}'")
-    _check_model_kind(model_args, args.objective)
     model = load_model(model_args, AutoModelForMaskedLM if masked else AutoModelForCausalLM)
     if args.objective == "fim":
         add_fim_tokens(tokenizer, model)
@@ -185,6 +187,8 @@ def build(recipe: Recipe):
                 "by position_ids: set training.padding_free false."
             )
         collator = DataCollatorWithFlattening()
+        # transformers only reads packed position_ids when no KV cache is built (masking_utils).
+        model.config.use_cache = False
     if lora.use_lora:
         model = apply_lora(model, lora, task_type=None if masked else "CAUSAL_LM")
     return tokenizer, model, collator, tokenized
