@@ -1,0 +1,88 @@
+"""Wall time of the same short supervised job with 1 and 2 CPU processes (gloo DDP), side by side.
+
+Both runs train all-MiniLM-L6-v2 on BBC News for the same number of optimizer steps on the same
+global batch (1 x B versus 2 x B/2), from the same recipe, each launched as a user would:
+
+    1 process:   OMP_NUM_THREADS=<cores>   hf-finetune train RECIPE --use_cpu true ...
+    2 processes: OMP_NUM_THREADS=<cores/2> accelerate launch --config_file recipes/accelerate/multi_cpu.yaml \
+                     -m hf_finetune train RECIPE --use_cpu true ...
+
+Printed per run: the wall time of the whole command (interpreter and library start-up, data
+preparation, model load, training, evaluation, saving) and the run's own ``train_runtime_s``
+(from ``start_run`` to the end, in metrics.json), so start-up cost is visible separately.
+
+Usage:
+    python bench/bench_launch.py                 # MiniLM + BBC News (needs the offline assets)
+    python bench/bench_launch.py --steps 20 --batch 16 --max-length 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list[str], threads: int, log: Path) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    started = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}")
+    return wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/quickstart.yaml")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps (same in both runs)")
+    parser.add_argument("--batch", type=int, default=16, help="global batch size (split over the processes)")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads in all")
+    args = parser.parse_args()
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    out = Path(tempfile.mkdtemp(prefix="bench_launch_"))
+    common = ["--use_cpu", "true", "--max_steps", str(args.steps), "--max_length", str(args.max_length),
+              "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "4"]
+    commands = {
+        1: [sys.executable, "-m", "hf_finetune", "train", args.recipe, "--output_dir", str(out / "p1"),
+            "--per_device_train_batch_size", str(args.batch), *common],
+        2: [accelerate, "launch", "--config_file", "recipes/accelerate/multi_cpu.yaml", "--main_process_port",
+            str(free_port()), "-m", "hf_finetune", "train", args.recipe, "--output_dir", str(out / "p2"),
+            "--per_device_train_batch_size", str(args.batch // 2), *common],
+    }
+    print(f"{args.recipe}: {args.steps} steps, global batch {args.batch}, max_length {args.max_length}, "
+          f"{args.threads} CPU threads in all, {os.cpu_count()} cores; logs in {out}")
+    results = {}
+    for processes, cmd in commands.items():
+        wall = run(cmd, max(1, args.threads // processes), out / f"p{processes}.log")
+        metrics = json.loads((out / f"p{processes}" / "metrics.json").read_text())
+        assert metrics["world_size"] == processes, metrics
+        results[processes] = (wall, metrics["train_runtime_s"], metrics.get("train_loss"))
+        shown = " ".join(cmd).replace(sys.executable, "python").replace(str(out), "OUT")
+        print(f"\n{processes} process(es): OMP_NUM_THREADS={max(1, args.threads // processes)} {shown}")
+        print(f"  wall {wall:.1f} s | run (start_run -> end) {metrics['train_runtime_s']:.1f} s | "
+              f"start-up and launch {wall - metrics['train_runtime_s']:.1f} s | train_loss {metrics.get('train_loss')}")
+    (w1, r1, _), (w2, r2, _) = results[1], results[2]
+    print(f"\n2 processes / 1 process: wall x{w2 / w1:.2f}, run x{r2 / r1:.2f} (below 1 = faster with 2 processes)")
+
+
+if __name__ == "__main__":
+    main()
