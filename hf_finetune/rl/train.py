@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM
 
 from ..config import LoraArguments, ModelArguments, Recipe
-from ..data import load_splits, require_columns
+from ..data import load_splits
 from ..models import apply_lora, check_model_fits, export_model, load_model, load_tokenizer, trainable_parameters
 from ..runs import finish_run, start_run, write_args_json
 from .config import RewardArguments, RLDataArguments
@@ -125,7 +125,11 @@ def run(recipe: Recipe) -> dict:
         raise ValueError("The policy tokenizer has no EOS token, so completions could never end: use a model with one.")
     splits = load_splits(data)
     for name, split in splits.items():
-        require_columns(split, [args.prompt_column], f"The {name} split of {data.dataset}")
+        if args.prompt_column not in split.column_names:
+            raise ValueError(
+                f"The {name} split of {data.dataset} has no prompt column '{args.prompt_column}' (columns: "
+                f"{split.column_names}): set training.prompt_column."
+            )
     splits = {name: render_prompts(split, tokenizer, args.prompt_column, data) for name, split in splits.items()}
     funcs, weights, task_metrics = build_rewards(recipe.reward)
     _preflight(funcs, task_metrics, splits["train"], args.prompt_column)

@@ -1,0 +1,85 @@
+"""The ppo / grpo / rloo recipe methods: one set of blocks, switched by the method word, run end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_recipe
+
+from hf_finetune.cli import load_recipe, main, run_recipe
+from hf_finetune.config import parse_recipe, read_recipe_yaml
+from hf_finetune.rl.train import blocks
+
+RECIPES = sorted(Path("recipes/rl").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("method", ["ppo", "grpo", "rloo"])
+def test_every_rl_recipe_parses_under_every_method(path, method):
+    assert path.read_text().startswith("# Launch: ")
+    data = read_recipe_yaml(path)
+    data["method"] = method  # switching algorithm is changing this one word
+    recipe = parse_recipe(data, blocks(method))
+    assert recipe.training.prompt_column == "prompt" and recipe.reward.num_rewards >= 1
+    assert recipe.training.bf16 is False
+
+
+def toy_recipe(tmp_path, tiny_gpt2_dir, method, **training):
+    rows = [{"prompt": p, "answer": a} for p, a in
+            [("the team", "goal"), ("a match", "win"), ("the coach said", "team"), ("in the league", "cup")] * 3]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = {
+        "method": method,
+        "model": {"model_name_or_path": tiny_gpt2_dir},
+        "data": {"dataset": str(data), "validation_size": 0.25, "use_chat_template": True},
+        "reward": {"reward_funcs": ["length:4:chars", "regex:team"], "reward_weights": [1.0, 0.5],
+                   "eval_metrics": ["exact_match:answer"]},
+        "training": {"output_dir": str(tmp_path / method), "max_steps": 2, "learning_rate": 1e-3,
+                     "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4, "max_completion_length": 6,
+                     "kl_coef": 0.05, "logging_steps": 1, "eval_strategy": "steps", "eval_steps": 2,
+                     "save_strategy": "no", "report_to": "none", "use_cpu": True, "seed": 0, **training},
+    }
+    return write_recipe(tmp_path / f"{method}.yaml", recipe)
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo", "ppo"])
+def test_run_end_to_end_on_tiny_settings(method, tmp_path, tiny_gpt2_dir):
+    pytest.importorskip(f"hf_finetune.rl.{'ppo_trainer' if method == 'ppo' else 'grpo'}")
+    recipe = load_recipe(toy_recipe(tmp_path, tiny_gpt2_dir, method))
+    metrics = run_recipe(recipe)
+    run_dir = tmp_path / method
+    for key in ("before_eval_reward", "eval_reward", "eval_exact_match", "before_eval_exact_match",
+                "eval_reward/length_reward", "eval_completion_length"):
+        assert key in metrics, key
+    assert any("kl" in k for k in metrics), sorted(metrics)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["eval_reward"] == pytest.approx(metrics["eval_reward"], abs=1e-5)
+    assert (run_dir / "model.safetensors").is_file() and (run_dir / "training_args.json").is_file()
+    assert not (run_dir / "training_args.bin").exists()
+    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["method"] == method
+    assert list((run_dir / "samples").glob("eval_step2.*"))
+
+
+def test_lora_run_saves_only_the_adapter(tmp_path, tiny_gpt2_dir):
+    path = toy_recipe(tmp_path, tiny_gpt2_dir, "grpo")
+    data = yaml.safe_load(Path(path).read_text())
+    data["lora"] = {"lora_r": 4, "lora_target_modules": ["c_attn"]}
+    metrics = run_recipe(load_recipe(write_recipe(tmp_path / "lora.yaml", data)))
+    assert (tmp_path / "grpo" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "grpo" / "model.safetensors").exists()
+    assert 0 < metrics["trainable_parameters"]
+
+
+def test_errors_before_step_one(tmp_path, tiny_gpt2_dir, capsys):
+    path = toy_recipe(tmp_path, tiny_gpt2_dir, "grpo")
+    assert main(["train", path, "--prompt_column", "question"]) == 2
+    assert "no prompt column 'question'" in capsys.readouterr().err
+    assert main(["train", path, "--reward_funcs", "exact_match:gold", "regex:x"]) == 2
+    assert "needs the dataset column 'gold'" in capsys.readouterr().err
+    assert main(["train", path, "--reward_funcs", "length:4", "--reward_weights", "1", "2"]) == 2
+    assert "2 values for 1 rewards" in capsys.readouterr().err
+    assert not (tmp_path / "grpo" / "metrics.json").exists()
