@@ -131,6 +131,7 @@ def run_ours(assets: Path, steps: int, out_dir: Path) -> dict:
         kl_coef=h["kl_coef"], cliprange=h["cliprange"], cliprange_value=h["cliprange_value"], vf_coef=h["vf_coef"],
         gamma=h["gamma"], lam=h["lam"], temperature=h["temperature"], seed=h["seed"], logging_steps=1,
         report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+        max_grad_norm=0.0,  # TRL's PPO does not clip gradients: same update rule on both sides
     )
     timer = step_timer()
     trainer = PPOTrainer(

@@ -147,6 +147,7 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.value = value
         self.shared = isinstance(value, nn.Linear)
+        self.config = policy.config  # Trainer's model card and Hub push read the policy's config here
 
     def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int, with_policy: bool = True):
         if not with_policy and not self.shared:  # rollout: the sampled log-probs come from generate()
