@@ -102,8 +102,8 @@ class StageArguments:
         default=None,
         metadata={
             "help": "A preset staged schedule over the run's budget (num_train_epochs or max_steps): "
-            "'global-local' (all weights 80%, then the head 20%), 'lp-ft' (head at head_learning_rate 50%, then "
-            "all 50%), 'gradual-unfreezing' (head, then one more top layer per stage, then all). "
+            "'global-local' (all weights for 0.8 of the budget, then the head for 0.2), 'lp-ft' (head at head_learning_rate for half, then "
+            "all for half), 'gradual-unfreezing' (head, then one more top layer per stage, then all). "
             "Not together with stages."
         },
     )

@@ -7,16 +7,33 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+)
 
 from ..callbacks import NonFiniteGuardCallback, plot_confusion
 from ..config import DataArguments, LoraArguments, ModelArguments, Recipe
 from ..data import load_splits
 from ..metrics import confusion_matrix
 from ..models import apply_lora, check_model_fits, export_model, load_model, load_tokenizer, trainable_parameters
-from ..runs import finish_run, start_run
+from ..runs import finish_run, start_run, write_args_json
 from .config import SupervisedConfig
-from .tasks import classification_metrics, prepare_classification
+from .tasks import (
+    classification_metrics,
+    enable_prefix_space,
+    load_token_splits,
+    multi_label_metrics,
+    prepare_classification,
+    prepare_multi_label,
+    prepare_regression,
+    prepare_token_classification,
+    regression_metrics,
+    token_classification_metrics,
+    word_predictions,
+)
 from .trainer import SupervisedTrainer
 
 logger = logging.getLogger(__name__)
@@ -30,57 +47,129 @@ def blocks(method: str) -> dict[str, type]:
 
 
 def build_classifier(recipe: Recipe):
-    """Tokenizer, tokenized splits, label names and model (LoRA-wrapped when asked), all validated."""
+    """Tokenizer, raw splits, tokenized splits, label names and model (LoRA-wrapped when asked), all validated.
+
+    ``training.task`` picks the head: sequence classification (single-label, multi-label or
+    regression) or token classification. Decoder models (GPT-2, Llama, SmolLM2) work as classifiers:
+    their EOS becomes the pad token (an error when they have neither) and the score head reads the
+    last non-pad token, whichever side is padded.
+    """
     model_args, data, lora = recipe.model, recipe.data, recipe.lora
+    task = getattr(recipe.training, "task", "classification")
     tokenizer = load_tokenizer(model_args)
-    splits = load_splits(data, label_column=data.label_column)
-    tokenized, names = prepare_classification(splits, tokenizer, data)
+    head: dict = {}
+    if task == "token_classification":
+        if enable_prefix_space(tokenizer):
+            logger.info("Byte-level BPE tokenizer: add_prefix_space enabled for pre-split words.")
+        splits = load_token_splits(data)
+        tokenized, names, splits = prepare_token_classification(
+            splits, tokenizer, data, getattr(recipe.training, "label_all_tokens", False)
+        )
+        auto_class = AutoModelForTokenClassification
+    else:
+        splits = load_splits(data, label_column=data.label_column)
+        auto_class = AutoModelForSequenceClassification
+        if task == "multi_label":
+            tokenized, names = prepare_multi_label(splits, tokenizer, data)
+            head["problem_type"] = "multi_label_classification"
+        elif task == "regression":
+            tokenized, names = prepare_regression(splits, tokenizer, data)
+            head["problem_type"] = "regression"
+        else:
+            tokenized, names = prepare_classification(splits, tokenizer, data)
     model = load_model(
         model_args,
-        AutoModelForSequenceClassification,
+        auto_class,
         num_labels=len(names),
         id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},
+        **head,
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     check_model_fits(model, tokenizer, data.max_length)
     if lora.use_lora:
-        model = apply_lora(model, lora, task_type="SEQ_CLS")
+        model = apply_lora(model, lora, task_type="TOKEN_CLS" if task == "token_classification" else "SEQ_CLS")
     return tokenizer, splits, tokenized, names, model
 
 
+def _metrics_for(args: SupervisedConfig, names: list[str]):
+    if args.task == "multi_label":
+        return multi_label_metrics(names, args.multi_label_threshold)
+    if args.task == "regression":
+        return regression_metrics()
+    if args.task == "token_classification":
+        return token_classification_metrics(names)
+    return classification_metrics(names)
+
+
+def write_predictions(path: Path, recipe: Recipe, raw, output, names: list[str], tokenizer) -> None:
+    """One JSON line per evaluation example with the reference and the prediction, in the task's terms."""
+    args, data = recipe.training, recipe.data
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    rows = []
+    if args.task == "token_classification":
+        words = [list(w) for w in raw[data.text_column]]
+        predicted = word_predictions(logits, words, tokenizer, data.max_length, names)
+        rows = [{"tokens": w, "tags": t, "predicted": p} for w, t, p in zip(words, raw[data.label_column], predicted)]
+    else:
+        texts = [t[:200] for t in raw[data.text_column]]
+        if args.task == "multi_label":
+            hits = 1 / (1 + np.exp(-logits)) >= args.multi_label_threshold
+            for text, label, hit in zip(texts, output.label_ids, hits):
+                gold = [names[i] for i in np.flatnonzero(label)]
+                rows.append({"text": text, "labels": gold, "predicted": [names[i] for i in np.flatnonzero(hit)]})
+        elif args.task == "regression":
+            for text, label, pred in zip(texts, output.label_ids, logits.reshape(-1)):
+                rows.append({"text": text, "label": float(label), "prediction": float(pred)})
+        else:
+            for text, label, pred in zip(texts, output.label_ids, np.argmax(logits, axis=-1)):
+                rows.append({"text": text, "label": names[int(label)], "prediction": names[int(pred)]})
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
 def run(recipe: Recipe) -> dict:
-    """Fine-tune a sequence classifier as the recipe says; returns the final evaluation metrics."""
+    """Fine-tune as the recipe says (the task, stages and LoRA in it); returns the final evaluation metrics."""
     args: SupervisedConfig = recipe.training
     started = start_run(recipe)
     tokenizer, raw, tokenized, names, model = build_classifier(recipe)
     trainable, total = trainable_parameters(model)
     logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    collator = (
+        DataCollatorForTokenClassification(tokenizer)
+        if args.task == "token_classification"
+        else DataCollatorWithPadding(tokenizer)
+    )
     trainer = SupervisedTrainer(
         model=model,
         args=args,
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=classification_metrics(names),
+        data_collator=collator,
+        compute_metrics=_metrics_for(args, names),
         callbacks=[NonFiniteGuardCallback()],
     )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     output = trainer.predict(tokenized["validation"], metric_key_prefix="eval")
-    metrics = dict(output.metrics)
+    metrics = {"train_loss": train_output.training_loss, **output.metrics}
     metrics["trainable_parameters"] = trainable
     run_dir = Path(args.output_dir)
     export_model(trainer.model, tokenizer, run_dir, merge_lora=recipe.lora.lora_merge_on_export)
+    write_args_json(args, run_dir)
     if trainer.is_world_process_zero():
-        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-        predicted = np.argmax(logits, axis=-1)
-        plot_confusion(confusion_matrix(predicted, output.label_ids, len(names)), names, run_dir / "confusion_matrix.png")
+        if args.task == "classification":
+            logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+            matrix = confusion_matrix(np.argmax(logits, axis=-1), output.label_ids, len(names))
+            plot_confusion(matrix, names, run_dir / "confusion_matrix.png")
         if args.predictions_file:
-            text_column = recipe.data.text_column
-            with open(run_dir / "predictions.jsonl", "w") as f:
-                for text, label, pred in zip(raw["validation"][text_column], output.label_ids, predicted):
-                    row = {"text": text[:200], "label": names[int(label)], "prediction": names[int(pred)]}
-                    f.write(json.dumps(row) + "\n")
+            write_predictions(run_dir / "predictions.jsonl", recipe, raw["validation"], output, names, tokenizer)
     trainer.log_metrics("eval", metrics)
-    return finish_run(trainer, metrics, started, headline=("eval_accuracy", "eval_f1_macro"))
+    headline = {
+        "classification": ("eval_accuracy", "eval_f1_macro"),
+        "multi_label": ("eval_f1_micro", "eval_f1_macro"),
+        "regression": ("eval_mse", "eval_spearman"),
+        "token_classification": ("eval_f1", "eval_precision", "eval_recall"),
+    }[args.task]
+    return finish_run(trainer, metrics, started, headline=headline)
