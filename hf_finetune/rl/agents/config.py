@@ -71,7 +71,7 @@ class EnvArguments:
             raise ValueError(f"env.n_envs={self.n_envs}: use at least 1.")
         if self.max_length < 2:
             raise ValueError(f"env.max_length={self.max_length}: use at least 2 tokens.")
-        from .envs import registered_env_ids, register_envs
+        from .envs import register_envs, registered_env_ids
 
         register_envs()
         import gymnasium as gym
