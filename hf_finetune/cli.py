@@ -16,6 +16,7 @@ from .config import build_parser, parse_recipe, read_recipe_yaml
 # A literal dict on purpose: the methods are known, and adding one is one line here.
 METHODS = {
     "supervised": "hf_finetune.supervised.train",
+    "sft": "hf_finetune.supervised.sft_trainer",
     "self_supervised": "hf_finetune.self_supervised.train",
     "rl_env": "hf_finetune.rl.agents.train",
     "ppo": "hf_finetune.rl.train",
