@@ -11,6 +11,7 @@ import sys
 
 from .callbacks import NonFiniteLossError
 from .config import build_parser, parse_recipe, read_recipe_yaml
+from .hub import HubPushError, push_run
 
 # Recipe `method` -> module with `blocks(method) -> {block name: dataclass}` and `run(recipe)`.
 # A literal dict on purpose: the methods are known, and adding one is one line here.
@@ -167,17 +168,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(metrics, indent=2, sort_keys=True))
             return 0
         if command == "push":
-            from .hub import HubPushError, push_run
-
             opts = _push_parser().parse_args(rest)
-            try:
-                url = push_run(opts.run_dir, opts.repo_id, private=opts.private or None, revision=opts.revision)
-            except HubPushError as err:
-                print(f"hf-finetune: error: {err}", file=sys.stderr)
-                return 1
+            url = push_run(opts.run_dir, opts.repo_id, private=opts.private or None, revision=opts.revision)
             print(f"[hf-finetune] pushed {opts.run_dir} to {url}")
             return 0
         top.error(f"unknown command {command!r}")
+    except HubPushError as err:  # training (if any) finished; the upload did not
+        print(f"hf-finetune: error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, NonFiniteLossError) as err:
         if os.environ.get("HF_FINETUNE_DEBUG"):
             raise

@@ -314,7 +314,7 @@ def push_run(
             commit_message=f"Upload {meta.get('method', 'run')} run with hf-finetune",
             ignore_patterns=IGNORE_PATTERNS,
         )
-    except (HfHubHTTPError, ValueError) as err:
+    except (HfHubHTTPError, ValueError, OSError, _transport_errors()) as err:
         status = getattr(getattr(err, "response", None), "status_code", None)
         shown = f"HTTP {status}: " if status else ""
         raise HubPushError(
@@ -322,6 +322,15 @@ def push_run(
             "No commit was made."
         ) from None
     return str(info.commit_url)
+
+
+def _transport_errors() -> type[Exception]:
+    # huggingface_hub 1.x+ talks through httpx: its connection/timeout errors are not OSErrors.
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - huggingface_hub < 1.0 uses requests (OSError subclasses)
+        return OSError
+    return httpx.TransportError
 
 
 def _redact(text: str, token: str) -> str:

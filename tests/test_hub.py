@@ -133,6 +133,18 @@ def test_eval_reproduces_training_metrics(canary_run, capsys):
     for key in ("eval_accuracy", "eval_f1_macro", "eval_loss"):
         assert metrics[key] == pytest.approx(trained[key], abs=2e-6), key
 
+    # --data: the same validation rows, from a file, give the same metrics.
+    from hf_finetune.cli import evaluate_run, load_recipe
+    from hf_finetune.data import load_splits
+
+    recipe = load_recipe(str(run_dir / "recipe.yaml"), ["--output_dir", str(canary_run["tmp"] / "scratch")])
+    validation = load_splits(recipe.data, label_column=recipe.data.label_column)["validation"]
+    held_out = canary_run["tmp"] / "held_out.csv"
+    validation.to_csv(str(held_out), index=False)
+    again = evaluate_run(str(run_dir), data=str(held_out))
+    for key in ("eval_accuracy", "eval_loss"):
+        assert again[key] == pytest.approx(trained[key], abs=2e-6), key
+
 
 def test_model_card_eval_results_in_model_index():
     from huggingface_hub import ModelCard
@@ -202,7 +214,7 @@ ERROR_CASES = textwrap.dedent(
     """
     import contextlib, io, json, os, sys
     from hf_finetune.cli import main
-    run_dir, empty_dir = sys.argv[1], sys.argv[2]
+    run_dir, empty_dir, agent_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     cases = {
         "no_token": ["push", run_dir, "--repo-id", "org/x"],
         "bad_repo_id": ["push", run_dir, "--repo-id", "a/b/c"],
@@ -220,19 +232,28 @@ ERROR_CASES = textwrap.dedent(
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             code = main(argv)
         out[name] = {"code": code, "stderr": err.getvalue()}
+    # A non-Trainer run (an SB3 agent .zip) describes itself through card_extra.
+    from hf_finetune.hub import push_run
+    out["agent_url"] = push_run(agent_dir, "org/agent", card_extra={
+        "method": "agent", "base_model": "sentence-transformers/all-MiniLM-L6-v2", "dataset": "BabyAI-GoToObj-v0",
+        "library_name": "stable-baselines3", "metrics": {"eval_mean_reward": 0.9},
+        "hyperparameters": {"learning_rate": 3e-4}, "command": "hf-finetune train recipes/rl/agent.yaml"})
     print(json.dumps(out))
     """
 )
 
 
-def test_push_errors_are_clear(tmp_path, canary_run):
+def test_push_errors_are_clear_and_agents_push(tmp_path, canary_run):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "metrics.json").write_text("{}")
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "ppo_agent.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # an (empty) zip archive
     with FakeHub() as hub:
         hub.fail_on["commit"] = (403, "You don't have the rights to push to org/denied")
         proc = subprocess.run(
-            [sys.executable, "-c", ERROR_CASES, str(canary_run["run_dir"]), str(empty)],
+            [sys.executable, "-c", ERROR_CASES, str(canary_run["run_dir"]), str(empty), str(agent)],
             env=hub_env(hub, tmp_path, token=None), capture_output=True, text=True, timeout=300,
         )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -246,7 +267,12 @@ def test_push_errors_are_clear(tmp_path, canary_run):
     assert server["code"] != 0
     assert "403" in server["stderr"] and "don't have the rights" in server["stderr"]
     assert "No commit was made" in server["stderr"] and "pushed" not in server["stderr"].split("No commit")[0].lower()
-    assert hub.files("org/denied") == {} and hub.commits == []
+    assert hub.files("org/denied") == {} and [c["repo_id"] for c in hub.commits] == ["org/agent"]
+    pushed = hub.files("org/agent")
+    assert pushed["ppo_agent.zip"] == (agent / "ppo_agent.zip").read_bytes()
+    card = pushed["README.md"].decode()
+    assert "library_name: stable-baselines3" in card and "reinforcement-learning" in card
+    assert "type: mean_reward" in card and "value: 0.9" in card
 
 
 def test_hub_token_in_recipe_is_rejected(tmp_path, tiny_bert_dir, topic_csv):
