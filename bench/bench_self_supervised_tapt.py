@@ -44,7 +44,11 @@ def main() -> None:
     parser.add_argument("--tapt_steps", type=int, default=60)
     parser.add_argument("--tapt_batch", type=int, default=32)
     parser.add_argument("--ft_steps", type=int, default=30)
+    parser.add_argument("--ft_batch", type=int, default=16)
+    parser.add_argument("--ft_lr", type=float, default=1e-4)
     parser.add_argument("--max_length", type=int, default=64)
+    parser.add_argument("--eval_samples", type=int, default=200, help="held-out articles scored per run")
+    parser.add_argument("--tapt_eval_docs", type=int, default=20, help="held-out TAPT articles for the MLM loss")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--regimes", nargs="+", default=["10", "50", "all"])
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
@@ -68,10 +72,13 @@ def main() -> None:
             "--dataset", str(corpus), "--max_length", str(opts.max_length), "--validation_size", "0.05",
             "--max_steps", str(opts.tapt_steps), "--per_device_train_batch_size", str(opts.tapt_batch),
             "--output_dir", str(work / "tapt"), "--eval_on_start", "true", "--eval_strategy", "no",
+            "--max_eval_samples", str(opts.tapt_eval_docs), "--per_device_eval_batch_size", "32",
             "--report_to", "none", "--disable_tqdm", "true",
             "--finetune_overrides", json.dumps({"max_steps": opts.ft_steps, "seed": opts.seeds[0],
                                                 "report_to": "none", "disable_tqdm": True,
-                                                "predictions_file": False}),
+                                                "predictions_file": False, "per_device_train_batch_size": opts.ft_batch,
+                                                "learning_rate": opts.ft_lr, "warmup_steps": 1,
+                                                "max_eval_samples": opts.eval_samples}),
         ],
     )
     # Phase 2 of the chained recipe is the first "tapt / all labels / first seed" run.
@@ -99,6 +106,9 @@ def main() -> None:
                         "--model_name_or_path", model, "--seed", str(seed), "--max_steps", str(opts.ft_steps),
                         "--max_length", str(opts.max_length), "--output_dir", str(work / f"ft_{init}_{regime}_{seed}"),
                         "--report_to", "none", "--disable_tqdm", "true", "--predictions_file", "false",
+                        "--max_eval_samples", str(opts.eval_samples),
+                        "--per_device_train_batch_size", str(opts.ft_batch), "--learning_rate", str(opts.ft_lr),
+                        "--warmup_steps", "1",
                     ]
                     if regime != "all":
                         overrides += ["--samples_per_class", regime]
@@ -108,8 +118,8 @@ def main() -> None:
                 results.setdefault((regime, init), []).append(acc)
                 print(f"RESULT regime={regime} seed={seed} init={init} accuracy={acc:.4f} f1_macro={f1:.4f} "
                       f"({secs:.0f}s)", flush=True)
-    print(f"\nSummary (eval accuracy on {len(splits['validation'])} held-out articles, mean +- sd over seeds "
-          f"{opts.seeds}; fine-tuning {opts.ft_steps} steps x 16 for every run; TAPT {opts.tapt_steps} MLM steps):")
+    print(f"\nSummary (eval accuracy on {min(opts.eval_samples, len(splits['validation']))} held-out articles, mean +- sd over seeds "
+          f"{opts.seeds}; fine-tuning {opts.ft_steps} steps x {opts.ft_batch} at lr {opts.ft_lr} for every run; TAPT {opts.tapt_steps} MLM steps):")
     print(f"{'labels/class':>12} | {'no TAPT':>15} | {'TAPT':>15} | {'gain':>7}")
     for regime in opts.regimes:
         base, adapted = results.get((regime, "base"), []), results.get((regime, "tapt"), [])

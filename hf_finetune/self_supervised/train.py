@@ -243,6 +243,8 @@ def run(recipe: Recipe) -> dict:
         load_finetune_recipe(args, Path(args.output_dir) / "encoder")
     # The collators need special_tokens_mask / offset_mapping, which Trainer would drop as unused.
     args.remove_unused_columns = False
+    # Only the loss is evaluated: gathering (batch x length x vocab) logits would cost gigabytes.
+    args.prediction_loss_only = True
     started = start_run(recipe)
     tokenizer, model, collator, tokenized = build(recipe)
     trainable, total = trainable_parameters(model)
