@@ -14,7 +14,7 @@ alternate (ours, theirs, ours, theirs, ...) in fresh subprocesses; the time per 
 median over steps after the first (warm-up) step.
 
 Usage:
-    python bench/bench_ppo_vs_trl.py                 # tiny (2x32) and small (4x128) GPT-2, 20 steps, 2 rounds
+    python bench/bench_ppo_vs_trl.py                 # tiny (2x32) and small (4x128) GPT-2, 16 steps, 2 rounds
     python bench/bench_ppo_vs_trl.py --steps 20 --rounds 1 --sizes tiny
 """
 
@@ -100,11 +100,24 @@ def step_timer():
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
+        """Wall and CPU (process) time at the end of every PPO step."""
+
         def __init__(self):
-            self.times = [time.perf_counter()]
+            self.start()
+
+        def start(self):
+            self.times, self.cpu = [time.perf_counter()], [time.process_time()]
 
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append(time.perf_counter())
+            self.cpu.append(time.process_time())
+
+        def result(self, log_history):
+            return {
+                "step_times": [b - a for a, b in zip(self.times, self.times[1:])],
+                "step_cpu": [b - a for a, b in zip(self.cpu, self.cpu[1:])],
+                "scores": [e["objective/scores"] for e in log_history if "objective/scores" in e],
+            }
 
     return StepTimer()
 
@@ -139,10 +152,9 @@ def run_ours(assets: Path, steps: int, out_dir: Path) -> dict:
         reward_funcs=target_tokens, value_model=AutoModelForSequenceClassification.from_pretrained(assets / "value"),
         callbacks=[timer],
     )
-    timer.times = [time.perf_counter()]
+    timer.start()
     trainer.train()
-    scores = [e["objective/scores"] for e in trainer.state.log_history if "objective/scores" in e]
-    return {"step_times": [b - a for a, b in zip(timer.times, timer.times[1:])], "scores": scores}
+    return timer.result(trainer.state.log_history)
 
 
 def trl_reward_model(target_ids: list[int], vocab_size: int, context_length: int):
@@ -208,10 +220,9 @@ def run_trl(assets: Path, steps: int, out_dir: Path, collect_garbage: bool = Tru
         value_model=AutoModelForSequenceClassification.from_pretrained(assets / "value"), eval_dataset=data,
         callbacks=[timer],
     )
-    timer.times = [time.perf_counter()]
+    timer.start()
     trainer.train()
-    scores = [e["objective/scores"] for e in trainer.state.log_history if "objective/scores" in e]
-    return {"step_times": [b - a for a, b in zip(timer.times, timer.times[1:])], "scores": scores}
+    return timer.result(trainer.state.log_history)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +262,7 @@ def worker(python: str, which: str, assets: Path, steps: int, threads: int) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="ours/theirs alternations per size")
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=sorted(SIZES))
     parser.add_argument("--threads", type=int, default=1, help="OMP threads per worker")
@@ -275,8 +286,11 @@ def main() -> None:
 
     trl_python = ensure_trl_venv(Path(args.venv))
     print(f"hyperparameters: {HYPER}, steps={args.steps}, rounds={args.rounds}, OMP threads={args.threads}")
-    print(f"{'size':6} {'round':5} {'ours s/step':>11} {'trl s/step':>10} {'trl-no-gc':>9} {'ratio':>6} "
+    print("time per PPO step: median over steps 2..N of the CPU time of the (single-threaded) worker process, "
+          "which a busy machine disturbs less than wall time (shown in brackets)")
+    print(f"{'size':6} {'round':5} {'ours s/step':>18} {'trl s/step':>18} {'trl-no-gc s/step':>18} {'ratio':>6} "
           f"{'ratio-no-gc':>11} | score first -> mean of last 5: ours, trl, trl-no-gc")
+    workers = ("ours", "trl", "trl_nogc")
     summary = []
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -285,20 +299,26 @@ def main() -> None:
             rows = []
             for r in range(args.rounds):
                 runs = {w: worker(sys.executable if w == "ours" else str(trl_python), w, assets, args.steps, args.threads)
-                        for w in ("ours", "trl", "trl_nogc")}
-                t = {w: statistics.median(v["step_times"][1:]) for w, v in runs.items()}
+                        for w in workers}
+                cpu = {w: statistics.median(v["step_cpu"][1:]) for w, v in runs.items()}
+                wall = {w: statistics.median(v["step_times"][1:]) for w, v in runs.items()}
                 last = {w: sum(v["scores"][-5:]) / 5 for w, v in runs.items()}
-                rows.append((t["ours"] / t["trl"], t["ours"] / t["trl_nogc"], last))
-                scores = ", ".join(f"{runs[w]['scores'][0]:.3f} -> {last[w]:.3f}" for w in runs)
-                print(f"{size:6} {r:5d} {t['ours']:11.4f} {t['trl']:10.4f} {t['trl_nogc']:9.4f} "
-                      f"{rows[-1][0]:6.2f} {rows[-1][1]:11.2f} | {scores}", flush=True)
-            summary.append((size, statistics.median(x[0] for x in rows), statistics.median(x[1] for x in rows),
-                            {w: statistics.mean(x[2][w] for x in rows) for w in ("ours", "trl", "trl_nogc")}))
-    print("\nsummary: time per PPO step, ours / trl 1.12 (median over rounds; target <= 0.8), and the reward "
-          f"after {args.steps} steps (mean score of the last 5 steps, mean over rounds):")
-    for size, ratio, ratio_nogc, last in summary:
-        print(f"  {size:6} ratio {ratio:.2f} (vs trl without its gc.collect calls: {ratio_nogc:.2f}) | reward: "
-              f"ours {last['ours']:.3f}, trl {last['trl']:.3f}, trl-no-gc {last['trl_nogc']:.3f}")
+                rows.append((cpu, wall, last))
+                cells = " ".join(f"{cpu[w]:8.3f} [{wall[w]:6.3f}]" for w in workers)
+                scores = ", ".join(f"{runs[w]['scores'][0]:.3f} -> {last[w]:.3f}" for w in workers)
+                print(f"{size:6} {r:5d} {cells} {cpu['ours'] / cpu['trl']:6.2f} {cpu['ours'] / cpu['trl_nogc']:11.2f} "
+                      f"| {scores}", flush=True)
+            med = {w: statistics.median(x[0][w] for x in rows) for w in workers}
+            med_wall = {w: statistics.median(x[1][w] for x in rows) for w in workers}
+            summary.append((size, med, med_wall, {w: statistics.mean(x[2][w] for x in rows) for w in workers}))
+    print(f"\nsummary (medians over {args.rounds} rounds; target: ours / trl <= 0.8; reward after {args.steps} steps = "
+          "mean score of the last 5 steps, mean over rounds):")
+    for size, cpu, wall, last in summary:
+        print(f"  {size:6} CPU s/step ours {cpu['ours']:.3f}, trl {cpu['trl']:.3f}, trl-no-gc {cpu['trl_nogc']:.3f} "
+              f"-> ratio {cpu['ours'] / cpu['trl']:.2f} (vs trl without its per-step gc.collect: "
+              f"{cpu['ours'] / cpu['trl_nogc']:.2f}); wall ratio {wall['ours'] / wall['trl']:.2f} "
+              f"({wall['ours'] / wall['trl_nogc']:.2f}) | reward: ours {last['ours']:.3f}, trl {last['trl']:.3f}, "
+              f"trl-no-gc {last['trl_nogc']:.3f}")
 
 if __name__ == "__main__":
     main()

@@ -172,7 +172,7 @@ def test_learns_target_tokens(tmp_path, tok_and_config):
 
 def test_constant_reward_is_logged_exactly(tmp_path, tok_and_config):
     tokenizer, config = tok_and_config
-    args = ppo_args(tmp_path, max_steps=2, missing_eos_penalty=0.5, max_completion_length=3)
+    args = ppo_args(tmp_path, max_steps=2, missing_eos_penalty=0.5, max_completion_length=3, kl_estimator="k3")
     trainer = PPOTrainer(tiny_policy(config), args, prompt_dataset(16), processing_class=tokenizer,
                          reward_funcs=lambda prompts, completions, **_: [0.7] * len(prompts))
     trainer.train()
@@ -181,6 +181,7 @@ def test_constant_reward_is_logged_exactly(tmp_path, tok_and_config):
         assert entry["objective/scores"] == pytest.approx(expected, abs=1e-6)
         assert entry["objective/rlhf_reward"] == pytest.approx(expected + entry["objective/non_score_reward"], abs=1e-6)
         assert entry["objective/non_score_reward"] == pytest.approx(-0.01 * entry["objective/kl"], rel=1e-4, abs=1e-7)
+        assert entry["objective/kl"] == entry["objective/kl_k3"]
 
 
 def test_lora_keeps_base_and_reference_is_adapter_disabled_base(tmp_path, tok_and_config):
@@ -224,27 +225,29 @@ def _final_weights(trainer):
 
 def test_resume_is_bitwise_identical(tmp_path, tok_and_config):
     tokenizer, config = tok_and_config
-    common = dict(max_steps=5, save_strategy="steps", save_steps=2, target_kl=0.05, kl_horizon=100,
+    common = dict(max_steps=5, save_strategy="steps", save_steps=1, target_kl=0.05, kl_horizon=100,
                   per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=2)
     data = prompt_dataset(40)  # 40 prompts / 16 per rollout: 3 rollouts per epoch, the last one short
     reward = target_token_reward(tokenizer)
 
-    full = PPOTrainer(tiny_policy(config), ppo_args(tmp_path / "a", **common), data, processing_class=tokenizer,
+    full = PPOTrainer(tiny_policy(config), ppo_args(tmp_path, **common), data, processing_class=tokenizer,
                       reward_funcs=reward)
     full.train()
     reference = _final_weights(full)
-
-    resumed = PPOTrainer(tiny_policy(config), ppo_args(tmp_path / "a", **common), data, processing_class=tokenizer,
-                         reward_funcs=reward)
-    checkpoint = tmp_path / "a" / "run" / "checkpoint-2"
-    state = json.loads((checkpoint / "ppo_state.json").read_text())
-    assert state["kl_coef"] != 0.01  # the adaptive controller moved and its state is in the checkpoint
-    assert (checkpoint / "value_model" / "model.safetensors").is_file()
-    resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert resumed.state.global_step == 5
-    assert resumed.kl_ctl.value == full.kl_ctl.value
-    final = _final_weights(resumed)
-    assert all(torch.equal(reference[k], final[k]) for k in reference)
+    # checkpoint-2: in the middle of the first data epoch; checkpoint-3: exactly at its end.
+    for step in (2, 3):
+        checkpoint = tmp_path / "run" / f"checkpoint-{step}"
+        state = json.loads((checkpoint / "ppo_state.json").read_text())
+        assert state["kl_coef"] != 0.01  # the adaptive controller moved and its state is in the checkpoint
+        assert (checkpoint / "value_model" / "model.safetensors").is_file()
+        # Other initial weights: policy and critic must come from the checkpoint (the reference is not in it).
+        resumed = PPOTrainer(tiny_policy(config, seed=1), ppo_args(tmp_path / f"r{step}", **common), data,
+                             processing_class=tokenizer, reward_funcs=reward, ref_model=tiny_policy(config).eval())
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+        assert resumed.state.global_step == 5
+        assert resumed.kl_ctl.value == full.kl_ctl.value
+        final = _final_weights(resumed)
+        assert all(torch.equal(reference[k], final[k]) for k in reference), f"resumed from step {step}"
 
 
 def test_evaluation_logs_reward_task_metric_and_samples(tmp_path, tok_and_config):
@@ -263,6 +266,23 @@ def test_evaluation_logs_reward_task_metric_and_samples(tmp_path, tok_and_config
     rows = (tmp_path / "run" / "samples" / "eval_step2.jsonl").read_text().splitlines()
     assert len(rows) == 3 and set(json.loads(rows[0])) >= {"prompt", "completion", "reward", "contains_answer"}
     assert (tmp_path / "run" / "samples" / "eval_step2.md").read_text().startswith("| prompt |")
+
+
+def test_llama_policy_with_separate_critic_and_chat_prompts(tmp_path, tiny_llama_dir):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in prompt_dataset(8)])
+    trainer = PPOTrainer(model, ppo_args(tmp_path, max_steps=2), data, processing_class=tokenizer,
+                         reward_funcs=target_token_reward(tokenizer))
+    critic_before = trainer.value.score.weight.clone()
+    trainer.train()
+    assert len(scores_logged(trainer)) == 2
+    assert not torch.equal(critic_before, trainer.value.score.weight)
+    assert tokenizer.padding_side == "left"
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path, tok_and_config):

@@ -19,7 +19,8 @@ class PPOConfig(TrainingArguments):
     ``rollout_batch_size = per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches``
 
     and every PPO step makes ``num_ppo_epochs * num_mini_batches`` optimizer updates (the learning
-    rate schedule is laid out over ``max_steps`` times that many updates).
+    rate schedule is laid out over ``max_steps`` times that many updates, and ``warmup_steps``
+    counts updates too).
 
     Example:
         >>> args = PPOConfig(output_dir="out", max_steps=20, per_device_train_batch_size=8,
@@ -91,6 +92,8 @@ class PPOConfig(TrainingArguments):
             raise ValueError("num_ppo_epochs and num_mini_batches must both be >= 1.")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ValueError("gamma and lam must lie in [0, 1].")
+        if self.load_best_model_at_end:
+            raise ValueError("load_best_model_at_end is not supported by PPO: evaluate the saved checkpoints instead.")
         if self.target_kl is not None and self.target_kl <= 0:
             raise ValueError("target_kl must be > 0, or None for a fixed kl_coef.")
 
