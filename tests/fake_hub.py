@@ -13,7 +13,8 @@ It implements just what ``huggingface_hub`` 1.x/2.x calls to create a repo and c
 
 Committed files are kept in memory (``hub.repos[repo_id][revision][path] -> bytes``) so a test can
 compare them byte for byte with the run directory. ``hub.fail_on[kind] = (status, message)`` makes
-an endpoint answer an error. Point ``HF_ENDPOINT`` at ``hub.url`` in the process that pushes
+an endpoint answer an error (``kind``: create, validate, branch, preupload, commit; or
+``"commit:org/name"`` for one repository only). Point ``HF_ENDPOINT`` at ``hub.url`` in the process that pushes
 (``huggingface_hub`` reads it at import time, hence the subprocesses in the tests).
 
 Example:
@@ -80,9 +81,10 @@ class FakeHub:
             def _body(self) -> bytes:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-            def _fail(self, kind: str) -> bool:
-                if kind in hub.fail_on:
-                    status, message = hub.fail_on[kind]
+            def _fail(self, kind: str, repo_id: str | None = None) -> bool:
+                key = f"{kind}:{repo_id}" if f"{kind}:{repo_id}" in hub.fail_on else kind
+                if key in hub.fail_on:
+                    status, message = hub.fail_on[key]
                     self._reply(status, {"error": message})
                     return True
                 return False
@@ -117,7 +119,7 @@ class FakeHub:
                     self._reply(404, {"error": f"Not found: {path}"})
                     return
                 repo_id, kind, revision = match["repo"], match["kind"], unquote(match["rev"])
-                if self._fail(kind):
+                if self._fail(kind, repo_id):
                     return
                 if repo_id not in hub.repos:
                     self._reply(404, {"error": f"Repository not found: {repo_id}"})

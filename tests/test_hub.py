@@ -251,7 +251,7 @@ def test_push_errors_are_clear_and_agents_push(tmp_path, canary_run):
     agent.mkdir()
     (agent / "ppo_agent.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # an (empty) zip archive
     with FakeHub() as hub:
-        hub.fail_on["commit"] = (403, "You don't have the rights to push to org/denied")
+        hub.fail_on["commit:org/denied"] = (403, "You don't have the rights to push to org/denied")
         proc = subprocess.run(
             [sys.executable, "-c", ERROR_CASES, str(canary_run["run_dir"]), str(empty), str(agent)],
             env=hub_env(hub, tmp_path, token=None), capture_output=True, text=True, timeout=300,
