@@ -33,8 +33,12 @@ _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.
 TASK_TYPES = {
     "supervised": "text-classification",
     "self_supervised": "fill-mask",
+    "token_classification": "token-classification",
     "mlm": "fill-mask",
+    "whole_word": "fill-mask",
+    "span": "fill-mask",
     "clm": "text-generation",
+    "fim": "text-generation",
     "sft": "text-generation",
     "ppo": "reinforcement-learning",
     "grpo": "reinforcement-learning",
@@ -147,7 +151,7 @@ def run_metadata(run_dir: str | Path) -> dict[str, Any]:
         hyper.update({k: lora[k] for k in ("lora_r", "lora_alpha", "lora_dropout") if k in lora})
     meta: dict[str, Any] = {
         "method": method,
-        "task": training.get("task"),
+        "task": training.get("task") or training.get("objective"),
         "base_model": model.get("model_name_or_path"),
         "dataset": data.get("dataset"),
         "hyperparameters": hyper,

@@ -2,7 +2,7 @@
 
 Each launched run goes through ``probe.py`` (written below), which wraps ``Trainer.train`` to
 record, on every rank, the world size, a SHA-256 of the final weights and the log history. The
-reference is a 1-process run on the same global batch (8 = 2 x 4), made in this process.
+reference is a 1-process run on the same global batch (8 = 2 x 4), made in the test process.
 
 Tolerances: the supervised run (dropout off) has no randomness that depends on the process
 layout, so its logged train and eval losses must match to 1e-4 relative. Masked-LM masks are drawn
@@ -78,21 +78,33 @@ def no_dropout_bert(tmp_path_factory, tiny_bert_dir):
     return str(target)
 
 
-def launch(tmp_path: Path, recipe: dict, processes: int) -> list[dict]:
-    """Train ``recipe`` with ``processes`` CPU processes; return each rank's probe record."""
+def launch(tmp_path: Path, recipe: dict, processes: int, monkeypatch) -> list[dict]:
+    """Train ``recipe`` with ``processes`` CPU processes; return each rank's probe record.
+
+    2 processes: ``accelerate launch`` with recipes/accelerate/multi_cpu.yaml, as a user would.
+    1 process (the reference, global batch 8 in one process): in this process, to save start-up time.
+    """
     probe_dir = tmp_path / f"probe{processes}"
     probe_dir.mkdir()
-    (tmp_path / "probe.py").write_text(PROBE)
     path = write_recipe(tmp_path / f"recipe{processes}.yaml", recipe)
-    env = {**os.environ, "PROBE_DIR": str(probe_dir), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     if processes == 1:
-        cmd = [sys.executable, str(tmp_path / "probe.py"), "train", path, "--per_device_train_batch_size", "8"]
+        import transformers
+
+        from hf_finetune.cli import main
+
+        namespace: dict = {}
+        exec(PROBE.split("transformers.Trainer.train = train")[0], namespace)  # the probe, not yet installed
+        monkeypatch.setattr(transformers.Trainer, "train", namespace["train"])
+        monkeypatch.setenv("PROBE_DIR", str(probe_dir))
+        assert main(["train", path, "--per_device_train_batch_size", "8"]) == 0
     else:
+        (tmp_path / "probe.py").write_text(PROBE)
+        env = {**os.environ, "PROBE_DIR": str(probe_dir), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
         cmd = [accelerate, "launch", "--config_file", str(MULTI_CPU), "--main_process_port", str(free_port()),
                str(tmp_path / "probe.py"), "train", path]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return [json.loads(p.read_text()) for p in sorted(probe_dir.glob("rank*.json"))]
 
 
@@ -115,7 +127,7 @@ def check_two_vs_one(two: list[dict], one: list[dict], rel: float) -> None:
     assert losses(two[1]) == got  # both ranks log the same (reduced) values
 
 
-def test_two_cpu_processes_supervised_match_one_process(tmp_path, no_dropout_bert, topic_csv):
+def test_two_cpu_processes_supervised_match_one_process(tmp_path, no_dropout_bert, topic_csv, monkeypatch):
     recipe = {
         "method": "supervised",
         "model": {"model_name_or_path": no_dropout_bert},
@@ -134,17 +146,17 @@ def test_two_cpu_processes_supervised_match_one_process(tmp_path, no_dropout_ber
             "report_to": "none",
         },
     }
-    two = launch(tmp_path, recipe, 2)
+    two = launch(tmp_path, recipe, 2, monkeypatch)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     recipe["training"]["output_dir"] = str(tmp_path / "run1")
-    one = launch(tmp_path, recipe, 1)
+    one = launch(tmp_path, recipe, 1, monkeypatch)
     check_two_vs_one(two, one, rel=1e-4)
     assert two[0]["sha256"] != two[0]["initial_sha256"], "training did not change the weights"
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_masked_lm_match_one_process(tmp_path, no_dropout_bert, topic_csv):
+def test_two_cpu_processes_masked_lm_match_one_process(tmp_path, no_dropout_bert, topic_csv, monkeypatch):
     import csv
 
     pytest.importorskip("hf_finetune.self_supervised.train")
@@ -171,9 +183,9 @@ def test_two_cpu_processes_masked_lm_match_one_process(tmp_path, no_dropout_bert
             "report_to": "none",
         },
     }
-    two = launch(tmp_path, recipe, 2)
+    two = launch(tmp_path, recipe, 2, monkeypatch)
     recipe["training"]["output_dir"] = str(tmp_path / "mlm1")
-    one = launch(tmp_path, recipe, 1)
+    one = launch(tmp_path, recipe, 1, monkeypatch)
     check_two_vs_one(two, one, rel=0.03)
     assert two[0]["sha256"] != two[0]["initial_sha256"], "training did not change the weights"
 
