@@ -254,8 +254,9 @@ def test_evaluation_logs_reward_task_metric_and_samples(tmp_path, tok_and_config
     from hf_finetune.rl.rewards import exact_match
 
     tokenizer, config = tok_and_config
+    pytest.importorskip("tensorboard")
     args = ppo_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4,
-                    num_sample_generations=3)
+                    num_sample_generations=3, report_to=["tensorboard"])
     trainer = PPOTrainer(tiny_policy(config), args, prompt_dataset(16), eval_dataset=prompt_dataset(6, True),
                          processing_class=tokenizer, reward_funcs=target_token_reward(tokenizer),
                          eval_metrics=[exact_match("answer", mode="contains")])
@@ -266,6 +267,11 @@ def test_evaluation_logs_reward_task_metric_and_samples(tmp_path, tok_and_config
     rows = (tmp_path / "run" / "samples" / "eval_step2.jsonl").read_text().splitlines()
     assert len(rows) == 3 and set(json.loads(rows[0])) >= {"prompt", "completion", "reward", "contains_answer"}
     assert (tmp_path / "run" / "samples" / "eval_step2.md").read_text().startswith("| prompt |")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    event_file = next((tmp_path / "run").rglob("events.out.tfevents.*"))
+    events = EventAccumulator(str(event_file), size_guidance={"tensors": 0}).Reload()
+    assert "eval/samples/text_summary" in events.Tags()["tensors"]
 
 
 def test_llama_policy_with_separate_critic_and_chat_prompts(tmp_path, tiny_llama_dir):

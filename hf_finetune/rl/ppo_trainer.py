@@ -390,6 +390,8 @@ class PPOTrainer(SafeSaveMixin, Trainer):
 
     @staticmethod
     def _check_dataset(dataset, args: PPOConfig, name: str) -> None:
+        if dataset is not None and not hasattr(dataset, "__len__"):
+            raise ValueError(f"{name} must be a sized dataset (datasets.Dataset or a list of rows), not a stream.")
         if dataset is None or len(dataset) == 0:
             raise ValueError(f"{name} is empty: PPO needs prompts.")
         columns = getattr(dataset, "column_names", None)
