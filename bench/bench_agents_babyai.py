@@ -10,7 +10,8 @@ seeds 0..3): success rate and mean return (minigrid's ``1 - 0.9 * steps / max_st
   through MiniLM, too slow on 2 shared cores for the full budget).
 
 Usage:
-    python bench/bench_agents_babyai.py                       # the numbers in BENCHMARKS.md
+    python bench/bench_agents_babyai.py --agents random symbolic-ppo lm-ppo lm-dqn lm-a2c   # BENCHMARKS.md, ~10 min
+    python bench/bench_agents_babyai.py --agents lm-ppo-lora                                 # BENCHMARKS.md, ~7 min
     python bench/bench_agents_babyai.py --steps 1024 --lora-steps 0 --episodes 5   # smoke run
 """
 
@@ -95,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8192, help="environment steps per agent")
     parser.add_argument("--lora-steps", type=int, default=1024, help="steps for the LoRA agent (0: skip)")
-    parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
+    parser.add_argument("--episodes", type=int, default=30, help="held-out evaluation episodes")
     parser.add_argument("--agents", nargs="*", default=["random", "symbolic-ppo", "lm-ppo", "lm-dqn", "lm-a2c", "lm-ppo-lora"])
     args = parser.parse_args()
     import numpy as np

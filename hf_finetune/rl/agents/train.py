@@ -336,6 +336,8 @@ def run(recipe: Recipe) -> dict:
     started = time.time()
     _lora_settings(recipe)  # fail on frozen + LoRA before loading anything
     set_random_seed(agent.seed)
+    if agent.torch_threads:
+        torch.set_num_threads(agent.torch_threads)
     run_dir = Path(agent.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
