@@ -83,3 +83,27 @@ def test_errors_before_step_one(tmp_path, tiny_gpt2_dir, capsys):
     assert main(["train", path, "--reward_funcs", "length:4", "--reward_weights", "1", "2"]) == 2
     assert "2 values for 1 rewards" in capsys.readouterr().err
     assert not (tmp_path / "grpo" / "metrics.json").exists()
+
+
+def test_classifier_run_dir_as_reward_model(tmp_path, tiny_gpt2_dir, tiny_bert_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_finetune.rl.rewards import load_reward_model
+
+    classifier_dir = tmp_path / "topic-classifier"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_bert_dir, num_labels=3, id2label={0: "sport", 1: "tech", 2: "business"},
+        label2id={"sport": 0, "tech": 1, "business": 2})
+    model.save_pretrained(classifier_dir)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(classifier_dir)
+    scorer = load_reward_model(str(classifier_dir), label="sport")
+    assert scorer.__name__ == "reward_model_sport" and 0 < scorer(["p"], ["the team"])[0] < 1
+
+    path = toy_recipe(tmp_path, tiny_gpt2_dir, "rloo")
+    data = yaml.safe_load(Path(path).read_text())
+    data["reward"] = {"reward_model": str(classifier_dir), "reward_model_label": "sport", "eval_metrics": ["regex:team"]}
+    metrics = run_recipe(load_recipe(write_recipe(tmp_path / "rm.yaml", data)))
+    assert 0 < metrics["eval_reward"] < 1 and "eval_reward/reward_model_sport" in metrics
+    data["reward"]["reward_model_label"] = "weather"
+    with pytest.raises(ValueError, match="not one of the model's labels"):
+        run_recipe(load_recipe(write_recipe(tmp_path / "rm2.yaml", data)))
