@@ -71,7 +71,12 @@ def load_source(source: str, config: str | None = None) -> DatasetDict:
         if builder is None:
             raise ValueError(f"data file {path}: unsupported extension; use one of {sorted(_FILE_BUILDERS)}.")
         kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        return datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
+        try:
+            return datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
+        except ValueError as err:
+            if "corresponds to no data" in str(err) or path.stat().st_size == 0:
+                raise ValueError(f"data file {path} is empty: it has no rows.") from None
+            raise
     if path.is_dir():
         if _is_label_folder(path):
             return DatasetDict({"train": load_label_folder(path)})

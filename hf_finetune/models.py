@@ -127,13 +127,18 @@ def load_model(args: ModelArguments, auto_class: Any, **kwargs: Any):
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
         args.dtype or "float32", "auto"
     )
-    return auto_class.from_pretrained(
+    model, info = auto_class.from_pretrained(
         model_source(args),
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
         dtype=dtype,
+        output_loading_info=True,
         **kwargs,
     )
+    # Weights the checkpoint lacked (a new head, a pooler) start random: LoRA must train and save
+    # them in full, or a reloaded adapter would sit on different random weights (see apply_lora).
+    model.hf_finetune_fresh_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
+    return model
 
 
 def check_model_fits(model, tokenizer, max_length: int | None) -> None:
@@ -177,7 +182,9 @@ def apply_lora(model, lora: LoraArguments, task_type: str | None):
         target = defaults.get(model.config.model_type, "all-linear")
     modules_to_save = lora.lora_modules_to_save
     if modules_to_save is None and task_type in ("SEQ_CLS", "TOKEN_CLS"):
-        modules_to_save = head_module_names(model)
+        heads = head_module_names(model)
+        fresh = getattr(model, "hf_finetune_fresh_modules", [])
+        modules_to_save = heads + [m for m in fresh if m.split(".")[0] not in heads]
     fan_in_fan_out = model.config.model_type in ("gpt2",)  # GPT-2 stores Linear weights as Conv1D
     config = LoraConfig(
         r=lora.lora_r,
@@ -207,8 +214,21 @@ def export_model(model, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             Path(output_dir, name).unlink(missing_ok=True)
     model.save_pretrained(output_dir)
+    save_task_config(model, output_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
+
+
+def save_task_config(model, output_dir: str | os.PathLike) -> None:
+    """Beside a PEFT adapter, save the base model's config (num_labels, id2label, pad token).
+
+    An adapter alone does not record the task config, so :func:`load_trained` would rebuild a head
+    of the wrong shape; a full model already saves its config.
+    """
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model.get_base_model().config.save_pretrained(output_dir)
 
 
 def load_trained(run_dir: str | os.PathLike, auto_class: Any, **kwargs: Any):
@@ -216,7 +236,6 @@ def load_trained(run_dir: str | os.PathLike, auto_class: Any, **kwargs: Any):
     run_dir = Path(run_dir)
     if (run_dir / "adapter_config.json").is_file():
         from peft import PeftModel
-
         from transformers import AutoConfig
 
         base = json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"]

@@ -22,6 +22,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from .callbacks import plot_curves
 from .config import Recipe
+from .models import save_task_config
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,8 @@ class SafeSaveMixin:
         super()._save(output_dir, state_dict)
         output_dir = Path(output_dir or self.args.output_dir)
         write_args_json(self.args, output_dir)
-        model = self.accelerator.unwrap_model(self.model)
-        if self.args.should_save and hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
-            # An adapter alone does not record the task config (num_labels, id2label): keep it beside
-            # the adapter so `models.load_trained` rebuilds the same head shape.
-            model.get_base_model().config.save_pretrained(output_dir)
+        if self.args.should_save:
+            save_task_config(self.accelerator.unwrap_model(self.model), output_dir)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # Trainer's mid-run push pickles the arguments into output_dir/training_args.bin and uploads
