@@ -7,6 +7,7 @@ global batch (1 x B versus 2 x B/2), from the same recipe, each launched as a us
     2 processes: OMP_NUM_THREADS=<cores/2> accelerate launch --config_file recipes/accelerate/multi_cpu.yaml \
                      -m hf_finetune train RECIPE --use_cpu true ...
 
+plus 1 process with 1 thread (to tell threading effects from the second process).
 Printed per run: the wall time of the whole command (interpreter and library start-up, data
 preparation, model load, training, evaluation, saving) and the run's own ``train_runtime_s``
 (from ``start_run`` to the end, in metrics.json), so start-up cost is visible separately.
@@ -56,42 +57,48 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="global batch size (split over the processes)")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads in all")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per layout, interleaved (1, 2, 1, 2...); min shown")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per layout, interleaved; the best is shown")
     args = parser.parse_args()
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     out = Path(tempfile.mkdtemp(prefix="bench_launch_"))
     common = ["--use_cpu", "true", "--max_steps", str(args.steps), "--max_length", str(args.max_length),
               "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "4"]
-    commands = {
-        1: [sys.executable, "-m", "hf_finetune", "train", args.recipe, "--output_dir", str(out / "p1"),
-            "--per_device_train_batch_size", str(args.batch), *common],
-        2: [accelerate, "launch", "--config_file", "recipes/accelerate/multi_cpu.yaml", "--main_process_port",
-            str(free_port()), "-m", "hf_finetune", "train", args.recipe, "--output_dir", str(out / "p2"),
-            "--per_device_train_batch_size", str(args.batch // 2), *common],
-    }
+    one = [sys.executable, "-m", "hf_finetune", "train", args.recipe, "--per_device_train_batch_size", str(args.batch)]
+    two = [accelerate, "launch", "--config_file", "recipes/accelerate/multi_cpu.yaml", "--main_process_port",
+           str(free_port()), "-m", "hf_finetune", "train", args.recipe, "--per_device_train_batch_size",
+           str(args.batch // 2)]
+    # (label, processes, OMP threads per process, command). The 1-process x 1-thread layout separates
+    # the effect of threading (OpenMP under contention) from the effect of a second process.
+    layouts = [
+        (f"1 process x {args.threads} threads", 1, args.threads, one),
+        ("1 process x 1 thread", 1, 1, one),
+        (f"2 processes x {max(1, args.threads // 2)} thread(s)", 2, max(1, args.threads // 2), two),
+    ]
     print(f"{args.recipe}: {args.steps} steps, global batch {args.batch}, max_length {args.max_length}, "
-          f"{args.threads} CPU threads in all, {os.cpu_count()} cores; logs in {out}")
-    print("load average before: {:.1f} {:.1f} {:.1f} (other jobs on the machine skew both layouts)".format(*os.getloadavg()))
-    results: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+          f"{os.cpu_count()} cores; logs in {out}")
+    print("load average before: {:.1f} {:.1f} {:.1f} (other jobs on the machine skew every layout)".format(
+        *os.getloadavg()))
+    results: dict[str, list[tuple[float, float]]] = {label: [] for label, *_ in layouts}
     for attempt in range(args.repeat):
-        for processes, cmd in commands.items():
-            shutil.rmtree(out / f"p{processes}", ignore_errors=True)
-            wall = run(cmd, max(1, args.threads // processes), out / f"p{processes}_{attempt}.log")
-            metrics = json.loads((out / f"p{processes}" / "metrics.json").read_text())
+        for i, (label, processes, threads, cmd) in enumerate(layouts):
+            run_dir = out / f"layout{i}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            wall = run([*cmd, "--output_dir", str(run_dir), *common], threads, out / f"layout{i}_{attempt}.log")
+            metrics = json.loads((run_dir / "metrics.json").read_text())
             assert metrics["world_size"] == processes, metrics
-            results[processes].append((wall, metrics["train_runtime_s"]))
-            print(f"  try {attempt + 1}, {processes} process(es): wall {wall:.1f} s, run {metrics['train_runtime_s']:.1f} s, "
+            results[label].append((wall, metrics["train_runtime_s"]))
+            print(f"  try {attempt + 1}, {label}: wall {wall:.1f} s, run {metrics['train_runtime_s']:.1f} s, "
                   f"train_loss {metrics.get('train_loss')}", flush=True)
     print("load average after: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
-    for processes, cmd in commands.items():
-        wall, runtime = min(results[processes])
-        shown = " ".join(cmd).replace(sys.executable, "python").replace(str(out), "OUT")
-        print(f"\n{processes} process(es): OMP_NUM_THREADS={max(1, args.threads // processes)} {shown}")
-        print(f"  best wall {wall:.1f} s | run (start_run -> end) {runtime:.1f} s | "
-              f"start-up and launch {wall - runtime:.1f} s")
-    (w1, r1), (w2, r2) = min(results[1]), min(results[2])
-    print(f"\n2 processes / 1 process: wall x{w2 / w1:.2f}, run x{r2 / r1:.2f} (below 1 = faster with 2 processes)")
-
+    for label, _, threads, cmd in layouts:
+        wall, runtime = min(results[label])
+        shown = " ".join([*cmd, "--output_dir", "OUT", *common]).replace(sys.executable, "python")
+        print(f"\n{label}: OMP_NUM_THREADS={threads} {shown}")
+        print(f"  best wall {wall:.1f} s | run (start_run -> end) {runtime:.1f} s | start-up and launch {wall - runtime:.1f} s")
+    (w1, r1), (w2, r2) = min(results[layouts[0][0]]), min(results[layouts[2][0]])
+    (w11, r11) = min(results[layouts[1][0]])
+    print(f"\n2 processes / 1 process x {args.threads} threads: wall x{w2 / w1:.2f}, run x{r2 / r1:.2f}")
+    print(f"2 processes / 1 process x 1 thread: wall x{w2 / w11:.2f}, run x{r2 / r11:.2f} (below 1 = faster with 2)")
 
 if __name__ == "__main__":
     main()

@@ -32,6 +32,8 @@ _LAZY = {
     "load_recipe": "hf_finetune.cli",
     "run_recipe": "hf_finetune.cli",
     "NonFiniteGuardCallback": "hf_finetune.callbacks",
+    "push_run": "hf_finetune.hub",
+    "model_card": "hf_finetune.hub",
     "load_metric": "hf_finetune.metrics",
     "SupervisedConfig": "hf_finetune.supervised.config",
     "SupervisedTrainer": "hf_finetune.supervised.trainer",
