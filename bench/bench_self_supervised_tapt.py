@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hf_finetune.cli import load_recipe, run_recipe  # noqa: E402
-from hf_finetune.config import DataArguments, ModelArguments  # noqa: E402
+from hf_finetune.config import DataArguments  # noqa: E402
 from hf_finetune.data import load_splits  # noqa: E402
 from hf_finetune.models import MINILM_ID  # noqa: E402
 
@@ -94,8 +94,9 @@ def main() -> None:
     )
     encoder = work / "tapt" / "encoder"
     results: dict[tuple[str, str], list[float]] = {}
-    for regime in opts.regimes:
-        for seed in opts.seeds:
+    # Seeds outermost: if the run is cut short, every regime has been measured for the first seeds.
+    for seed in opts.seeds:
+        for regime in opts.regimes:
             for init, model in (("base", MINILM_ID), ("tapt", str(encoder))):
                 if regime == "all" and seed == opts.seeds[0] and init == "tapt":
                     acc = tapt_metrics["finetune_eval_accuracy"]
@@ -118,20 +119,27 @@ def main() -> None:
                 results.setdefault((regime, init), []).append(acc)
                 print(f"RESULT regime={regime} seed={seed} init={init} accuracy={acc:.4f} f1_macro={f1:.4f} "
                       f"({secs:.0f}s)", flush=True)
-    print(f"\nSummary (eval accuracy on {min(opts.eval_samples, len(splits['validation']))} held-out articles, mean +- sd over seeds "
-          f"{opts.seeds}; fine-tuning {opts.ft_steps} steps x {opts.ft_batch} at lr {opts.ft_lr} for every run; TAPT {opts.tapt_steps} MLM steps):")
-    print(f"{'labels/class':>12} | {'no TAPT':>15} | {'TAPT':>15} | {'gain':>7}")
+        summarize(results, opts, len(splits["validation"]), f"after seed {seed}")
+    print(f"total wall time {time.time() - started:.0f}s (TAPT + first fine-tune {tapt_cost:.0f}s)")
+
+
+def summarize(results, opts, n_eval, when):
+    print(f"\nSummary {when} (eval accuracy on {min(opts.eval_samples, n_eval)} held-out articles, mean +- sd "
+          f"over seeds; fine-tuning {opts.ft_steps} steps x {opts.ft_batch} at lr {opts.ft_lr} in every run; "
+          f"TAPT {opts.tapt_steps} MLM steps x {opts.tapt_batch}):")
+    print(f"{'labels/class':>12} | {'no TAPT':>16} | {'TAPT':>16} | {'gain':>7} | seeds")
     for regime in opts.regimes:
         base, adapted = results.get((regime, "base"), []), results.get((regime, "tapt"), [])
-        if not base or not adapted:
+        n = min(len(base), len(adapted))
+        if n == 0:
             continue
+        base, adapted = base[:n], adapted[:n]
 
         def fmt(v):
             return f"{statistics.mean(v):.4f} +- {statistics.pstdev(v):.4f}"
 
-        print(f"{regime:>12} | {fmt(base):>15} | {fmt(adapted):>15} | "
-              f"{statistics.mean(adapted) - statistics.mean(base):+.4f}")
-    print(f"total wall time {time.time() - started:.0f}s; MiniLM base: {ModelArguments(model_name_or_path=MINILM_ID).model_name_or_path}")
+        gain = statistics.mean(adapted) - statistics.mean(base)
+        print(f"{regime:>12} | {fmt(base):>16} | {fmt(adapted):>16} | {gain:+.4f} | {n}", flush=True)
 
 
 if __name__ == "__main__":
