@@ -159,3 +159,52 @@ def test_subprocess_envs_and_babyai_text(tiny_bert_dir, tmp_path):
     metrics = run(parse_recipe(data, BLOCKS))
     assert metrics["num_timesteps"] == 256 and 0.0 <= metrics["eval_success_rate"] <= 1.0
     assert (Path(tmp_path) / "evaluations.npz").is_file()
+
+
+def test_non_finite_weights_stop_training_naming_the_step(tiny_bert_dir, tmp_path):
+    from hf_finetune.callbacks import NonFiniteLossError
+    from hf_finetune.rl.agents.train import EncoderStatsCallback, build_agent, build_envs
+
+    recipe = parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "a2c"), BLOCKS)
+    model = build_agent(recipe, build_envs(recipe))
+    from stable_baselines3.common.logger import configure
+
+    model.set_logger(configure(None, []))
+    callback = EncoderStatsCallback()
+    callback.init_callback(model)
+    callback.on_rollout_end()  # finite: no error
+    with torch.no_grad():
+        next(model.policy.parameters())[0] = float("nan")
+    model.num_timesteps = 96
+    with pytest.raises(NonFiniteLossError, match="at step 96"):
+        callback.on_rollout_end()
+
+
+@pytest.mark.slow  # a subprocess (imports torch, SB3, transformers): ~15 s idle, more on a busy machine
+def test_push_to_hub_with_model_card(tiny_bert_dir, tmp_path):
+    """Train and push through the CLI against the local fake Hub (real HTTP, no internet)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import write_recipe
+    from fake_hub import FakeHub
+
+    root = Path(__file__).resolve().parents[1]
+    data = bandit_recipe(tiny_bert_dir, tmp_path / "run", "a2c", push_to_hub=True, hub_model_id="me/bandit-a2c")
+    path = write_recipe(tmp_path / "recipe.yaml", data)
+    with FakeHub() as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") or k == "HF_DATASETS_OFFLINE"}
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"), HF_TOKEN="hf_test_token_123",
+                   HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+        proc = subprocess.run([sys.executable, "-m", "hf_finetune", "train", path], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        pushed = hub.files("me/bandit-a2c")
+    for name in ("agent.zip", "policy.safetensors", "recipe.yaml", "metrics.json", "README.md"):
+        assert name in pushed, name
+    card = pushed["README.md"].decode()
+    for text in ("stable-baselines3", "model-index", "success_rate", "A2C", "synchronous form of A3C",
+                 "hf_finetune/TextBandit-v0", tiny_bert_dir):
+        assert text in card, text
+    assert "hf_test_token_123" not in card

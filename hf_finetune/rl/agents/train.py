@@ -175,7 +175,7 @@ class EncoderStatsCallback(BaseCallback):
         for name, param in self.model.policy.named_parameters():
             if not torch.isfinite(param).all():
                 raise NonFiniteLossError(
-                    f"Non-finite weights in {name} at step {self.num_timesteps}: training stopped. Lower the "
+                    f"Non-finite weights in {name} at step {self.model.num_timesteps}: training stopped. Lower the "
                     "learning rate or set max_grad_norm."
                 )
 
@@ -284,20 +284,14 @@ def _progress_curves(run_dir: Path) -> None:
     plot_curves(history, run_dir / "curves.png", keys=keys)
 
 
-def model_card(recipe: Recipe, metrics: dict[str, Any]) -> str:
-    """A model card (README.md) for an agent run: algorithm, encoder, environment and evaluation results."""
+def _card_body(recipe: Recipe, metrics: dict[str, Any]) -> str:
     agent, env = recipe.agent, recipe.env
     results = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, float))
     kwargs = {k: v for k, v in env.env_kwargs.items() if k not in ("texts", "labels")}
-    return f"""---
-library_name: stable-baselines3
-tags: [reinforcement-learning, stable-baselines3, {agent.algorithm}, hf-finetune, text-environment]
----
-
-# {agent.algorithm.upper()} agent with an LM encoder on {env.env_id}
-
-- **Algorithm:** Stable-Baselines3 `{agent.algorithm.upper()}`{" (the synchronous form of A3C)" if agent.algorithm == "a2c" else ""}
-- **Encoder:** `{recipe.model.model_name_or_path}` ({agent.encoder_mode}, {agent.pooling} pooling, projection to {agent.features_dim})
+    a2c = " (the synchronous form of A3C)" if agent.algorithm == "a2c" else ""
+    return f"""- **Algorithm:** Stable-Baselines3 `{agent.algorithm.upper()}`{a2c} with `{json.dumps(agent.algo_kwargs)}`
+- **Encoder:** `{recipe.model.model_name_or_path}` ({agent.encoder_mode}, {agent.pooling} pooling, projection to \
+{agent.features_dim})
 - **Environment:** `{env.env_id}` with `{json.dumps(kwargs, default=str)}`, {env.max_length} tokens per observation
 - **Training:** {agent.total_timesteps} environment steps, {env.n_envs} envs, seed {agent.seed}
 
@@ -316,15 +310,34 @@ a source you trust).
 """
 
 
-def _push(run_dir: Path, agent: AgentConfig) -> None:
-    try:
-        from ... import hub
-    except ImportError:
-        raise ValueError("agent.push_to_hub needs hf_finetune.hub, which this installation lacks.") from None
-    push = getattr(hub, "push_run", None) or getattr(hub, "push_to_hub", None)
-    if push is None:
-        raise ValueError("hf_finetune.hub has no push function: push the run directory with huggingface_hub.")
-    push(str(run_dir), repo_id=agent.hub_model_id)
+def model_card(recipe: Recipe, metrics: dict[str, Any]) -> str:
+    """A model card (README.md) for an agent run: algorithm, encoder, environment and evaluation results."""
+    agent = recipe.agent
+    return f"""---
+library_name: stable-baselines3
+tags: [reinforcement-learning, stable-baselines3, {agent.algorithm}, hf-finetune, text-environment]
+---
+
+# {agent.algorithm.upper()} agent with an LM encoder on {recipe.env.env_id}
+
+{_card_body(recipe, metrics)}"""
+
+
+def push_agent(run_dir: Path, recipe: Recipe, metrics: dict[str, Any]) -> str:
+    """Push the run with :func:`hf_finetune.hub.push_run` (one commit, card with model-index); returns its URL."""
+    from ...hub import push_run
+
+    agent = recipe.agent
+    extra = {
+        "method": "rl_env",
+        "task_type": "reinforcement-learning",
+        "library_name": "stable-baselines3",
+        "dataset": recipe.env.env_id,
+        "tags": ["reinforcement-learning", "stable-baselines3", agent.algorithm, "text-environment"],
+        "hyperparameters": {},
+        "description": _card_body(recipe, metrics),
+    }
+    return push_run(str(run_dir), agent.hub_model_id, card_extra=extra)
 
 
 # ------------------------------------------------------------------ run
@@ -335,6 +348,10 @@ def run(recipe: Recipe) -> dict:
     agent: AgentConfig = recipe.agent
     started = time.time()
     _lora_settings(recipe)  # fail on frozen + LoRA before loading anything
+    if agent.push_to_hub:
+        from ...hub import check_push_ready
+
+        check_push_ready(agent.hub_model_id)  # no token or a bad repo id: fail now, not after training
     set_random_seed(agent.seed)
     if agent.torch_threads:
         torch.set_num_threads(agent.torch_threads)
@@ -382,5 +399,5 @@ def run(recipe: Recipe) -> dict:
     print(f"[hf-finetune] done in {metrics['train_runtime_s']:.0f}s: eval_success_rate="
           f"{metrics['eval_success_rate']:.4f}, eval_mean_return={metrics['eval_mean_return']:.4f} | run saved to {run_dir}")
     if agent.push_to_hub:
-        _push(run_dir, agent)
+        metrics["hub_commit_url"] = push_agent(run_dir, recipe, metrics)
     return metrics
