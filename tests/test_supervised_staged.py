@@ -213,3 +213,25 @@ def test_no_stages_is_a_plain_trainer(bert_data, tmp_path):
 def test_bad_stages_fail_before_training(bert_data, tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
         make_trainer(bert_data, tmp_path, **kw)
+
+
+def test_lora_then_head_stages_on_a_peft_model(bert_data, tmp_path):
+    from hf_finetune.config import LoraArguments
+    from hf_finetune.models import apply_lora
+
+    model = apply_lora(bert_model(), LoraArguments(use_lora=True, lora_r=2), task_type="SEQ_CLS")
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    stages = [
+        {"name": "adapters", "trainable": "lora", "max_steps": 2},
+        {"name": "head", "trainable": "head", "max_steps": 2},
+    ]
+    trainer = make_trainer(bert_data, tmp_path, model=model, stages=stages, learning_rate=1e-2)
+    lora_names, head_names = (set(s.params) for s in trainer.stages)
+    assert lora_names and all("lora_" in n for n in lora_names)
+    assert head_names and all("modules_to_save" in n and "classifier" in n for n in head_names)
+    before = snapshot(model)
+    trainer.train()
+    moved = changed(before, model)
+    assert moved & lora_names and moved & head_names and moved <= lora_names | head_names
+    params = dict(model.named_parameters())
+    assert all(torch.equal(base[n], params[n]) for n in base)

@@ -151,9 +151,7 @@ class SupervisedConfig(StageArguments, TrainingArguments):
         True
     """
 
-    report_to: None | str | list[str] = field(
-        default_factory=default_report_to, metadata={"help": REPORT_TO_HELP}
-    )
+    report_to: None | str | list[str] = field(default_factory=default_report_to, metadata={"help": REPORT_TO_HELP})
     task: str = field(
         default="classification",
         metadata={
