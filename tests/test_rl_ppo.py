@@ -250,6 +250,28 @@ def test_resume_is_bitwise_identical(tmp_path, tok_and_config):
         assert all(torch.equal(reference[k], final[k]) for k in reference), f"resumed from step {step}"
 
 
+def test_resume_with_lora_and_shared_value_head_is_bitwise_identical(tmp_path, tok_and_config):
+    from peft import LoraConfig
+
+    tokenizer, config = tok_and_config
+    common = dict(max_steps=3, save_strategy="steps", save_steps=2, value_model="shared")
+    data, reward = prompt_dataset(24), target_token_reward(tokenizer)
+
+    def lora():
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+
+    full = PPOTrainer(tiny_policy(config), ppo_args(tmp_path, **common), data, processing_class=tokenizer,
+                      reward_funcs=reward, peft_config=lora())
+    full.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "value_head.safetensors").is_file()
+    resumed = PPOTrainer(tiny_policy(config), ppo_args(tmp_path / "r", **common), data, processing_class=tokenizer,
+                         reward_funcs=reward, peft_config=lora())
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    reference, final = _final_weights(full), _final_weights(resumed)
+    assert all(torch.equal(reference[k], final[k]) for k in reference)
+
+
 def test_evaluation_logs_reward_task_metric_and_samples(tmp_path, tok_and_config):
     from hf_finetune.rl.rewards import exact_match
 

@@ -149,9 +149,7 @@ class PolicyAndValue(nn.Module):
         self.shared = isinstance(value, nn.Linear)
         self.config = policy.config  # Trainer's model card and Hub push read the policy's config here
 
-    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int, with_policy: bool = True):
-        if not with_policy and not self.shared:  # rollout: the sampled log-probs come from generate()
-            return None, self._critic(input_ids, attention_mask, position_ids)
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int):
         out = self.policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -251,8 +249,8 @@ class PPOTrainer(SafeSaveMixin, Trainer):
     6. **KL coefficient**: fixed ``kl_coef``, or with ``target_kl`` the adaptive controller of
        Ziegler et al. (2019): ``beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) B / kl_horizon)``.
 
-    Dropout is disabled (the module runs in eval mode) so that ``rho = 1`` at the first pass (up to the
-    rounding of generate()'s KV cache, whose logits give the sampled log-probs without a second forward).
+    Dropout is disabled (the module runs in eval mode) and the sampled log-probs come from the same
+    full forward as training, so ``rho = 1`` exactly at the first pass.
 
     Models: ``model`` is the policy (an ``AutoModelForCausalLM``, optionally a PEFT model). The critic
     is ``value_model`` (a ``AutoModelForSequenceClassification`` with one label; by default built
@@ -384,8 +382,6 @@ class PPOTrainer(SafeSaveMixin, Trainer):
             top_p=1.0,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
         )
 
     @staticmethod
@@ -425,8 +421,7 @@ class PPOTrainer(SafeSaveMixin, Trainer):
             truncation=args.max_prompt_length is not None, max_length=args.max_prompt_length,
         ).to(args.device)
         policy = self._unwrapped().policy
-        generated = policy.generate(**enc, generation_config=self.generation_config)
-        sequences = generated.sequences
+        sequences = policy.generate(**enc, generation_config=self.generation_config)
         prompt_len = enc["input_ids"].shape[1]
         responses = sequences[:, prompt_len:]
         is_eos = responses == tok.eos_token_id
@@ -440,12 +435,10 @@ class PPOTrainer(SafeSaveMixin, Trainer):
         position_ids = _position_ids(attention_mask)
 
         length = responses.shape[1]
-        logits, values = self.model_wrapped(input_ids, attention_mask, position_ids, length, with_policy=False)
-        if logits is None:  # generate()'s raw logits: no second policy forward over the rollout
-            logits = torch.stack(generated.logits, dim=1)
-        else:
-            logits = logits[:, :-1]
-        logprobs, _ = _logprobs_and_entropy(logits, responses, args.temperature)
+        # A full forward rather than generate()'s logits: the KV-cache path is not bitwise reproducible
+        # (its first call on a model differs in the last bits), and resume must be.
+        logits, values = self.model_wrapped(input_ids, attention_mask, position_ids, length)
+        logprobs, _ = _logprobs_and_entropy(logits[:, :-1], responses, args.temperature)
         values = values[:, prompt_len - 1 : -1].float()
         ref_logprobs = self._ref_logprobs(input_ids, attention_mask, position_ids, responses)
 
@@ -740,34 +733,23 @@ class PPOTrainer(SafeSaveMixin, Trainer):
             self.kl_ctl.value = float(json.loads(path.read_text())["kl_coef"])
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        from safetensors.torch import load_file
-
-        folder = Path(resume_from_checkpoint)
+        # Trainer's own loader, once for the policy (full weights or adapter) and once for the critic.
         unwrapped = self.accelerator.unwrap_model(model or self.model)
-        if self.is_peft:
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(unwrapped.policy, load_file(folder / "adapter_model.safetensors"))
-        else:
-            _load_weights(unwrapped.policy, folder)
+        super()._load_from_checkpoint(resume_from_checkpoint, model=unwrapped.policy)
         if unwrapped.shared:
-            unwrapped.value.load_state_dict(load_file(folder / VALUE_HEAD_FILE))
+            from safetensors.torch import load_file
+
+            unwrapped.value.load_state_dict(load_file(Path(resume_from_checkpoint) / VALUE_HEAD_FILE))
         else:
-            _load_weights(unwrapped.value, folder / VALUE_DIR)
+            super()._load_from_checkpoint(os.path.join(resume_from_checkpoint, VALUE_DIR), model=unwrapped.value)
 
-
-def _load_weights(model: nn.Module, folder: Path) -> None:
-    """Load ``model.safetensors`` (or its shards) saved by ``save_pretrained`` into ``model``, exactly."""
-    from safetensors.torch import load_file
-
-    index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [
-        "model.safetensors"]
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_file(os.fspath(folder / name)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
-    if missing or unexpected:
-        raise ValueError(f"Checkpoint {folder} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # Trainer only warns (and reads attributes our two-model wrapper lacks); a partial resume must fail.
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        tied = {k for m in (unwrapped.policy, unwrapped.value) for k in (getattr(m, "_tied_weights_keys", None) or ())}
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        if missing or load_result.unexpected_keys:
+            raise ValueError(
+                f"The checkpoint does not match the model: missing {missing[:5]}, unexpected "
+                f"{load_result.unexpected_keys[:5]}. Resume with the same model (and value_model) as the run."
+            )
