@@ -125,7 +125,10 @@ def evaluate_run(run_dir: str, data: str | None = None) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(run_dir)
         splits = load_splits(recipe.data, label_column=recipe.data.label_column)
         tokenized, names = prepare_classification(splits, tokenizer, recipe.data)
-        labels = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+        labels = {}
+        if not (Path(run_dir) / "config.json").is_file():  # an adapter saved without its task config
+            labels = {"num_labels": len(names), "id2label": dict(enumerate(names)),
+                      "label2id": {n: i for i, n in enumerate(names)}}
         model = load_trained(run_dir, AutoModelForSequenceClassification, **labels)
         model.config.pad_token_id = tokenizer.pad_token_id
         trainer = SupervisedTrainer(
