@@ -492,9 +492,7 @@ class PPOTrainer(SafeSaveMixin, Trainer):
         micro = args.per_device_train_batch_size
         mini = micro * args.gradient_accumulation_steps
         length = batch["responses"].shape[1]
-        totals: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                                  ("loss", "policy_loss", "value_loss", "clipfrac", "vf_clipfrac",
-                                                   "approxkl", "entropy")}
+        totals: dict[str, list[torch.Tensor]] = {}
         grad_norm = None
         params = [p for p in self.model.parameters() if p.requires_grad]
         for _ in range(args.num_ppo_epochs):
@@ -525,9 +523,10 @@ class PPOTrainer(SafeSaveMixin, Trainer):
                                 "stopped before that update. Lower the learning rate or check the rewards."
                             )
                         self.accelerator.backward(loss / math.ceil(len(mb) / micro))
-                    for key, value in zip(totals, (loss, pg_loss, vf_loss, clipfrac, vf_clipfrac, approxkl,
-                                                   mean_entropy)):
-                        totals[key].append(value.detach())
+                    for key, value in (("loss", loss), ("policy_loss", pg_loss), ("value_loss", vf_loss),
+                                       ("clipfrac", clipfrac), ("vf_clipfrac", vf_clipfrac), ("approxkl", approxkl),
+                                       ("entropy", mean_entropy)):
+                        totals.setdefault(key, []).append(value.detach())
                 self.control = self.callback_handler.on_pre_optimizer_step(args, self.state, self.control)
                 if args.max_grad_norm is not None and args.max_grad_norm > 0:
                     grad_norm = self.accelerator.clip_grad_norm_(params, args.max_grad_norm)
@@ -613,38 +612,25 @@ class PPOTrainer(SafeSaveMixin, Trainer):
     def _gather_mean(self, x: torch.Tensor) -> float:
         return self.accelerator.gather_for_metrics(x.reshape(-1).float()).mean().item()
 
-    def _step_logs(self, rollout: dict[str, torch.Tensor], update: dict[str, float], rollout_s: float,
-                   step_s: float) -> dict[str, float]:
+    def _step_logs(self, rollout: dict, update: dict[str, float], rollout_s: float, step_s: float) -> dict:
         scores = self.accelerator.gather_for_metrics(rollout["scores"].float())
-        mask = rollout["mask"]
-        values, returns = rollout["values"][mask.bool()], rollout["returns"][mask.bool()]
-        explained = 1.0 - (returns - values).var() / returns.var().clamp(min=1e-8)
+        valid = rollout["mask"].bool()
+        values, returns = rollout["values"][valid], rollout["returns"][valid]
         self._last_loss = update["loss"]
-        logs = {
-            "objective/scores": scores.mean().item(),
-            "objective/scores_std": scores.std().item() if len(scores) > 1 else 0.0,
-            "objective/kl": self._gather_mean(rollout["k1" if self.args.kl_estimator == "k1" else "k3"]),
-            "objective/kl_k1": self._gather_mean(rollout["k1"]),
-            "objective/kl_k3": self._gather_mean(rollout["k3"]),
-            "objective/non_score_reward": self._gather_mean(rollout["non_score_reward"]),
-            "objective/entropy": update["entropy"],
-            "objective/kl_coef": self.kl_ctl.value,
-            "loss": update["loss"],
-            "loss/policy": update["policy_loss"],
-            "loss/value": update["value_loss"],
-            "policy/clipfrac": update["clipfrac"],
-            "policy/approxkl": update["approxkl"],
-            "value/clipfrac": update["vf_clipfrac"],
-            "value/explained_variance": explained.item(),
-            "completion/length": self._gather_mean(rollout["length"]),
-            "completion/eos_rate": self._gather_mean(rollout["eos"]),
-            "learning_rate": self._get_learning_rate(),
-            "time/rollout_s": rollout_s,
-            "time/step_s": step_s,
-        }
+        logs = {"objective/scores": scores.mean().item(), "objective/scores_std": scores.std().item() if len(scores) > 1
+                else 0.0, "objective/kl": self._gather_mean(rollout[self.args.kl_estimator])}
+        for key, name in (("k1", "objective/kl_k1"), ("k3", "objective/kl_k3"), ("length", "completion/length"),
+                          ("non_score_reward", "objective/non_score_reward"), ("eos", "completion/eos_rate")):
+            logs[name] = self._gather_mean(rollout[key])
+        for key, name in (("entropy", "objective/entropy"), ("loss", "loss"), ("policy_loss", "loss/policy"),
+                          ("value_loss", "loss/value"), ("clipfrac", "policy/clipfrac"), ("grad_norm", "grad_norm"),
+                          ("approxkl", "policy/approxkl"), ("vf_clipfrac", "value/clipfrac")):
+            if key in update:
+                logs[name] = update[key]
         logs["objective/rlhf_reward"] = logs["objective/scores"] + logs["objective/non_score_reward"]
-        if "grad_norm" in update:
-            logs["grad_norm"] = update["grad_norm"]
+        logs["objective/kl_coef"] = self.kl_ctl.value
+        logs["value/explained_variance"] = (1.0 - (returns - values).var() / returns.var().clamp(min=1e-8)).item()
+        logs.update({"learning_rate": self._get_learning_rate(), "time/rollout_s": rollout_s, "time/step_s": step_s})
         return logs
 
     def _log_save_evaluate(self, logs: dict | None, trial, ignore_keys_for_eval) -> None:
