@@ -134,7 +134,7 @@ def main() -> None:
     ]
     began = time.time()
     print(
-        "BBC News (5 topics, 445 held-out articles), all-MiniLM-L6-v2, max_length 64, batch 16, same steps per method"
+        f"BBC News (5 topics), all-MiniLM-L6-v2, max_length 64, batch {BATCH}, same steps and seed(s) per method"
     )
     for title, setting, setting_seeds in settings:
         setting = {**setting, "threads": cli.threads}

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 from torch import nn
@@ -217,7 +218,8 @@ class StagedMixin:
             stage.start, stage.end = start, start + steps
             start += steps
         max_steps = start
-        num_epochs = math.ceil(max_steps / per_epoch)
+        if num_epochs != sys.maxsize:  # sys.maxsize: a dataset without length, read until max_steps
+            num_epochs = math.ceil(max_steps / per_epoch)
         logger.info("Staged plan: %s", ", ".join(f"{s.name} [{s.start}, {s.end})" for s in self.stages))
         return num_epochs, per_epoch, examples, max_steps * total_batch, total_batch, steps_in_epoch, max_steps
 
