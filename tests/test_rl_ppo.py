@@ -184,6 +184,25 @@ def test_constant_reward_is_logged_exactly(tmp_path, tok_and_config):
         assert entry["objective/kl"] == entry["objective/kl_k3"]
 
 
+def test_reward_model_and_weights(tmp_path, tok_and_config):
+    from transformers import GPT2ForSequenceClassification
+
+    from hf_finetune.rl.rewards import RewardModelScorer
+
+    tokenizer, config = tok_and_config
+    reward_model = GPT2ForSequenceClassification(config.__class__(**{**config.to_dict(), "num_labels": 1}))
+    torch.nn.init.zeros_(reward_model.score.weight)
+    torch.nn.init.constant_(reward_model.transformer.ln_f.bias, 1.0)  # a non-zero, input-independent score
+    torch.nn.init.zeros_(reward_model.transformer.ln_f.weight)
+    torch.nn.init.ones_(reward_model.score.weight[:, :1])  # score = ln_f bias[0] = 1.0 for every text
+    trainer = PPOTrainer(tiny_policy(config), ppo_args(tmp_path, max_steps=1), prompt_dataset(8), processing_class=tokenizer,
+                         reward_funcs=lambda prompts, completions, **_: [0.25] * len(prompts), reward_weights=[2.0, 3.0],
+                         reward_model=reward_model, reward_processing_class=tokenizer)
+    assert isinstance(trainer.reward_funcs[-1], RewardModelScorer)
+    trainer.train()
+    assert scores_logged(trainer) == [pytest.approx(2.0 * 0.25 + 3.0 * 1.0)]
+
+
 def test_lora_keeps_base_and_reference_is_adapter_disabled_base(tmp_path, tok_and_config):
     from peft import LoraConfig
 

@@ -268,7 +268,8 @@ class PPOTrainer(SafeSaveMixin, Trainer):
         processing_class: The policy's tokenizer (needs an EOS token; pad defaults to EOS).
         reward_funcs: A reward function or a list (``fn(prompts, completions, **columns) -> list[float | None]``).
         reward_weights: One weight per reward (reward functions first, then the reward model).
-        reward_model: An ``AutoModelForSequenceClassification`` scored through :class:`RewardModelScorer`.
+        reward_model: A one-output ``AutoModelForSequenceClassification`` scored through :class:`RewardModelScorer`
+            (for a classifier with several labels, pass ``RewardModelScorer(model, tok, label=...)`` in ``reward_funcs``).
         reward_processing_class: The reward model's tokenizer (default: ``processing_class``).
         value_model: The critic when ``args.value_model == "separate"`` (see above).
         ref_model: The frozen reference policy (see above).
@@ -372,8 +373,9 @@ class PPOTrainer(SafeSaveMixin, Trainer):
         )
         self._train_batch_size = args.rollout_batch_size
         self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
-        if self.ref_model is not None:
-            self.ref_model.to(self.args.device)
+        for frozen in (self.ref_model, reward_model):
+            if frozen is not None:
+                frozen.to(self.args.device)
         self.generation_config = GenerationConfig(
             max_new_tokens=args.max_completion_length,
             do_sample=True,
