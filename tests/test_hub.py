@@ -176,51 +176,46 @@ def test_model_card_eval_results_in_model_index():
     assert "| learning_rate | 0.0001 |" in text and "- transformers 5.24.0" in text
 
 
-def test_lora_adapter_push_and_eval(tmp_path, tiny_bert_dir, topic_csv):
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_bert_dir, topic_csv):
+    """A LoRA adapter run (in this process); returns (run_dir, the metrics training returned)."""
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from hf_finetune.cli import evaluate_run, load_recipe, run_recipe
+    from hf_finetune.cli import load_recipe, run_recipe
 
-    # A base checkpoint with a pooler: the fixture's MLM checkpoint has none, and a pooler initialised
-    # at random on every load (frozen, so not in the adapter) would change the reloaded predictions.
-    base = tmp_path / "base"
+    tmp = tmp_path_factory.mktemp("lora")
+    # A base checkpoint with its pooler, so the reloaded model cannot differ by a re-initialised one.
+    base = tmp / "base"
     BertForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3).save_pretrained(base)
     AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(base)
-    recipe = supervised_recipe(str(base), topic_csv, tmp_path / "lora", save_strategy="no", report_to="none")
+    recipe = supervised_recipe(str(base), topic_csv, tmp / "lora", save_strategy="no", report_to="none")
     recipe["lora"] = {"lora_r": 4, "lora_target_modules": ["query", "value"]}
-    trained = run_recipe(load_recipe(write_recipe(tmp_path / "lora.yaml", recipe)))
-    run_dir = tmp_path / "lora"
+    trained = run_recipe(load_recipe(write_recipe(tmp / "lora.yaml", recipe)))
+    return tmp / "lora", trained
+
+
+def test_lora_adapter_eval_reproduces_training_metrics(lora_run):
+    from hf_finetune.cli import evaluate_run
+
+    run_dir, trained = lora_run
     assert (run_dir / "adapter_config.json").is_file() and not (run_dir / "model.safetensors").exists()
     metrics = evaluate_run(str(run_dir))
     assert metrics["eval_accuracy"] == pytest.approx(trained["eval_accuracy"], abs=2e-6)
     assert metrics["eval_loss"] == pytest.approx(trained["eval_loss"], abs=2e-6)
-
-    with FakeHub() as hub:
-        proc = subprocess.run(
-            [sys.executable, "-m", "hf_finetune", "push", str(run_dir), "--repo-id", "adapter-only", "--private",
-             "--revision", "v1"],
-            env=hub_env(hub, tmp_path), capture_output=True, text=True, timeout=300,
-        )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert hub.created[0]["repo_id"] == "fake-user/adapter-only" and hub.created[0]["visibility"] == "private"
-    pushed = hub.files("fake-user/adapter-only", "v1")
-    assert hub.files("fake-user/adapter-only", "main") == {}
-    for name, data in expected_upload(run_dir).items():
-        assert pushed[name] == data, name
-    assert "adapter_model.safetensors" in pushed and "library_name: peft" in pushed["README.md"].decode()
 
 
 ERROR_CASES = textwrap.dedent(
     """
     import contextlib, io, json, os, sys
     from hf_finetune.cli import main
-    run_dir, empty_dir, agent_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+    run_dir, empty_dir, agent_dir, lora_dir = sys.argv[1:5]
     cases = {
         "no_token": ["push", run_dir, "--repo-id", "org/x"],
         "bad_repo_id": ["push", run_dir, "--repo-id", "a/b/c"],
         "bad_repo_chars": ["push", run_dir, "--repo-id", "org/na me"],
         "no_model": ["push", empty_dir, "--repo-id", "org/x"],
         "server_error": ["push", run_dir, "--repo-id", "org/denied"],
+        "adapter": ["push", lora_dir, "--repo-id", "adapter-only", "--private", "--revision", "v1"],
     }
     out = {}
     for name, argv in cases.items():
@@ -243,7 +238,8 @@ ERROR_CASES = textwrap.dedent(
 )
 
 
-def test_push_errors_are_clear_and_agents_push(tmp_path, canary_run):
+def test_push_errors_adapter_and_agent(tmp_path, canary_run, lora_run):
+    """One subprocess (start-up is the cost) runs every push case against one fake Hub."""
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "metrics.json").write_text("{}")
@@ -253,7 +249,7 @@ def test_push_errors_are_clear_and_agents_push(tmp_path, canary_run):
     with FakeHub() as hub:
         hub.fail_on["commit:org/denied"] = (403, "You don't have the rights to push to org/denied")
         proc = subprocess.run(
-            [sys.executable, "-c", ERROR_CASES, str(canary_run["run_dir"]), str(empty), str(agent)],
+            [sys.executable, "-c", ERROR_CASES, str(canary_run["run_dir"]), str(empty), str(agent), str(lora_run[0])],
             env=hub_env(hub, tmp_path, token=None), capture_output=True, text=True, timeout=300,
         )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -267,7 +263,17 @@ def test_push_errors_are_clear_and_agents_push(tmp_path, canary_run):
     assert server["code"] != 0
     assert "403" in server["stderr"] and "don't have the rights" in server["stderr"]
     assert "No commit was made" in server["stderr"] and "pushed" not in server["stderr"].split("No commit")[0].lower()
-    assert hub.files("org/denied") == {} and [c["repo_id"] for c in hub.commits] == ["org/agent"]
+    assert hub.files("org/denied") == {}
+    assert [c["repo_id"] for c in hub.commits] == ["fake-user/adapter-only", "org/agent"]
+    # The adapter: a name without org lands in the token owner's namespace, private, on branch v1.
+    assert res["adapter"]["code"] == 0, res["adapter"]["stderr"]
+    created = {c["repo_id"]: c for c in hub.created}
+    assert created["fake-user/adapter-only"]["visibility"] == "private"
+    adapter = hub.files("fake-user/adapter-only", "v1")
+    assert hub.files("fake-user/adapter-only", "main") == {}
+    for name, data in expected_upload(lora_run[0]).items():
+        assert adapter[name] == data, name
+    assert "adapter_model.safetensors" in adapter and "library_name: peft" in adapter["README.md"].decode()
     pushed = hub.files("org/agent")
     assert pushed["ppo_agent.zip"] == (agent / "ppo_agent.zip").read_bytes()
     card = pushed["README.md"].decode()

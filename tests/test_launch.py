@@ -155,7 +155,6 @@ def test_two_cpu_processes_supervised_match_one_process(tmp_path, no_dropout_ber
     assert two[0]["sha256"] != two[0]["initial_sha256"], "training did not change the weights"
 
 
-@pytest.mark.slow
 def test_two_cpu_processes_masked_lm_match_one_process(tmp_path, no_dropout_bert, topic_csv, monkeypatch):
     import csv
 
