@@ -50,6 +50,10 @@ class _BatchSeeded:
 
     epoch = 0
 
+    def _check_tensors(self) -> None:
+        if self.return_tensors != "pt":
+            raise ValueError(f"{type(self).__name__} returns PyTorch tensors only: use return_tensors='pt'.")
+
     def set_epoch(self, epoch: int) -> None:
         """Draw a fresh set of masks for ``epoch`` (called by :class:`MaskingEpochCallback`)."""
         self.epoch = int(epoch)
@@ -90,6 +94,7 @@ class MaskedLMCollator(_BatchSeeded, DataCollatorForLanguageModeling):
     def __post_init__(self):
         _require_mask_token(self.tokenizer, "masked language modelling")
         _check_probability("mlm_probability", self.mlm_probability)
+        self._check_tensors()
         super().__post_init__()
 
     def torch_mask_tokens(self, inputs, special_tokens_mask=None, offset_mapping=None):
@@ -256,6 +261,10 @@ class CausalLMCollator(_BatchSeeded, DataCollatorForLanguageModeling):
     """
 
     mlm: bool = False
+
+    def __post_init__(self):
+        self._check_tensors()
+        super().__post_init__()
 
     def torch_call(self, examples):
         if not isinstance(examples[0], Mapping):
