@@ -13,7 +13,7 @@ from hf_finetune.cli import load_recipe, main, run_recipe
 from hf_finetune.config import parse_recipe, read_recipe_yaml
 from hf_finetune.rl.train import blocks
 
-RECIPES = sorted(Path("recipes/rl").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "rl").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
