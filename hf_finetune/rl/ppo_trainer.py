@@ -159,18 +159,12 @@ class PolicyAndValue(nn.Module):
             logits_to_keep=logits_to_keep + 1,
         )
         if self.shared:
-            hidden = out.hidden_states[-1]
-            values = self.value(hidden).squeeze(-1)
-        else:
-            values = self._critic(input_ids, attention_mask, position_ids)
-        return out.logits, values
-
-    def _critic(self, input_ids, attention_mask, position_ids):
+            return out.logits, self.value(out.hidden_states[-1]).squeeze(-1)
         backbone = getattr(self.value, self.value.base_model_prefix)
         hidden = backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
-        return _value_head(self.value)(hidden).squeeze(-1)
+        return out.logits, _value_head(self.value)(hidden).squeeze(-1)
 
 
 def _value_head(model: nn.Module) -> nn.Module:
