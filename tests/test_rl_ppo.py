@@ -364,3 +364,58 @@ def test_clear_errors_before_step_one(tmp_path, tok_and_config):
                    reward_funcs=reward)
     with pytest.raises(ValueError, match="value_model"):
         ppo_args(tmp_path, value_model="critic")
+
+
+DDP_SCRIPT = '''
+import hashlib, json, os, sys
+sys.path.insert(0, os.environ["TESTS_DIR"])
+import torch
+from conftest import build_bpe_tokenizer, make_topic_rows
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel
+from hf_finetune.rl.ppo_config import PPOConfig
+from hf_finetune.rl.ppo_trainer import PPOTrainer
+
+tok = build_bpe_tokenizer()
+torch.manual_seed(0)
+config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                    bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+data = Dataset.from_list([{"prompt": r["text"][:20]} for r in make_topic_rows(10)])
+args = PPOConfig(output_dir=os.environ["OUT"], max_steps=2, per_device_train_batch_size=4, report_to=[],
+                 disable_tqdm=True, logging_steps=1, save_strategy="no", use_cpu=True, learning_rate=1e-3)
+trainer = PPOTrainer(GPT2LMHeadModel(config), args, data, processing_class=tok,
+                     reward_funcs=lambda prompts, completions, **_: [len(c) / 50 for c in completions])
+before = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
+trainer.train()
+after = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
+record = {"rank": args.process_index, "world_size": args.world_size, "before": before, "after": after}
+with open(os.path.join(os.environ["OUT"], f"rank{args.process_index}.json"), "w") as f:
+    json.dump(record, f)
+'''
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_keeps_replicas_identical(tmp_path):
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "ppo_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    env = {**os.environ, "OUT": str(tmp_path), "TESTS_DIR": str(root / "tests"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(root)}
+    proc = subprocess.run([accelerate, "launch", "--config_file", str(root / "recipes/accelerate/multi_cpu.yaml"),
+                           "--main_process_port", str(port), str(script)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
+    assert [r["world_size"] for r in records] == [2, 2]
+    assert records[0]["after"] == records[1]["after"] != records[0]["before"]  # trained, and replicas in sync

@@ -606,10 +606,10 @@ class PPOTrainer(SafeSaveMixin, Trainer):
         return TrainOutput(self.state.global_step, self._last_loss, metrics)
 
     def _gather_mean(self, x: torch.Tensor) -> float:
-        return self.accelerator.gather_for_metrics(x.reshape(-1).float()).mean().item()
+        return self.accelerator.gather(x.reshape(-1).float()).mean().item()
 
     def _step_logs(self, rollout: dict, update: dict[str, float], rollout_s: float, step_s: float) -> dict:
-        scores = self.accelerator.gather_for_metrics(rollout["scores"].float())
+        scores = self.accelerator.gather(rollout["scores"].float())
         valid = rollout["mask"].bool()
         values, returns = rollout["values"][valid], rollout["returns"][valid]
         self._last_loss = update["loss"]
