@@ -46,6 +46,7 @@ def worker(spec: dict) -> dict:
         "--evaluate_before_training", str(spec["evaluate"]).lower(),
         "--logging_steps", "1",
         "--per_device_train_batch_size", str(spec["batch_size"]),
+        *(["--learning_rate", str(spec["learning_rate"])] if spec.get("learning_rate") else []),
         "--per_device_eval_batch_size", str(max(spec["eval_prompts"], 1)),
     ]
     if spec["method"] == "ppo":
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--ppo-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8,
                         help="per_device_train_batch_size (PPO: prompts per rollout; GRPO/RLOO: completions)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="override the recipe's learning rate")
     parser.add_argument("--memory-steps", type=int, default=1, help="PPO steps of each memory run (0: skip part 2)")
     parser.add_argument("--out", default="outputs/bench_rl_real_task")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -90,7 +92,8 @@ def main() -> None:
         return
 
     common = dict(eval_prompts=args.eval_prompts, max_completion_length=args.max_completion_length,
-                  ppo_epochs=args.ppo_epochs, batch_size=args.batch_size)
+                  ppo_epochs=args.ppo_epochs, batch_size=args.batch_size,
+                  learning_rate=args.learning_rate)
     print(f"threads={os.environ.get('OMP_NUM_THREADS', 'default')} cpus={os.cpu_count()}", flush=True)
     for method in args.task_methods:
         spec = dict(common, method=method, recipe=RECIPES[method], steps=args.steps, evaluate=True,
@@ -100,7 +103,7 @@ def main() -> None:
         kl = {k: v for k, v in m.items() if "kl" in k and "coef" not in k}
         print(f"\n[task] {method}{' + LoRA' if r['lora'] else ''} on SmolLM2-135M-Instruct, {args.steps} steps, "
               f"{args.eval_prompts} held-out prompts (greedy), max_completion_length={args.max_completion_length}, "
-              f"batch {args.batch_size}")
+              f"batch {args.batch_size}, learning rate {args.learning_rate or 'from the recipe'}")
         print(f"  reward       before {m.get('before_eval_reward', float('nan')):.3f} -> after {m['eval_reward']:.3f}")
         print(f"  exact_match  before {m.get('before_eval_exact_match', float('nan')):.3f} -> after "
               f"{m.get('eval_exact_match', float('nan')):.3f}")
