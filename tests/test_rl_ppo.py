@@ -172,10 +172,13 @@ def test_learns_target_tokens(tmp_path, tok_and_config):
 
 def test_constant_reward_is_logged_exactly(tmp_path, tok_and_config):
     tokenizer, config = tok_and_config
-    args = ppo_args(tmp_path, max_steps=2, missing_eos_penalty=0.5, max_completion_length=3, kl_estimator="k3")
+    # max_steps unset: one pass over the 16 prompts in rollouts of 8 is 2 PPO steps.
+    args = ppo_args(tmp_path, max_steps=-1, num_train_epochs=1, missing_eos_penalty=0.5, max_completion_length=3,
+                    kl_estimator="k3")
     trainer = PPOTrainer(tiny_policy(config), args, prompt_dataset(16), processing_class=tokenizer,
                          reward_funcs=lambda prompts, completions, **_: [0.7] * len(prompts))
     trainer.train()
+    assert trainer.state.global_step == 2
     for entry in [e for e in trainer.state.log_history if "objective/scores" in e]:
         expected = 0.7 - 0.5 * (1.0 - entry["completion/eos_rate"])
         assert entry["objective/scores"] == pytest.approx(expected, abs=1e-6)
@@ -210,7 +213,7 @@ def test_lora_keeps_base_and_reference_is_adapter_disabled_base(tmp_path, tok_an
     model = tiny_policy(config)
     original = tiny_policy(config).eval()  # same seed: same weights, never trained
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
-    args = ppo_args(tmp_path, max_steps=3, value_model="shared")
+    args = ppo_args(tmp_path, max_steps=3, value_model="shared", whiten_rewards=True, max_prompt_length=2)
     trainer = PPOTrainer(model, args, prompt_dataset(), processing_class=tokenizer,
                          reward_funcs=target_token_reward(tokenizer), peft_config=lora)
     policy = trainer.policy
