@@ -367,6 +367,8 @@ def test_clear_errors_before_step_one(tmp_path, tok_and_config):
                    reward_funcs=reward)
     with pytest.raises(ValueError, match="value_model"):
         ppo_args(tmp_path, value_model="critic")
+    with pytest.raises(ValueError, match="not supported by PPO"):
+        ppo_args(tmp_path, gradient_checkpointing=True)
 
 
 DDP_SCRIPT = '''

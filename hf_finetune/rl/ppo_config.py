@@ -92,6 +92,9 @@ class PPOConfig(TrainingArguments):
             raise ValueError("num_ppo_epochs and num_mini_batches must both be >= 1.")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ValueError("gamma and lam must lie in [0, 1].")
+        if self.activation_checkpointing:
+            # HF checkpointing only acts in train mode; PPO runs its models in eval mode (no dropout).
+            raise ValueError("activation_checkpointing (gradient_checkpointing) is not supported by PPO: leave it off.")
         if self.load_best_model_at_end:
             raise ValueError("load_best_model_at_end is not supported by PPO: evaluate the saved checkpoints instead.")
         if self.target_kl is not None and self.target_kl <= 0:
