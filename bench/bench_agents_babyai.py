@@ -35,7 +35,7 @@ ALGO_KWARGS = {
 }
 
 
-def lm_agent(algorithm: str, steps: int, episodes: int, encoder_mode: str = "frozen") -> dict:
+def lm_agent(algorithm: str, steps: int, episodes: int, encoder_mode: str = "frozen", deterministic: bool = True) -> dict:
     from hf_finetune.config import parse_recipe
     from hf_finetune.rl.agents.train import BLOCKS, run
 
@@ -47,7 +47,8 @@ def lm_agent(algorithm: str, steps: int, episodes: int, encoder_mode: str = "fro
                 "n_envs": 4, "eval_seed": EVAL_SEED},
         "agent": {"output_dir": tempfile.mkdtemp(prefix=f"bench-{algorithm}-"), "algorithm": algorithm,
                   "algo_kwargs": algo_kwargs, "total_timesteps": steps, "eval_freq": 0, "n_eval_episodes": episodes,
-                  "encoder_mode": encoder_mode, "features_dim": 128, "net_arch": [64], "seed": 0},
+                  "encoder_mode": encoder_mode, "features_dim": 128, "net_arch": [64], "seed": 0,
+                  "deterministic_eval": deterministic},
     }
     if encoder_mode == "lora":
         data["lora"] = {"lora_r": 8}
@@ -97,6 +98,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8192, help="environment steps per agent")
     parser.add_argument("--lora-steps", type=int, default=1024, help="steps for the LoRA agent (0: skip)")
     parser.add_argument("--episodes", type=int, default=30, help="held-out evaluation episodes")
+    parser.add_argument("--stochastic-eval", action="store_true",
+                        help="sample actions in evaluation (default: greedy, which loops when undertrained)")
     parser.add_argument("--agents", nargs="*", default=["random", "symbolic-ppo", "lm-ppo", "lm-dqn", "lm-a2c", "lm-ppo-lora"])
     args = parser.parse_args()
     import numpy as np
@@ -104,6 +107,7 @@ def main() -> None:
     from stable_baselines3 import PPO
 
     torch.set_num_threads(1)
+    greedy = not args.stochastic_eval
     rows = []
     for name in args.agents:
         start = time.perf_counter()
@@ -115,20 +119,22 @@ def main() -> None:
         elif name == "symbolic-ppo":
             model = PPO("MultiInputPolicy", symbolic_env(4, 0), seed=0, device="cpu", **ALGO_KWARGS["ppo"])
             model.learn(steps)
-            metrics = evaluate(lambda obs, model=model: model.predict(obs, deterministic=True)[0], symbolic_env(1, EVAL_SEED),
+            metrics = evaluate(lambda obs, model=model: model.predict(obs, deterministic=greedy)[0], symbolic_env(1, EVAL_SEED),
                                args.episodes)
         elif name == "lm-ppo-lora":
             if not steps:
                 continue
-            metrics = lm_agent("ppo", steps, args.episodes, encoder_mode="lora")
+            metrics = lm_agent("ppo", steps, args.episodes, encoder_mode="lora", deterministic=greedy)
         else:
-            metrics = lm_agent(name.split("-")[1], steps, args.episodes)
+            metrics = lm_agent(name.split("-")[1], steps, args.episodes, deterministic=greedy)
         seconds = time.perf_counter() - start
         rows.append((name, steps, metrics["eval_success_rate"], metrics["eval_mean_return"], seconds,
                      metrics.get("cache_hit_rate")))
         print(f"{name}: {metrics} in {seconds:.0f}s", flush=True)
 
-    print(f"\n{LEVEL}, held-out eval seed {EVAL_SEED}, {args.episodes} episodes, 4 training envs, seed 0\n")
+    mode = "sampled" if args.stochastic_eval else "greedy"
+    print(f"\n{LEVEL}, held-out eval seed {EVAL_SEED}, {args.episodes} episodes ({mode} actions), 4 training envs, "
+          "seed 0\n")
     print("| agent | env steps | success rate | mean return | wall s | cache hit rate |\n|---|---|---|---|---|---|")
     for name, steps, success, ret, seconds, hit in rows:
         hit_s = f"{hit:.3f}" if hit is not None else "-"
