@@ -43,6 +43,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tapt_steps", type=int, default=60)
     parser.add_argument("--tapt_batch", type=int, default=32)
+    parser.add_argument("--tapt_lr", type=float, default=2e-4)
+    parser.add_argument("--head_warmup", type=int, default=0,
+                        help="first TAPT steps that train only the (random) MLM head: training.mlm_head_warmup_steps")
     parser.add_argument("--ft_steps", type=int, default=30)
     parser.add_argument("--ft_batch", type=int, default=16)
     parser.add_argument("--ft_lr", type=float, default=1e-4)
@@ -71,6 +74,7 @@ def main() -> None:
         [
             "--dataset", str(corpus), "--max_length", str(opts.max_length), "--validation_size", "0.05",
             "--max_steps", str(opts.tapt_steps), "--per_device_train_batch_size", str(opts.tapt_batch),
+            "--learning_rate", str(opts.tapt_lr), "--mlm_head_warmup_steps", str(opts.head_warmup),
             "--output_dir", str(work / "tapt"), "--eval_on_start", "true", "--eval_strategy", "no",
             "--max_eval_samples", str(opts.tapt_eval_docs), "--per_device_eval_batch_size", "32",
             "--report_to", "none", "--disable_tqdm", "true",
@@ -126,7 +130,8 @@ def main() -> None:
 def summarize(results, opts, n_eval, when):
     print(f"\nSummary {when} (eval accuracy on {min(opts.eval_samples, n_eval)} held-out articles, mean +- sd "
           f"over seeds; fine-tuning {opts.ft_steps} steps x {opts.ft_batch} at lr {opts.ft_lr} in every run; "
-          f"TAPT {opts.tapt_steps} MLM steps x {opts.tapt_batch}):")
+          f"TAPT {opts.tapt_steps} MLM steps x {opts.tapt_batch} at lr {opts.tapt_lr}, "
+          f"the first {opts.head_warmup} training the head only):")
     print(f"{'labels/class':>12} | {'no TAPT':>16} | {'TAPT':>16} | {'gain':>7} | seeds")
     for regime in opts.regimes:
         base, adapted = results.get((regime, "base"), []), results.get((regime, "tapt"), [])

@@ -205,3 +205,12 @@ def test_bad_input_fails_before_training(tmp_path, tiny_bert_dir, tiny_llama_dir
     with pytest.raises(ValueError, match=match):
         cases[case]()
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_mlm_head_warmup_freezes_the_encoder(tmp_path, tiny_bert_dir, corpus_dir):
+    path = _recipe(tmp_path, tiny_bert_dir, corpus_dir, max_steps=4, mlm_head_warmup_steps=4, eval_on_start=False)
+    metrics = run_recipe(load_recipe(path))
+    assert metrics["train_blocks"] > 0
+    before, after = _weights(tiny_bert_dir), _weights(tmp_path / "r")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("bert."))
+    assert not torch.equal(before["cls.predictions.transform.dense.weight"], after["cls.predictions.transform.dense.weight"])

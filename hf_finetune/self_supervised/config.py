@@ -83,6 +83,14 @@ class SelfSupervisedConfig(TrainingArguments):
         default=3.0, metadata={"help": "Mean of the geometric span-length distribution (span objective), >= 1."}
     )
     max_span_length: int = field(default=10, metadata={"help": "Longest span (span objective)."})
+    mlm_head_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Train only the LM head for the first N steps, the rest of the model frozen. For models whose "
+            "masked-LM head is not pretrained (all-MiniLM-L6-v2): its random predictions would otherwise send noise "
+            "gradients into the encoder. Full training only (no LoRA)."
+        },
+    )
     fim_rate: float = field(default=0.5, metadata={"help": "Share of examples rearranged for fill-in-the-middle."})
     padding_free: bool = field(
         default=False,
@@ -119,6 +127,8 @@ class SelfSupervisedConfig(TrainingArguments):
             raise ValueError(f"training.max_span_length={self.max_span_length}: use at least 1.")
         if not 0.0 <= self.fim_rate <= 1.0:
             raise ValueError(f"training.fim_rate={self.fim_rate}: use a probability in [0, 1].")
+        if self.mlm_head_warmup_steps < 0:
+            raise ValueError(f"training.mlm_head_warmup_steps={self.mlm_head_warmup_steps}: use 0 or more steps.")
         if self.padding_free and self.objective != "clm":
             raise ValueError("training.padding_free works with objective 'clm' only: set it to false.")
         for name in ("mask_replace_prob", "random_replace_prob"):

@@ -21,6 +21,7 @@ from transformers import (
     AutoModelForMaskedLM,
     DataCollatorWithFlattening,
     Trainer,
+    TrainerCallback,
 )
 
 from ..callbacks import NonFiniteGuardCallback
@@ -29,6 +30,7 @@ from ..models import (
     apply_lora,
     check_model_fits,
     export_model,
+    head_module_names,
     load_model,
     load_tokenizer,
     model_source,
@@ -86,6 +88,28 @@ class SelfSupervisedTrainer(SafeSaveMixin, Trainer):
         if loss is not None:
             metrics[f"{metric_key_prefix}_perplexity"] = math.exp(min(loss, 700.0))
         return metrics
+
+
+class HeadWarmupCallback(TrainerCallback):
+    """Freeze everything but the LM head for the first ``steps`` optimizer steps.
+
+    A randomly initialised head (all-MiniLM-L6-v2 ships none) predicts at chance, and its gradients
+    push the pretrained encoder in random directions; warming the head up first avoids that.
+    Parameters without a gradient are skipped by the optimizer, so toggling ``requires_grad``
+    between steps is enough (single-process training: DDP fixes its parameter set at wrap time).
+
+    Example:
+        >>> trainer.add_callback(HeadWarmupCallback(model, steps=50))  # doctest: +SKIP
+    """
+
+    def __init__(self, model, steps: int):
+        heads = tuple(f"{name}." for name in head_module_names(model))
+        self.body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(heads)]
+        self.steps = steps
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        for p in self.body:
+            p.requires_grad_(state.global_step >= self.steps)
 
 
 def make_collator(args: SelfSupervisedConfig, tokenizer):
@@ -247,6 +271,8 @@ def run(recipe: Recipe) -> dict:
     args.prediction_loss_only = True
     started = start_run(recipe)
     tokenizer, model, collator, tokenized = build(recipe)
+    if args.mlm_head_warmup_steps and recipe.lora.use_lora:
+        raise ValueError("training.mlm_head_warmup_steps needs full training: remove the lora block or set it to 0.")
     trainable, total = trainable_parameters(model)
     logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
     trainer = SelfSupervisedTrainer(
@@ -258,6 +284,8 @@ def run(recipe: Recipe) -> dict:
         data_collator=collator,
         callbacks=[NonFiniteGuardCallback(), MaskingEpochCallback(collator)],
     )
+    if args.mlm_head_warmup_steps:
+        trainer.add_callback(HeadWarmupCallback(model, args.mlm_head_warmup_steps))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     metrics["trainable_parameters"] = trainable
