@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..runs import REPORT_TO_HELP, default_report_to
+
 
 @dataclass
 class PPOConfig(TrainingArguments):
@@ -26,6 +28,8 @@ class PPOConfig(TrainingArguments):
         >>> args = PPOConfig(output_dir="out", max_steps=20, per_device_train_batch_size=8,
         ...                  max_completion_length=16, kl_coef=0.05)  # doctest: +SKIP
     """
+
+    report_to: None | str | list[str] = field(default_factory=default_report_to, metadata={"help": REPORT_TO_HELP})
 
     # --- rollout ---------------------------------------------------------------------------------
     prompt_column: str = field(default="prompt", metadata={"help": "Dataset column holding the prompt (text or chat messages)."})
