@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-# Files never pushed: checkpoints (resumable state, large), pickles, eval predictions (they quote
-# the user's data, which may be private even when the model is not).
-IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "*.bin", "*.pt", "*.pth", "*.pkl", "predictions.jsonl"]
+# Files never pushed: checkpoints (resumable state, large; SB3 agents keep theirs in checkpoints/),
+# pickles, eval predictions (they quote the user's data, which may be private even when the model is not).
+IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "checkpoints/**", "*.bin", "*.pt", "*.pth", "*.pkl", "predictions.jsonl"]
 # A run directory holds a model when one of these is there.
 MODEL_MARKERS = ("config.json", "adapter_config.json")
 AGENT_SUFFIXES = (".zip",)  # Stable-Baselines3 saves agents as .zip archives
