@@ -26,7 +26,7 @@ import trl
 from transformers import Trainer
 
 from ..callbacks import NonFiniteGuardCallback
-from ..runs import SafeSaveMixin
+from ..runs import REPORT_TO_HELP, SafeSaveMixin, default_report_to
 from .rewards import RewardModelScorer, evaluate_generations, resolve_reward_funcs
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class GRPOConfig(_SharedRLArguments, trl.GRPOConfig):
     num_generations: int = _CPU_SAFE["num_generations"]
     learning_rate: float = _CPU_SAFE["learning_rate"]
     logging_steps: float = _CPU_SAFE["logging_steps"]
+    report_to: None | str | list[str] = field(default_factory=default_report_to, metadata={"help": REPORT_TO_HELP})
     # Set from code, not recipes: the model is loaded from the `model` block (which owns
     # trust_remote_code), and the weights come from the `reward` block (reward_weights).
     trust_remote_code: bool = field(default=False, init=False)
@@ -126,6 +127,7 @@ class RLOOConfig(_SharedRLArguments, trl.RLOOConfig):
     num_generations: int = _CPU_SAFE["num_generations"]
     learning_rate: float = _CPU_SAFE["learning_rate"]
     logging_steps: float = _CPU_SAFE["logging_steps"]
+    report_to: None | str | list[str] = field(default_factory=default_report_to, metadata={"help": REPORT_TO_HELP})
     trust_remote_code: bool = field(default=False, init=False)
     reward_weights: list[float] | None = field(default=None, init=False)
 
