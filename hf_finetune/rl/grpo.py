@@ -240,7 +240,12 @@ class _GroupTrainerMixin(SafeSaveMixin):
         # Trainer.log, not TRL's log: TRL's merges (and clears) the pending training metrics.
         Trainer.log(self, metrics)
         if self.is_world_process_zero():
-            _write_samples(table, Path(self.args.output_dir) / "samples" / f"{metric_key_prefix}_step{self.state.global_step}")
+            stem = Path(self.args.output_dir) / "samples" / f"{metric_key_prefix}_step{self.state.global_step}"
+            markdown = _write_samples(table, stem)
+            for callback in self.callback_handler.callbacks:  # TensorBoard's text tab, as PPOTrainer does
+                writer = getattr(callback, "tb_writer", None)
+                if writer is not None and markdown:
+                    writer.add_text(f"{metric_key_prefix}/samples", markdown, self.state.global_step)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
@@ -304,10 +309,10 @@ class RLOOTrainer(_GroupTrainerMixin, trl.RLOOTrainer):
                          peft_config=peft_config)
 
 
-def _write_samples(table: list[dict], stem: Path) -> None:
-    """The sample-generations table as JSON lines and Markdown (same files as PPOTrainer writes)."""
+def _write_samples(table: list[dict], stem: Path) -> str:
+    """Write the sample-generations table as JSON lines and Markdown (the files PPOTrainer writes); returns the Markdown."""
     if not table:
-        return
+        return ""
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in table))
     keys = list(table[0])
@@ -317,7 +322,9 @@ def _write_samples(table: list[dict], stem: Path) -> None:
 
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(row[k]) for k in keys) + " |" for row in table]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    markdown = "\n".join(lines) + "\n"
+    stem.with_suffix(".md").write_text(markdown)
+    return markdown
 
 
 def _reject_ppo_only(value_model, ref_model, name: str) -> None:
