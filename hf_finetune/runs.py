@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 from transformers import set_seed
+from transformers.integrations import TensorBoardCallback
+from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .callbacks import plot_curves
@@ -50,6 +52,11 @@ class SafeSaveMixin:
             # the world size, and skips the division by gradient_accumulation_steps. A model that
             # averages its own loss must go through the plain per-batch-mean path instead.
             self.model_accepts_loss_kwargs = False
+        for callback in self.callback_handler.callbacks:
+            # TensorBoardCallback only picks <output_dir>/runs/... in on_train_begin; an evaluate() or
+            # log() before train() (RL runs evaluate the untrained policy) would write to ./runs.
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
