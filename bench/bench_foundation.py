@@ -28,6 +28,7 @@ from transformers import (  # noqa: E402
     Trainer,
     TrainingArguments,
     logging,
+    set_seed,
 )
 
 from hf_finetune.cli import load_recipe, run_recipe  # noqa: E402
@@ -48,6 +49,7 @@ def bare_job(out: str, steps: int, max_length: int, batch: int, lr: float, seed:
             rows["label"].append(i)
     ds = Dataset.from_dict(rows).cast_column("label", ClassLabel(names=labels))
     split = ds.train_test_split(test_size=0.2, seed=42, stratify_by_column="label")
+    set_seed(seed)  # before the model: its new classification head is drawn at load time
     path = resolve_model_path(MINILM_ID)[0]
     tokenizer = AutoTokenizer.from_pretrained(path)
     split = split.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True)
