@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class _SharedRLArguments:
-    """Fields our GRPO/RLOO configs share with ``PPOConfig`` (same names, same meaning)."""
+    """Fields our GRPO/RLOO configs share with ``PPOConfig`` (same names, same meaning), and their
+    CPU-safe defaults: listed before the TRL config in the bases, these fields override TRL's."""
 
     prompt_column: str = field(default="prompt", metadata={"help": "Dataset column holding the prompt text."})
     max_prompt_length: int | None = field(
@@ -48,37 +49,38 @@ class _SharedRLArguments:
     num_sample_generations: int = field(
         default=8, metadata={"help": "Evaluation generations written to the samples table (samples/eval_step*.jsonl and .md)."}
     )
-
-
-def _cpu_safe_post_init(config) -> None:
-    if config.kl_coef is not None:
-        if config.kl_coef < 0:
-            raise ValueError(f"training.kl_coef={config.kl_coef}: use a value >= 0.")
-        config.beta = config.kl_coef
-    if not config.prompt_column:
-        raise ValueError("training.prompt_column is empty: name the dataset column that holds the prompts.")
-    if config.max_prompt_length is not None and config.max_prompt_length < 1:
-        raise ValueError("training.max_prompt_length must be >= 1 (or null).")
-    if config.max_completion_length < 1:
-        raise ValueError("training.max_completion_length must be >= 1.")
-    if config.num_generations < 2:
-        raise ValueError(
-            f"training.num_generations={config.num_generations}: group-relative methods need >= 2 completions per "
-            "prompt (the baseline is the mean of the others)."
-        )
-
-
-_CPU_SAFE = {
-    "bf16": field(default=False, metadata={"help": "bf16 mixed precision (off by default: CPUs and older GPUs)."}),
+    bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (off by default: CPUs and older GPUs)."})
     # None (not TRL's True): transformers then resolves it from activation_checkpointing, default off.
-    "gradient_checkpointing": field(
+    gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off by default here)."}
-    ),
-    "max_completion_length": field(default=64, metadata={"help": "Most tokens generated per completion."}),
-    "num_generations": field(default=4, metadata={"help": "Completions sampled per prompt (the group)."}),
-    "learning_rate": field(default=1e-5, metadata={"help": "Initial learning rate of AdamW."}),
-    "logging_steps": field(default=1, metadata={"help": "Log every N steps."}),
-}
+    )
+    max_completion_length: int = field(default=64, metadata={"help": "Most tokens generated per completion."})
+    num_generations: int = field(default=4, metadata={"help": "Completions sampled per prompt (the group)."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Initial learning rate of AdamW."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    report_to: None | str | list[str] = field(default_factory=default_report_to, metadata={"help": REPORT_TO_HELP})
+    # Set from code, not recipes: the model is loaded from the `model` block (which owns
+    # trust_remote_code), and the weights come from the `reward` block (reward_weights).
+    trust_remote_code: bool = field(default=False, init=False)
+    reward_weights: list[float] | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kl_coef is not None:
+            if self.kl_coef < 0:
+                raise ValueError(f"training.kl_coef={self.kl_coef}: use a value >= 0.")
+            self.beta = self.kl_coef
+        if not self.prompt_column:
+            raise ValueError("training.prompt_column is empty: name the dataset column that holds the prompts.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError("training.max_prompt_length must be >= 1 (or null).")
+        if self.max_completion_length < 1:
+            raise ValueError("training.max_completion_length must be >= 1.")
+        if self.num_generations < 2:
+            raise ValueError(
+                f"training.num_generations={self.num_generations}: group-relative methods need >= 2 completions per "
+                "prompt (the baseline is the mean of the others)."
+            )
 
 
 @dataclass
@@ -93,22 +95,6 @@ class GRPOConfig(_SharedRLArguments, trl.GRPOConfig):
         (False, False, 0.02)
     """
 
-    bf16: bool | None = _CPU_SAFE["bf16"]
-    gradient_checkpointing: bool | None = _CPU_SAFE["gradient_checkpointing"]
-    max_completion_length: int = _CPU_SAFE["max_completion_length"]
-    num_generations: int = _CPU_SAFE["num_generations"]
-    learning_rate: float = _CPU_SAFE["learning_rate"]
-    logging_steps: float = _CPU_SAFE["logging_steps"]
-    report_to: None | str | list[str] = field(default_factory=default_report_to, metadata={"help": REPORT_TO_HELP})
-    # Set from code, not recipes: the model is loaded from the `model` block (which owns
-    # trust_remote_code), and the weights come from the `reward` block (reward_weights).
-    trust_remote_code: bool = field(default=False, init=False)
-    reward_weights: list[float] | None = field(default=None, init=False)
-
-    def __post_init__(self):
-        super().__post_init__()
-        _cpu_safe_post_init(self)
-
 
 @dataclass
 class RLOOConfig(_SharedRLArguments, trl.RLOOConfig):
@@ -120,20 +106,6 @@ class RLOOConfig(_SharedRLArguments, trl.RLOOConfig):
         >>> RLOOConfig(output_dir="out", max_steps=10).num_generations
         4
     """
-
-    bf16: bool | None = _CPU_SAFE["bf16"]
-    gradient_checkpointing: bool | None = _CPU_SAFE["gradient_checkpointing"]
-    max_completion_length: int = _CPU_SAFE["max_completion_length"]
-    num_generations: int = _CPU_SAFE["num_generations"]
-    learning_rate: float = _CPU_SAFE["learning_rate"]
-    logging_steps: float = _CPU_SAFE["logging_steps"]
-    report_to: None | str | list[str] = field(default_factory=default_report_to, metadata={"help": REPORT_TO_HELP})
-    trust_remote_code: bool = field(default=False, init=False)
-    reward_weights: list[float] | None = field(default=None, init=False)
-
-    def __post_init__(self):
-        super().__post_init__()
-        _cpu_safe_post_init(self)
 
 
 class _GroupTrainerMixin(SafeSaveMixin):
