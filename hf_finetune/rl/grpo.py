@@ -111,6 +111,18 @@ class RLOOConfig(_SharedRLArguments, trl.RLOOConfig):
 class _GroupTrainerMixin(SafeSaveMixin):
     """Shared constructor checks and generation-based evaluation of our GRPO and RLOO trainers."""
 
+    def __init__(self, model, args, train_dataset, eval_dataset=None, processing_class=None,
+                 reward_funcs=None, reward_weights=None, reward_model=None, reward_processing_class=None,
+                 value_model=None, ref_model=None, peft_config=None, eval_metrics=None, callbacks=None):
+        # PPOTrainer's signature, so a recipe switches method by one word; PPO-only models are refused.
+        _reject_ppo_only(value_model, ref_model, type(self).__name__)
+        funcs, train_dataset, eval_dataset, callbacks = self._setup_rl(
+            model, args, train_dataset, eval_dataset, processing_class, reward_funcs, reward_weights,
+            reward_model, reward_processing_class, peft_config, eval_metrics, callbacks)
+        super().__init__(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+                         peft_config=peft_config)
+
     def _setup_rl(self, model, args, train_dataset, eval_dataset, processing_class, reward_funcs, reward_weights,
                   reward_model, reward_processing_class, peft_config, eval_metrics, callbacks):
         funcs = resolve_reward_funcs(list(reward_funcs or []))
@@ -247,16 +259,6 @@ class GRPOTrainer(_GroupTrainerMixin, trl.GRPOTrainer):
         >>> trainer.train()  # doctest: +SKIP
     """
 
-    def __init__(self, model, args: GRPOConfig, train_dataset, eval_dataset=None, processing_class=None,
-                 reward_funcs=None, reward_weights=None, reward_model=None, reward_processing_class=None,
-                 value_model=None, ref_model=None, peft_config=None, eval_metrics=None, callbacks=None):
-        _reject_ppo_only(value_model, ref_model, type(self).__name__)
-        funcs, train_dataset, eval_dataset, callbacks = self._setup_rl(
-            model, args, train_dataset, eval_dataset, processing_class, reward_funcs, reward_weights,
-            reward_model, reward_processing_class, peft_config, eval_metrics, callbacks)
-        super().__init__(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
-                         peft_config=peft_config)
 
 
 class RLOOTrainer(_GroupTrainerMixin, trl.RLOOTrainer):
@@ -268,17 +270,6 @@ class RLOOTrainer(_GroupTrainerMixin, trl.RLOOTrainer):
         >>> trainer = RLOOTrainer(model, RLOOConfig(output_dir="out", max_steps=20), prompts,
         ...                       processing_class=tok, reward_funcs=["length:10"])  # doctest: +SKIP
     """
-
-    def __init__(self, model, args: RLOOConfig, train_dataset, eval_dataset=None, processing_class=None,
-                 reward_funcs=None, reward_weights=None, reward_model=None, reward_processing_class=None,
-                 value_model=None, ref_model=None, peft_config=None, eval_metrics=None, callbacks=None):
-        _reject_ppo_only(value_model, ref_model, type(self).__name__)
-        funcs, train_dataset, eval_dataset, callbacks = self._setup_rl(
-            model, args, train_dataset, eval_dataset, processing_class, reward_funcs, reward_weights,
-            reward_model, reward_processing_class, peft_config, eval_metrics, callbacks)
-        super().__init__(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
-                         peft_config=peft_config)
 
 
 def _write_samples(table: list[dict], stem: Path) -> str:

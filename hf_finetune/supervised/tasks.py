@@ -74,26 +74,7 @@ def prepare_classification(splits: DatasetDict, tokenizer, data: DataArguments) 
     for split, ds in splits.items():
         require_columns(ds, columns, f"the {split} split")
     splits, names = encode_labels(splits, data.label_column, data.class_names)
-    special = set(tokenizer.all_special_ids)
-
-    def tokenize(batch):
-        texts = [t or "" for t in batch[data.text_column]]
-        pairs = [t or "" for t in batch[data.text_pair_column]] if data.text_pair_column else None
-        out = tokenizer(texts, pairs, truncation=True, max_length=data.max_length)
-        out["labels"] = batch[data.label_column]
-        return out
-
-    tokenized = DatasetDict()
-    for split, ds in splits.items():
-        tokenized[split] = ds.map(
-            tokenize,
-            batched=True,
-            remove_columns=ds.column_names,
-            num_proc=data.preprocessing_num_workers,
-            desc=f"Tokenizing {split}",
-        )
-        _check_not_empty(tokenized[split]["input_ids"], special, split)
-    return tokenized, names
+    return _tokenize_sequences(splits, tokenizer, data), names
 
 
 def classification_metrics(label_names: list[str]) -> Callable:
@@ -205,7 +186,13 @@ def _tokenize_sequences(splits: DatasetDict, tokenizer, data: DataArguments) -> 
 
     tokenized = DatasetDict()
     for split, ds in splits.items():
-        tokenized[split] = ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}")
+        tokenized[split] = ds.map(
+            tokenize,
+            batched=True,
+            remove_columns=ds.column_names,
+            num_proc=data.preprocessing_num_workers,
+            desc=f"Tokenizing {split}",
+        )
         _check_not_empty(tokenized[split]["input_ids"], special, split)
     return tokenized
 
