@@ -101,7 +101,8 @@ def require_rows(ds: Dataset, where: str) -> None:
         raise ValueError(f"{where} is empty: check data.dataset and the split names.")
 
 
-def _sample(ds: Dataset, n: int | None, seed: int) -> Dataset:
+def sample_rows(ds: Dataset, n: int | None, seed: int) -> Dataset:
+    """A seeded sample of ``n`` rows (all of them when ``n`` is None or not smaller than the dataset)."""
     if n is None or n >= len(ds):
         return ds
     return ds.shuffle(seed=seed).select(range(n))
@@ -150,6 +151,6 @@ def load_splits(args: DataArguments, label_column: str | None = None) -> Dataset
     require_rows(evaluation, f"The evaluation split of {args.dataset}")
     if args.samples_per_class is not None and label_column:
         train = sample_per_class(train, label_column, args.samples_per_class, args.split_seed)
-    train = _sample(train, args.max_train_samples, args.split_seed)
-    evaluation = _sample(evaluation, args.max_eval_samples, args.split_seed)
+    train = sample_rows(train, args.max_train_samples, args.split_seed)
+    evaluation = sample_rows(evaluation, args.max_eval_samples, args.split_seed)
     return DatasetDict({"train": train, "validation": evaluation})

@@ -15,7 +15,7 @@ import datasets
 from datasets import Dataset, DatasetDict
 
 from ..config import DataArguments
-from ..data import _is_label_folder, load_source, require_columns, require_rows
+from ..data import _is_label_folder, load_source, require_columns, require_rows, sample_rows
 from .collators import word_offsets
 from .config import TextArguments
 
@@ -74,10 +74,8 @@ def split_corpus(data: DataArguments, text: TextArguments) -> DatasetDict:
     else:
         parts = corpus.train_test_split(test_size=data.validation_size, seed=data.split_seed)
         train, evaluation = parts["train"], parts["test"]
-    if data.max_train_samples is not None and data.max_train_samples < len(train):
-        train = train.shuffle(seed=data.split_seed).select(range(data.max_train_samples))
-    if data.max_eval_samples is not None and data.max_eval_samples < len(evaluation):
-        evaluation = evaluation.shuffle(seed=data.split_seed).select(range(data.max_eval_samples))
+    train = sample_rows(train, data.max_train_samples, data.split_seed)
+    evaluation = sample_rows(evaluation, data.max_eval_samples, data.split_seed)
     require_rows(evaluation, f"The evaluation split of {data.dataset}")
     return DatasetDict({"train": train, "validation": evaluation})
 

@@ -15,7 +15,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from ..config import DataArguments
-from ..data import load_splits, require_columns
+from ..data import load_splits, require_columns, sample_rows
 from ..metrics import load_metric
 
 
@@ -325,10 +325,8 @@ def load_token_splits(data: DataArguments) -> DatasetDict:
     else:
         parts = train.train_test_split(test_size=data.validation_size, seed=data.split_seed)
         train, evaluation = parts["train"], parts["test"]
-    if data.max_train_samples is not None and data.max_train_samples < len(train):
-        train = train.shuffle(seed=data.split_seed).select(range(data.max_train_samples))
-    if data.max_eval_samples is not None and data.max_eval_samples < len(evaluation):
-        evaluation = evaluation.shuffle(seed=data.split_seed).select(range(data.max_eval_samples))
+    train = sample_rows(train, data.max_train_samples, data.split_seed)
+    evaluation = sample_rows(evaluation, data.max_eval_samples, data.split_seed)
     return DatasetDict({"train": train, "validation": evaluation})
 
 
