@@ -154,6 +154,15 @@ class LoraArguments:
     lora_merge_on_export: bool = field(
         default=False, metadata={"help": "Write merged full weights to the run directory instead of the adapter."}
     )
+    lora_adapter_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from the LoRA matrices of this saved adapter (a run directory with adapter_config.json "
+            "and adapter_model.safetensors) and train them further; its rank, alpha, dropout and target modules "
+            "replace lora_r/lora_alpha/lora_dropout/lora_target_modules. The task head and modules_to_save start "
+            "as in a fresh run. Chained self_supervised recipes set it with training.finetune_lora: carry."
+        },
+    )
 
     def __post_init__(self):
         if self.lora_r < 1:

@@ -168,10 +168,13 @@ def head_module_names(model) -> list[str]:
     return names
 
 
-def apply_lora(model, lora: LoraArguments, task_type: str | None):
+def apply_lora(model, lora: LoraArguments, task_type: str | None, trainable_tokens: list[int] | None = None):
     """Wrap ``model`` with LoRA adapters; the task head is trained in full and saved with the adapter.
 
     ``task_type`` is a PEFT ``TaskType`` name (``SEQ_CLS``, ``TOKEN_CLS``, ``CAUSAL_LM``) or None.
+    ``trainable_tokens`` are embedding rows trained beside the adapters (PEFT's
+    ``trainable_token_indices``), e.g. fill-in-the-middle sentinels the frozen embedding never
+    learned. With ``lora.lora_adapter_path`` the LoRA matrices start from that saved adapter.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -180,22 +183,93 @@ def apply_lora(model, lora: LoraArguments, task_type: str | None):
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
 
         target = defaults.get(model.config.model_type, "all-linear")
+    shape = {"r": lora.lora_r, "lora_alpha": lora.lora_alpha, "lora_dropout": lora.lora_dropout, "target_modules": target}
+    if lora.lora_adapter_path:
+        saved = _saved_adapter_config(lora.lora_adapter_path)
+        shape = {key: saved[key] for key in shape}
+        logger.info("LoRA starts from the adapter in %s (r=%s, alpha=%s)", lora.lora_adapter_path, shape["r"],
+                    shape["lora_alpha"])
     modules_to_save = lora.lora_modules_to_save
-    if modules_to_save is None and task_type in ("SEQ_CLS", "TOKEN_CLS"):
-        heads = head_module_names(model)
-        fresh = getattr(model, "hf_finetune_fresh_modules", [])
-        modules_to_save = heads + [m for m in fresh if m.split(".")[0] not in heads]
+    if modules_to_save is None:
+        heads = head_module_names(model) if task_type in ("SEQ_CLS", "TOKEN_CLS") else []
+        modules_to_save = heads + [m for m in _fresh_modules(model) if m.split(".")[0] not in heads] or None
     fan_in_fan_out = model.config.model_type in ("gpt2",)  # GPT-2 stores Linear weights as Conv1D
     config = LoraConfig(
-        r=lora.lora_r,
-        lora_alpha=lora.lora_alpha,
-        lora_dropout=lora.lora_dropout,
-        target_modules=target,
+        **shape,
         modules_to_save=modules_to_save,
         task_type=task_type,
         fan_in_fan_out=fan_in_fan_out,
+        trainable_token_indices=list(trainable_tokens) if trainable_tokens else None,
     )
-    return get_peft_model(model, config)
+    if not lora.lora_adapter_path:
+        return get_peft_model(model, config)
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as error:  # PEFT: the saved target modules are not in this model
+        raise ValueError(f"The LoRA adapter in {lora.lora_adapter_path} does not fit this model: {error}") from None
+    _load_lora_matrices(model, lora.lora_adapter_path)
+    return model
+
+
+def _fresh_modules(model) -> list[str]:
+    """Modules the checkpoint lacked (see :func:`load_model`) that LoRA should train in full.
+
+    Frozen, they would stay random: e.g. all-MiniLM-L6-v2 ships no masked-LM head, so its
+    ``cls.predictions.transform`` layers are fresh. A parent of another fresh module is skipped,
+    and so is any module holding the input embedding (a tied decoder): wrapping those would copy
+    and untie the vocabulary-sized matrix. What is left out keeps its initial value (the zero
+    decoder bias, for instance).
+    """
+    fresh = getattr(model, "hf_finetune_fresh_modules", [])
+    embedding = model.get_input_embeddings()
+    tied = {embedding.weight.data_ptr()} if embedding is not None else set()
+    keep = []
+    for name in fresh:
+        if any(other.startswith(f"{name}.") for other in fresh):
+            continue
+        if any(p.data_ptr() in tied for p in model.get_submodule(name).parameters()):
+            continue
+        keep.append(name)
+    return keep
+
+
+def _saved_adapter_config(path: str) -> dict:
+    config_file, weights = Path(path, "adapter_config.json"), Path(path, "adapter_model.safetensors")
+    if not config_file.is_file() or not weights.is_file():
+        raise ValueError(
+            f"lora.lora_adapter_path={path!r} holds no safetensors LoRA adapter: expected adapter_config.json and "
+            "adapter_model.safetensors there (the run directory of a LoRA run without lora_merge_on_export)."
+        )
+    saved = json.loads(config_file.read_text())
+    if saved.get("peft_type") != "LORA":
+        raise ValueError(f"lora.lora_adapter_path={path!r} is a {saved.get('peft_type')} adapter, not LoRA.")
+    return saved
+
+
+def _load_lora_matrices(model, path: str) -> None:
+    """Copy the saved adapter's LoRA matrices into ``model`` and check that every one found its place.
+
+    Only the matrices carry over: the saved adapter's head and modules_to_save belonged to its own
+    task (e.g. a masked-LM head), and the new task's head starts as in a fresh run.
+    """
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = {k: v for k, v in load_file(str(Path(path, "adapter_model.safetensors"))).items() if ".lora_" in k}
+    # PEFT expects a value for every wrapper (head, trainable tokens): they keep their own.
+    own = {k: v for k, v in get_peft_model_state_dict(model).items() if ".lora_" not in k}
+    try:
+        result = set_peft_model_state_dict(model, {**own, **saved})
+    except RuntimeError as error:  # a shape mismatch: another architecture or width
+        raise ValueError(f"The LoRA adapter in {path} does not fit this model: {error}") from None
+    misplaced = [k for k in result.unexpected_keys if ".lora_" in k]
+    untouched = [k for k in result.missing_keys if ".lora_" in k]
+    if not saved or misplaced or untouched:
+        raise ValueError(
+            f"The LoRA adapter in {path} does not fit {type(model.get_base_model()).__name__}: "
+            f"{len(saved)} saved matrices, {len(misplaced)} without a place here (e.g. {misplaced[:2]}), "
+            f"{len(untouched)} here without a saved value (e.g. {untouched[:2]}). Start it from the same base model."
+        )
 
 
 def trainable_parameters(model) -> tuple[int, int]:
@@ -239,9 +313,18 @@ def load_trained(run_dir: str | os.PathLike, auto_class: Any, **kwargs: Any):
         from transformers import AutoConfig
 
         base = json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        source = model_source(ModelArguments(model_name_or_path=base))
+        vocab = None
         if (run_dir / "config.json").is_file():
-            kwargs.setdefault("config", AutoConfig.from_pretrained(run_dir))
-        base_model = auto_class.from_pretrained(model_source(ModelArguments(model_name_or_path=base)), **kwargs)
+            config = kwargs.setdefault("config", AutoConfig.from_pretrained(run_dir))
+            base_vocab = getattr(AutoConfig.from_pretrained(source), "vocab_size", None)
+            if base_vocab is not None and getattr(config, "vocab_size", base_vocab) != base_vocab:
+                # Tokens were added (e.g. FIM sentinels): load the base as it is, then resize, so
+                # the adapter's trained token rows land on an embedding of the right size.
+                vocab, config.vocab_size = config.vocab_size, base_vocab
+        base_model = auto_class.from_pretrained(source, **kwargs)
+        if vocab is not None:
+            base_model.resize_token_embeddings(vocab, mean_resizing=False)
         return PeftModel.from_pretrained(base_model, str(run_dir))
     if not (run_dir / "config.json").is_file():
         raise ValueError(f"{run_dir} holds no model: expected config.json or adapter_config.json there.")

@@ -214,3 +214,109 @@ def test_mlm_head_warmup_freezes_the_encoder(tmp_path, tiny_bert_dir, corpus_dir
     before, after = _weights(tiny_bert_dir), _weights(tmp_path / "r")
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("bert."))
     assert not torch.equal(before["cls.predictions.transform.dense.weight"], after["cls.predictions.transform.dense.weight"])
+
+
+def test_mlm_then_classify_chain_carries_the_lora_adapter(tmp_path, tiny_bert_dir, corpus_dir, topic_csv):
+    supervised = write_recipe(
+        tmp_path / "cls.yaml",
+        {
+            "method": "supervised",
+            "model": {"model_name_or_path": "placeholder"},
+            "data": {"dataset": topic_csv, "max_length": 32, "validation_size": 0.25},
+            "training": {"output_dir": str(tmp_path / "unused"), "max_steps": 30, "learning_rate": 1e-2,
+                         "report_to": "none", "save_strategy": "no", "disable_tqdm": True, "seed": 0,
+                         "per_device_train_batch_size": 8},
+        },
+    )
+    path = _recipe(tmp_path, tiny_bert_dir, corpus_dir, lora={"lora_r": 4, "lora_target_modules": ["query", "value"]},
+                   finetune=supervised, finetune_lora="carry", finetune_overrides={"learning_rate": 1e-3, "max_steps": 10})
+    metrics = run_recipe(load_recipe(path))
+    run = tmp_path / "r"
+    assert metrics["finetune_train_loss"] > 0
+    assert not (run / "encoder").exists()  # the base stays as it was: nothing to hand over but the adapter
+    pretrained = load_file(str(run / "adapter_model.safetensors"))
+    finetuned = load_file(str(run / "finetune" / "adapter_model.safetensors"))
+    config = json.loads((run / "finetune" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and set(config["target_modules"]) == {"query", "value"}
+    assert config["base_model_name_or_path"] == tiny_bert_dir
+    lora_keys = sorted(k for k in pretrained if "lora_" in k)
+    assert lora_keys and lora_keys == sorted(k for k in finetuned if "lora_" in k)
+    # Trained further from the carried values: moved, but close to them (a fresh lora_A would be a
+    # new random matrix, a fresh lora_B would start from zero).
+    moved = {k: ((finetuned[k] - pretrained[k]).norm() / pretrained[k].norm()).item() for k in lora_keys}
+    assert all(0 < m < 0.5 for m in moved.values()), moved
+    assert any(k.startswith("base_model.model.classifier") for k in finetuned)
+
+
+def test_lora_adapter_path_starts_from_the_saved_matrices(tmp_path, tiny_bert_dir, tiny_llama_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    from hf_finetune.config import LoraArguments
+    from hf_finetune.models import apply_lora
+
+    torch.manual_seed(0)
+    mlm = get_peft_model(AutoModelForMaskedLM.from_pretrained(tiny_bert_dir),
+                         LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    for name, p in mlm.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_()
+    mlm.save_pretrained(tmp_path / "adapter")
+    saved = {k.replace(".default", ""): v for k, v in mlm.state_dict().items() if "lora_" in k}
+    lora = LoraArguments(use_lora=True, lora_r=16, lora_adapter_path=str(tmp_path / "adapter"))
+    classifier = apply_lora(AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3), lora,
+                            "SEQ_CLS")
+    assert classifier.peft_config["default"].r == 4
+    loaded = {k.replace(".default", ""): v for k, v in classifier.state_dict().items() if "lora_" in k}
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert all(p.requires_grad for n, p in classifier.named_parameters() if "lora_" in n or "modules_to_save" in n)
+    with pytest.raises(ValueError, match="does not fit"):
+        apply_lora(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), lora, "CAUSAL_LM")
+    with pytest.raises(ValueError, match="holds no safetensors LoRA adapter"):
+        apply_lora(AutoModelForMaskedLM.from_pretrained(tiny_bert_dir),
+                   LoraArguments(use_lora=True, lora_adapter_path=str(tmp_path)), None)
+
+
+def test_fim_with_lora_trains_only_the_sentinel_rows_of_the_embedding(tmp_path, tiny_llama_dir, corpus_dir):
+    from transformers import AutoModelForCausalLM
+
+    from hf_finetune.models import load_trained
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir, corpus_dir, objective="fim", lora={"lora_r": 4}))
+    tokenizer, model, collator, data = build(recipe)
+    sentinels = tokenizer.convert_tokens_to_ids(["<fim_prefix>", "<fim_suffix>", "<fim_middle>"])
+    ids = torch.arange(len(tokenizer))
+    before = model.get_input_embeddings()(ids).detach().clone()
+    trainer = SelfSupervisedTrainer(
+        model=model, args=recipe.training, train_dataset=data["train"], eval_dataset=data["validation"],
+        processing_class=tokenizer, data_collator=collator,
+    )
+    trainer.train()
+    after = model.get_input_embeddings()(ids).detach()
+    changed = (after != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == sorted(sentinels)
+    trainer.save_model(tmp_path / "saved")
+    model.get_base_model().config.save_pretrained(tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    model.eval()
+    batch = tokenizer(["<fim_prefix>the team won<fim_suffix> match<fim_middle>"], return_tensors="pt")
+    reloaded = load_trained(tmp_path / "saved", AutoModelForCausalLM).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, reloaded(**batch).logits, atol=1e-5)
+
+
+def test_lora_trains_the_masked_lm_head_a_checkpoint_lacks(tmp_path, tiny_bert_dir, corpus_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    # Like all-MiniLM-L6-v2: an encoder saved without its masked-LM head.
+    AutoModel.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path / "encoder")
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path / "encoder")
+    recipe = load_recipe(_recipe(tmp_path, str(tmp_path / "encoder"), corpus_dir, lora={"lora_r": 4}))
+    _, model, _, _ = build(recipe)
+    assert set(model.peft_config["default"].modules_to_save) == {
+        "cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("transform.dense.modules_to_save" in n for n in trainable)
+    assert not any("decoder" in n or "word_embeddings" in n for n in trainable)
+    head = model.get_base_model().cls.predictions.decoder
+    assert head.weight is model.get_input_embeddings().weight  # still tied: no vocabulary-sized copy

@@ -103,7 +103,16 @@ class SelfSupervisedConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "A supervised recipe YAML to run after this one, starting from the adapted encoder with a "
-            "fresh task head (LoRA adapters are merged first). Its output goes to <output_dir>/finetune."
+            "fresh task head. Its output goes to <output_dir>/finetune. With LoRA see finetune_lora."
+        },
+    )
+    finetune_lora: str = field(
+        default="merge",
+        metadata={
+            "help": "With LoRA and finetune: 'merge' folds the adapter into the encoder the supervised recipe starts "
+            "from (it may train in full or with a new adapter); 'carry' keeps the base frozen and trains this "
+            "adapter further in the supervised phase (lora.lora_adapter_path), with a fresh task head.",
+            "choices": ["merge", "carry"],
         },
     )
     finetune_overrides: str | None = field(
@@ -144,5 +153,7 @@ class SelfSupervisedConfig(TrainingArguments):
                 ) from None
         if self.finetune_overrides is not None and not isinstance(self.finetune_overrides, dict):
             raise ValueError("training.finetune_overrides must be a mapping such as {max_steps: 50}.")
+        if self.finetune_lora not in ("merge", "carry"):
+            raise ValueError(f"training.finetune_lora={self.finetune_lora!r}: use 'merge' or 'carry'.")
         if self.finetune_overrides and not self.finetune:
             raise ValueError("training.finetune_overrides is set but training.finetune names no recipe.")

@@ -39,6 +39,7 @@ from ..models import (
 from ..runs import SafeSaveMixin, finish_run, start_run
 from .collators import (
     EVAL_EPOCH,
+    FIM_TOKENS,
     CausalLMCollator,
     FIMCollator,
     MaskedLMCollator,
@@ -186,8 +187,12 @@ def build(recipe: Recipe):
     if masked:
         _require_mask_token(tokenizer, f"objective '{args.objective}'")
     model = load_model(model_args, AutoModelForMaskedLM if masked else AutoModelForCausalLM)
+    sentinels = None
     if args.objective == "fim":
         add_fim_tokens(tokenizer, model)
+        # Under LoRA the embedding is frozen: the sentinel rows (new, or never used in pretraining)
+        # would stay as initialised, so they train beside the adapters.
+        sentinels = tokenizer.convert_tokens_to_ids(list(FIM_TOKENS))
     block_size = data.max_length or getattr(model.config, "max_position_embeddings", None) or 512
     check_model_fits(model, tokenizer, block_size + (3 if args.objective == "fim" else 0))
     collator = make_collator(args, tokenizer)
@@ -214,7 +219,7 @@ def build(recipe: Recipe):
         # transformers only reads packed position_ids when no KV cache is built (masking_utils).
         model.config.use_cache = False
     if lora.use_lora:
-        model = apply_lora(model, lora, task_type=None if masked else "CAUSAL_LM")
+        model = apply_lora(model, lora, task_type=None if masked else "CAUSAL_LM", trainable_tokens=sentinels)
     return tokenizer, model, collator, tokenized
 
 
@@ -232,13 +237,29 @@ def _finetune_argv(overrides: dict) -> list[str]:
     return argv
 
 
-def load_finetune_recipe(args: SelfSupervisedConfig, encoder_dir: Path):
-    """The supervised recipe of ``training.finetune``, pointed at ``encoder_dir``."""
+def carries_adapter(recipe: Recipe) -> bool:
+    """Whether the supervised phase trains this run's LoRA adapter further (``finetune_lora: carry``)."""
+    return bool(recipe.training.finetune and recipe.lora.use_lora and recipe.training.finetune_lora == "carry")
+
+
+def load_finetune_recipe(recipe: Recipe):
+    """The supervised recipe of ``training.finetune``, pointed at this run's output.
+
+    Merged (or full) pretraining hands over ``<output_dir>/encoder``; a carried adapter hands over
+    the unchanged base model plus the adapter in ``<output_dir>``.
+    """
     from ..cli import load_recipe
 
+    args = recipe.training
     if read_recipe_yaml(args.finetune)["method"] != "supervised":
         raise ValueError(f"training.finetune={args.finetune!r} must be a recipe with method: supervised.")
-    overrides = {"model_name_or_path": str(encoder_dir), "output_dir": str(Path(args.output_dir) / "finetune")}
+    run_dir = Path(args.output_dir)
+    overrides = {"model_name_or_path": str(run_dir / "encoder"), "output_dir": str(run_dir / "finetune")}
+    if carries_adapter(recipe):
+        overrides.update(model_name_or_path=recipe.model.model_name_or_path, use_lora=True,
+                         lora_adapter_path=str(run_dir))
+        if recipe.model.gguf_file:
+            overrides["gguf_file"] = recipe.model.gguf_file
     overrides.update(args.finetune_overrides or {})
     return load_recipe(args.finetune, _finetune_argv(overrides))
 
@@ -264,7 +285,12 @@ def run(recipe: Recipe) -> dict:
     """Train as the recipe says; returns eval loss / perplexity (and ``finetune_*`` metrics when chained)."""
     args: SelfSupervisedConfig = recipe.training
     if args.finetune:  # a bad second recipe fails now, not after pretraining
-        load_finetune_recipe(args, Path(args.output_dir) / "encoder")
+        load_finetune_recipe(recipe)
+    if carries_adapter(recipe) and recipe.lora.lora_merge_on_export:
+        raise ValueError(
+            "training.finetune_lora: carry hands the adapter itself to the supervised phase, so "
+            "lora.lora_merge_on_export must be false (or use finetune_lora: merge)."
+        )
     # The collators need special_tokens_mask / offset_mapping, which Trainer would drop as unused.
     args.remove_unused_columns = False
     # Only the loss is evaluated: gathering (batch x length x vocab) logits would cost gigabytes.
@@ -295,7 +321,7 @@ def run(recipe: Recipe) -> dict:
         metrics["eval_loss_at_start"] = first_eval
     run_dir = Path(args.output_dir)
     final = trainer.model
-    if recipe.lora.use_lora and (recipe.lora.lora_merge_on_export or args.finetune):
+    if recipe.lora.use_lora and (recipe.lora.lora_merge_on_export or (args.finetune and not carries_adapter(recipe))):
         final = final.merge_and_unload()
     export_model(final, tokenizer, run_dir)
     trainer.log_metrics("eval", metrics)
@@ -303,7 +329,8 @@ def run(recipe: Recipe) -> dict:
     if args.finetune and trainer.is_world_process_zero():
         from ..cli import run_recipe
 
-        export_encoder(final, tokenizer, recipe.model, run_dir / "encoder")
-        finetuned = run_recipe(load_finetune_recipe(args, run_dir / "encoder"))
+        if not carries_adapter(recipe):  # a carried adapter keeps the base model unchanged
+            export_encoder(final, tokenizer, recipe.model, run_dir / "encoder")
+        finetuned = run_recipe(load_finetune_recipe(recipe))
         metrics.update({f"finetune_{k}": v for k, v in finetuned.items()})
     return metrics
