@@ -29,8 +29,8 @@ from .models import save_task_config
 logger = logging.getLogger(__name__)
 
 
-class SafeSaveMixin:
-    """Mix into a ``Trainer`` subclass: JSON arguments instead of a pickle, and a correct multi-process loss.
+class RunTrainerMixin:
+    """What every trainer of ours adds to ``Trainer``: JSON arguments, a correct multi-process loss, log dirs.
 
     ``Trainer._save`` stores ``torch.save(self.args)``, a pickle that loading would have to trust;
     JSON is readable and ``TrainingArguments.to_dict`` already redacts ``*_token`` fields.
@@ -41,7 +41,7 @@ class SafeSaveMixin:
     processes under DDP (and not divided by the gradient-accumulation steps).
 
     Example:
-        >>> class MyTrainer(SafeSaveMixin, Trainer): ...  # doctest: +SKIP
+        >>> class MyTrainer(RunTrainerMixin, Trainer): ...  # doctest: +SKIP
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

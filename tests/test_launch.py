@@ -199,9 +199,9 @@ def test_mlm_loss_is_not_inflated_by_trainer_scaling(tmp_path, tiny_bert_dir):
     from datasets import Dataset
     from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from hf_finetune.runs import SafeSaveMixin
+    from hf_finetune.runs import RunTrainerMixin
 
-    class OurTrainer(SafeSaveMixin, Trainer):
+    class OurTrainer(RunTrainerMixin, Trainer):
         pass
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)

@@ -26,7 +26,7 @@ import trl
 from transformers import Trainer
 
 from ..callbacks import NonFiniteGuardCallback
-from ..runs import REPORT_TO_HELP, SafeSaveMixin, default_report_to
+from ..runs import REPORT_TO_HELP, RunTrainerMixin, default_report_to
 from .rewards import RewardModelScorer, evaluate_generations, resolve_reward_funcs
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class RLOOConfig(_SharedRLArguments, trl.RLOOConfig):
     """
 
 
-class _GroupTrainerMixin(SafeSaveMixin):
+class _GroupTrainerMixin(RunTrainerMixin):
     """Shared constructor checks and generation-based evaluation of our GRPO and RLOO trainers."""
 
     def __init__(self, model, args, train_dataset, eval_dataset=None, processing_class=None,

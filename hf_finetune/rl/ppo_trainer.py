@@ -25,7 +25,7 @@ from transformers import GenerationConfig, Trainer
 from transformers.trainer_utils import TrainOutput, speed_metrics
 
 from ..callbacks import NonFiniteGuardCallback, NonFiniteLossError
-from ..runs import SafeSaveMixin, write_args_json
+from ..runs import RunTrainerMixin, write_args_json
 from .ppo_config import PPOConfig
 from .ppo_utils import (  # noqa: F401 - re-exported: the public PPO math lives beside the trainer
     AdaptiveKLController,
@@ -50,7 +50,7 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 PPO_STATE_FILE = "ppo_state.json"
 
 
-class PPOTrainer(SafeSaveMixin, Trainer):
+class PPOTrainer(RunTrainerMixin, Trainer):
     r"""Proximal Policy Optimization (Schulman et al., 2017) of a causal LM against rewards, with a KL penalty.
 
     Each PPO step (one ``global_step``):

@@ -36,7 +36,7 @@ from ..models import (
     model_source,
     trainable_parameters,
 )
-from ..runs import SafeSaveMixin, finish_run, start_run
+from ..runs import RunTrainerMixin, finish_run, start_run
 from .collators import (
     EVAL_EPOCH,
     FIM_TOKENS,
@@ -68,7 +68,7 @@ def blocks(method: str) -> dict[str, type]:
     return BLOCKS
 
 
-class SelfSupervisedTrainer(SafeSaveMixin, Trainer):
+class SelfSupervisedTrainer(RunTrainerMixin, Trainer):
     """``Trainer`` that evaluates with fixed masks and reports perplexity (``exp(eval_loss)``).
 
     Example:

@@ -22,7 +22,7 @@ from ..callbacks import NonFiniteGuardCallback
 from ..config import DataArguments, LoraArguments, ModelArguments, Recipe
 from ..data import load_splits
 from ..models import apply_lora, check_model_fits, export_model, load_model, load_tokenizer, trainable_parameters
-from ..runs import SafeSaveMixin, finish_run, start_run, write_args_json
+from ..runs import RunTrainerMixin, finish_run, start_run, write_args_json
 from .sft_config import InstructionSFTConfig
 from .trainer import StagedMixin
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 BLOCKS = {"model": ModelArguments, "data": DataArguments, "lora": LoraArguments, "training": InstructionSFTConfig}
 
 
-class InstructionSFTTrainer(SafeSaveMixin, StagedMixin, trl.SFTTrainer):
+class InstructionSFTTrainer(RunTrainerMixin, StagedMixin, trl.SFTTrainer):
     """TRL's ``SFTTrainer`` with staged schedules / LLRD and safe saving.
 
     Example:

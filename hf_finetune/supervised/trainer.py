@@ -30,7 +30,7 @@ from transformers import Trainer
 from transformers.optimization import get_scheduler
 
 from ..models import head_module_names
-from ..runs import SafeSaveMixin
+from ..runs import RunTrainerMixin
 from .config import parse_stages
 
 logger = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ class StagedMixin:
         return super()._load_optimizer_and_scheduler(checkpoint)
 
 
-class StagedTrainer(SafeSaveMixin, StagedMixin, Trainer):
+class StagedTrainer(RunTrainerMixin, StagedMixin, Trainer):
     """A ``Trainer`` with staged schedules and layer-wise LR decay; safetensors and JSON args only.
 
     Example:
