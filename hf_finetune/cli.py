@@ -89,10 +89,11 @@ def _push_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_run(run_dir: str, data: str | None = None) -> dict:
-    """Re-evaluate a saved supervised run (full model or LoRA adapter) as its training run did.
+    """Re-evaluate a saved run (full model or LoRA adapter) as its training run did.
 
     The run's ``recipe.yaml`` says how the data was built (same seeded split, same label order);
-    ``data`` replaces the evaluation set with another file or folder.
+    ``data`` replaces the evaluation set with another file or folder. The run's method does the
+    evaluation (its module's ``evaluate(recipe, run_dir)``).
 
     Args:
         run_dir: the run's ``output_dir``.
@@ -104,42 +105,19 @@ def evaluate_run(run_dir: str, data: str | None = None) -> dict:
     import tempfile
     from pathlib import Path
 
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
-
-    from .data import load_splits
-    from .models import load_trained
-    from .supervised.tasks import classification_metrics, prepare_classification
-    from .supervised.trainer import SupervisedTrainer
-
     recipe_path = Path(run_dir) / "recipe.yaml"
     if not recipe_path.is_file():
         raise ValueError(f"{run_dir} has no recipe.yaml: give the output_dir of a run trained with hf-finetune.")
     method = read_recipe_yaml(recipe_path)["method"]
-    if method != "supervised":
-        raise ValueError(f"hf-finetune eval supports supervised runs; {run_dir} is a {method!r} run.")
+    module = method_module(method)
+    if not hasattr(module, "evaluate"):
+        supported = sorted(m for m in METHODS if hasattr(method_module(m), "evaluate"))
+        raise ValueError(f"hf-finetune eval supports {supported} runs; {run_dir} is a {method!r} run.")
     with tempfile.TemporaryDirectory() as scratch:
         overrides = ["--output_dir", scratch, "--report_to", "none", "--push_to_hub", "false"]
         if data:
             overrides += ["--eval_dataset", data]
-        recipe = load_recipe(str(recipe_path), overrides)
-        tokenizer = AutoTokenizer.from_pretrained(run_dir)
-        splits = load_splits(recipe.data, label_column=recipe.data.label_column)
-        tokenized, names = prepare_classification(splits, tokenizer, recipe.data)
-        labels = {}
-        if not (Path(run_dir) / "config.json").is_file():  # an adapter saved without its task config
-            labels = {"num_labels": len(names), "id2label": dict(enumerate(names)),
-                      "label2id": {n: i for i, n in enumerate(names)}}
-        model = load_trained(run_dir, AutoModelForSequenceClassification, **labels)
-        model.config.pad_token_id = tokenizer.pad_token_id
-        trainer = SupervisedTrainer(
-            model=model,
-            args=recipe.training,
-            eval_dataset=tokenized["validation"],
-            processing_class=tokenizer,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=classification_metrics(names),
-        )
-        return trainer.evaluate(metric_key_prefix="eval")
+        return module.evaluate(load_recipe(str(recipe_path), overrides), run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import torch
 from conftest import make_topic_rows, write_recipe
 from safetensors.torch import load_file
 
-from hf_finetune.cli import load_recipe, run_recipe
+from hf_finetune.cli import evaluate_run, load_recipe, run_recipe
 from hf_finetune.self_supervised.text import tokenize_corpus
 from hf_finetune.self_supervised.train import SelfSupervisedTrainer, build, supports_padding_free
 
@@ -64,6 +64,10 @@ def test_masked_objectives_learn(tmp_path, tiny_bert_dir, corpus_dir, objective)
     assert not torch.equal(before[key], after[key])
     assert (tmp_path / "r" / "curves.png").is_file()
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    if objective == "span":  # `hf-finetune eval` scores the saved model with the same fixed masks
+        again = evaluate_run(str(tmp_path / "r"))
+        assert again["eval_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-5)
+        assert again["eval_perplexity"] == pytest.approx(metrics["eval_perplexity"], rel=1e-4)
 
 
 @pytest.mark.parametrize("objective", ["clm", "fim"])
@@ -246,6 +250,8 @@ def test_mlm_then_classify_chain_carries_the_lora_adapter(tmp_path, tiny_bert_di
     moved = {k: ((finetuned[k] - pretrained[k]).norm() / pretrained[k].norm()).item() for k in lora_keys}
     assert all(0 < m < 0.5 for m in moved.values()), moved
     assert any(k.startswith("base_model.model.classifier") for k in finetuned)
+    again = evaluate_run(str(run / "finetune"))  # base model + carried-and-trained adapter
+    assert again["eval_accuracy"] == pytest.approx(metrics["finetune_eval_accuracy"], abs=1e-5)
 
 
 def test_lora_adapter_path_starts_from_the_saved_matrices(tmp_path, tiny_bert_dir, tiny_llama_dir):

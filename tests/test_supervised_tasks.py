@@ -12,7 +12,7 @@ import torch
 from conftest import TOPICS, make_topic_rows, write_recipe
 from safetensors.torch import load_file
 
-from hf_finetune.cli import load_recipe, run_recipe
+from hf_finetune.cli import evaluate_run, load_recipe, run_recipe
 from hf_finetune.metrics import bio_entities, load_metric
 from hf_finetune.supervised import train as sup
 from hf_finetune.supervised.tasks import read_conll, regression_metrics
@@ -108,6 +108,14 @@ def test_multi_label_trains_and_scores(tiny_bert_dir, multi_label_file, tmp_path
     row = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
     assert set(row) == {"text", "labels", "predicted"} and row["labels"]
     assert_trained(out, tiny_bert_dir, metrics, "bert.encoder.layer.0.attention.self.query.weight")
+    assert_eval_reproduces(out, metrics, ("eval_f1_micro", "eval_f1_macro", "eval_loss"))
+
+
+def assert_eval_reproduces(out, metrics, keys):
+    """``hf-finetune eval RUN_DIR`` gives the metrics the training run reported."""
+    again = evaluate_run(str(out))
+    for key in keys:
+        assert again[key] == pytest.approx(metrics[key], abs=1e-5), key
 
 
 def test_regression_trains_and_scores(tiny_bert_dir, tmp_path):
@@ -149,6 +157,7 @@ def test_ner_from_conll_trains_and_writes_word_predictions(tiny_bert_dir, tmp_pa
     assert rows and all(len(r["tokens"]) == len(r["tags"]) == len(r["predicted"]) for r in rows)
     assert json.loads((out / "config.json").read_text())["id2label"]["0"] == "O"
     assert_trained(out, tiny_bert_dir, metrics, "bert.encoder.layer.0.attention.self.query.weight")
+    assert_eval_reproduces(out, metrics, ("eval_f1", "eval_accuracy", "eval_loss"))
 
 
 def test_label_alignment_first_subtoken_and_all(tiny_bert_dir):

@@ -19,6 +19,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoTokenizer,
     DataCollatorWithFlattening,
     Trainer,
     TrainerCallback,
@@ -33,6 +34,7 @@ from ..models import (
     head_module_names,
     load_model,
     load_tokenizer,
+    load_trained,
     model_source,
     trainable_parameters,
 )
@@ -177,6 +179,22 @@ def _check_model_kind(model_args: ModelArguments, objective: str) -> None:
         )
 
 
+def _block_size(data: DataArguments, model) -> int:
+    return data.max_length or getattr(model.config, "max_position_embeddings", None) or 512
+
+
+def _tokenize(recipe: Recipe, texts, tokenizer, block_size: int, split: str):
+    return tokenize_corpus(
+        texts,
+        tokenizer,
+        block_size,
+        packing=recipe.text.packing,
+        with_offsets=recipe.training.objective == "whole_word",
+        num_proc=recipe.data.preprocessing_num_workers,
+        split=split,
+    )
+
+
 def build(recipe: Recipe):
     """Tokenizer, model (LoRA-wrapped when asked), collator and tokenized splits, all validated."""
     args: SelfSupervisedConfig = recipe.training
@@ -193,22 +211,11 @@ def build(recipe: Recipe):
         # Under LoRA the embedding is frozen: the sentinel rows (new, or never used in pretraining)
         # would stay as initialised, so they train beside the adapters.
         sentinels = tokenizer.convert_tokens_to_ids(list(FIM_TOKENS))
-    block_size = data.max_length or getattr(model.config, "max_position_embeddings", None) or 512
+    block_size = _block_size(data, model)
     check_model_fits(model, tokenizer, block_size + (3 if args.objective == "fim" else 0))
     collator = make_collator(args, tokenizer)
     splits = split_corpus(data, text)
-    tokenized = {
-        split: tokenize_corpus(
-            ds,
-            tokenizer,
-            block_size,
-            packing=text.packing,
-            with_offsets=args.objective == "whole_word",
-            num_proc=data.preprocessing_num_workers,
-            split=split,
-        )
-        for split, ds in splits.items()
-    }
+    tokenized = {split: _tokenize(recipe, ds, tokenizer, block_size, split) for split, ds in splits.items()}
     if args.padding_free:
         if not supports_padding_free(model):
             raise ValueError(
@@ -279,6 +286,27 @@ def export_encoder(model, tokenizer, model_args: ModelArguments, directory: Path
     if result.unexpected_keys:
         raise ValueError(f"Cannot map the adapted weights onto {type(base).__name__}: {result.unexpected_keys[:3]}")
     export_model(base, tokenizer, directory)
+
+
+def evaluate(recipe: Recipe, run_dir: str) -> dict:
+    """Eval loss and perplexity of the model (or adapter) in ``run_dir`` on the recipe's held-out text.
+
+    Masks are the fixed evaluation masks of training, so the result reproduces the run's
+    ``metrics.json`` (or scores ``data.eval_dataset`` the same way).
+    """
+    args: SelfSupervisedConfig = recipe.training
+    args.remove_unused_columns, args.prediction_loss_only = False, True
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    model = load_trained(run_dir, AutoModelForMaskedLM if args.objective in MASKED_OBJECTIVES else AutoModelForCausalLM)
+    texts = split_corpus(recipe.data, recipe.text)["validation"]
+    trainer = SelfSupervisedTrainer(
+        model=model,
+        args=args,
+        eval_dataset=_tokenize(recipe, texts, tokenizer, _block_size(recipe.data, model), "validation"),
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithFlattening() if args.padding_free else make_collator(args, tokenizer),
+    )
+    return trainer.evaluate()
 
 
 def run(recipe: Recipe) -> dict:

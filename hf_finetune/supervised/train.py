@@ -10,6 +10,7 @@ import numpy as np
 from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
+    AutoTokenizer,
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
 )
@@ -18,7 +19,15 @@ from ..callbacks import NonFiniteGuardCallback, plot_confusion
 from ..config import DataArguments, LoraArguments, ModelArguments, Recipe
 from ..data import load_splits
 from ..metrics import confusion_matrix
-from ..models import apply_lora, check_model_fits, export_model, load_model, load_tokenizer, trainable_parameters
+from ..models import (
+    apply_lora,
+    check_model_fits,
+    export_model,
+    load_model,
+    load_tokenizer,
+    load_trained,
+    trainable_parameters,
+)
 from ..runs import finish_run, start_run, write_args_json
 from .config import SupervisedConfig
 from .tasks import (
@@ -46,6 +55,35 @@ def blocks(method: str) -> dict[str, type]:
     return BLOCKS
 
 
+def prepare_task_data(recipe: Recipe, tokenizer):
+    """Raw splits, tokenized splits, label names, the ``AutoModelFor*`` class and head settings of the task."""
+    data = recipe.data
+    task = getattr(recipe.training, "task", "classification")
+    head: dict = {}
+    if task == "token_classification":
+        if enable_prefix_space(tokenizer):
+            logger.info("Byte-level BPE tokenizer: add_prefix_space enabled for pre-split words.")
+        splits = load_token_splits(data)
+        tokenized, names, splits = prepare_token_classification(
+            splits, tokenizer, data, getattr(recipe.training, "label_all_tokens", False)
+        )
+        return splits, tokenized, names, AutoModelForTokenClassification, head
+    splits = load_splits(data, label_column=data.label_column)
+    if task == "multi_label":
+        tokenized, names = prepare_multi_label(splits, tokenizer, data)
+        head["problem_type"] = "multi_label_classification"
+    elif task == "regression":
+        tokenized, names = prepare_regression(splits, tokenizer, data)
+        head["problem_type"] = "regression"
+    else:
+        tokenized, names = prepare_classification(splits, tokenizer, data)
+    return splits, tokenized, names, AutoModelForSequenceClassification, head
+
+
+def _label_config(names: list[str]) -> dict:
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
 def build_classifier(recipe: Recipe):
     """Tokenizer, raw splits, tokenized splits, label names and model (LoRA-wrapped when asked), all validated.
 
@@ -57,39 +95,42 @@ def build_classifier(recipe: Recipe):
     model_args, data, lora = recipe.model, recipe.data, recipe.lora
     task = getattr(recipe.training, "task", "classification")
     tokenizer = load_tokenizer(model_args)
-    head: dict = {}
-    if task == "token_classification":
-        if enable_prefix_space(tokenizer):
-            logger.info("Byte-level BPE tokenizer: add_prefix_space enabled for pre-split words.")
-        splits = load_token_splits(data)
-        tokenized, names, splits = prepare_token_classification(
-            splits, tokenizer, data, getattr(recipe.training, "label_all_tokens", False)
-        )
-        auto_class = AutoModelForTokenClassification
-    else:
-        splits = load_splits(data, label_column=data.label_column)
-        auto_class = AutoModelForSequenceClassification
-        if task == "multi_label":
-            tokenized, names = prepare_multi_label(splits, tokenizer, data)
-            head["problem_type"] = "multi_label_classification"
-        elif task == "regression":
-            tokenized, names = prepare_regression(splits, tokenizer, data)
-            head["problem_type"] = "regression"
-        else:
-            tokenized, names = prepare_classification(splits, tokenizer, data)
-    model = load_model(
-        model_args,
-        auto_class,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
-        **head,
-    )
+    splits, tokenized, names, auto_class, head = prepare_task_data(recipe, tokenizer)
+    model = load_model(model_args, auto_class, **_label_config(names), **head)
     model.config.pad_token_id = tokenizer.pad_token_id
     check_model_fits(model, tokenizer, data.max_length)
     if lora.use_lora:
         model = apply_lora(model, lora, task_type="TOKEN_CLS" if task == "token_classification" else "SEQ_CLS")
     return tokenizer, splits, tokenized, names, model
+
+
+def _collator(args: SupervisedConfig, tokenizer):
+    if args.task == "token_classification":
+        return DataCollatorForTokenClassification(tokenizer)
+    return DataCollatorWithPadding(tokenizer)
+
+
+def evaluate(recipe: Recipe, run_dir: str) -> dict:
+    """Re-evaluate the model (or adapter) saved in ``run_dir`` on the data of ``recipe``, as training did.
+
+    The recipe is the run's own ``recipe.yaml`` (same seeded split and label order), possibly with
+    ``data.eval_dataset`` replaced; the metrics come back under the same ``eval_*`` names.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    _, tokenized, names, auto_class, head = prepare_task_data(recipe, tokenizer)
+    # An adapter saved without its task config needs the label layout to rebuild its head.
+    labels = {} if (Path(run_dir) / "config.json").is_file() else {**_label_config(names), **head}
+    model = load_trained(run_dir, auto_class, **labels)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    trainer = SupervisedTrainer(
+        model=model,
+        args=recipe.training,
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=_collator(recipe.training, tokenizer),
+        compute_metrics=_metrics_for(recipe.training, names),
+    )
+    return trainer.evaluate(metric_key_prefix="eval")
 
 
 def _metrics_for(args: SupervisedConfig, names: list[str]):
@@ -136,18 +177,13 @@ def run(recipe: Recipe) -> dict:
     tokenizer, raw, tokenized, names, model = build_classifier(recipe)
     trainable, total = trainable_parameters(model)
     logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-    collator = (
-        DataCollatorForTokenClassification(tokenizer)
-        if args.task == "token_classification"
-        else DataCollatorWithPadding(tokenizer)
-    )
     trainer = SupervisedTrainer(
         model=model,
         args=args,
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
-        data_collator=collator,
+        data_collator=_collator(args, tokenizer),
         compute_metrics=_metrics_for(args, names),
         callbacks=[NonFiniteGuardCallback()],
     )
