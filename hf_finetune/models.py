@@ -262,14 +262,22 @@ def _load_lora_matrices(model, path: str) -> None:
         result = set_peft_model_state_dict(model, {**own, **saved})
     except RuntimeError as error:  # a shape mismatch: another architecture or width
         raise ValueError(f"The LoRA adapter in {path} does not fit this model: {error}") from None
-    misplaced = [k for k in result.unexpected_keys if ".lora_" in k]
-    untouched = [k for k in result.missing_keys if ".lora_" in k]
-    if not saved or misplaced or untouched:
+    # The two models differ in their heads (BertForMaskedLM has cls.*, no pooler; the classifier
+    # the reverse): matrices on the old head are left behind, targets the old model lacked start
+    # fresh. Only an adapter of which nothing fits is an error (another base model).
+    unused_keys = [k for k in result.unexpected_keys if ".lora_" in k]
+    unused = sorted({k.split(".lora_")[0] for k in unused_keys})
+    fresh = sorted({k.split(".lora_")[0] for k in result.missing_keys if ".lora_" in k})
+    if len(unused_keys) == len(saved):
         raise ValueError(
-            f"The LoRA adapter in {path} does not fit {type(model.get_base_model()).__name__}: "
-            f"{len(saved)} saved matrices, {len(misplaced)} without a place here (e.g. {misplaced[:2]}), "
-            f"{len(untouched)} here without a saved value (e.g. {untouched[:2]}). Start it from the same base model."
+            f"The LoRA adapter in {path} does not fit {type(model.get_base_model()).__name__}: of its "
+            f"{len(saved)} matrices, those on {len(unused)} modules have no place here (e.g. {unused[:2]}). "
+            "Start it from the same base model."
         )
+    if unused:
+        logger.info("LoRA matrices on %d module(s) this model lacks are not used: %s", len(unused), unused[:4])
+    if fresh:
+        logger.info("LoRA on %d module(s) the adapter's model lacked starts fresh: %s", len(fresh), fresh[:4])
 
 
 def trainable_parameters(model) -> tuple[int, int]:

@@ -262,8 +262,9 @@ def test_lora_adapter_path_starts_from_the_saved_matrices(tmp_path, tiny_bert_di
     from hf_finetune.models import apply_lora
 
     torch.manual_seed(0)
+    # "dense" also matches the classifier's pooler, which BertForMaskedLM lacks: that one starts fresh.
     mlm = get_peft_model(AutoModelForMaskedLM.from_pretrained(tiny_bert_dir),
-                         LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+                         LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value", "dense"]))
     for name, p in mlm.named_parameters():
         if "lora_B" in name:
             p.data.normal_()
@@ -274,7 +275,12 @@ def test_lora_adapter_path_starts_from_the_saved_matrices(tmp_path, tiny_bert_di
                             "SEQ_CLS")
     assert classifier.peft_config["default"].r == 4
     loaded = {k.replace(".default", ""): v for k, v in classifier.state_dict().items() if "lora_" in k}
-    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    # The MLM head's own matrices stay behind; every encoder matrix is carried over.
+    head = {k for k in saved if ".cls." in k}
+    assert head and all(torch.equal(loaded[k], saved[k]) for k in saved if k not in head)
+    fresh = sorted(set(loaded) - set(saved))
+    assert [k.split(".lora_")[0] for k in fresh] == ["base_model.model.bert.pooler.dense"] * 2
+    assert not loaded["base_model.model.bert.pooler.dense.lora_B.weight"].any()  # PEFT's fresh init
     assert all(p.requires_grad for n, p in classifier.named_parameters() if "lora_" in n or "modules_to_save" in n)
     with pytest.raises(ValueError, match="does not fit"):
         apply_lora(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), lora, "CAUSAL_LM")
