@@ -10,6 +10,10 @@ MiniLM's MLM head is not pretrained (it starts at chance), so a short TAPT spend
 steps training that head: the encoder moves little, and a small or no gain is the expected
 outcome of a short budget. The script prints every run and a summary; nothing is hard-coded.
 
+With ``--lora`` both phases use LoRA: TAPT trains an adapter
+(recipes/self_supervised/tapt_bbc_news_lora.yaml) that fine-tuning carries on
+(``finetune_lora: carry``), against fine-tuning a fresh adapter of the same shape.
+
 Example:
     OMP_NUM_THREADS=2 python bench/bench_self_supervised_tapt.py --tapt_steps 60 --ft_steps 30
 """
@@ -55,7 +59,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--regimes", nargs="+", default=["10", "50", "all"])
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--lora", action="store_true",
+                        help="LoRA in both phases: the TAPT adapter is carried into fine-tuning; baseline: a fresh one")
     opts = parser.parse_args()
+    if opts.lora and opts.head_warmup:
+        parser.error("--head_warmup needs full training; with --lora the head trains beside the adapter")
+    recipe = "tapt_bbc_news_lora.yaml" if opts.lora else "tapt_bbc_news.yaml"
     logging.disable(logging.WARNING)
     work = Path(opts.out or tempfile.mkdtemp(prefix="bench_tapt_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -70,7 +79,7 @@ def main() -> None:
 
     started = time.time()
     tapt = load_recipe(
-        ROOT / "recipes/self_supervised/tapt_bbc_news.yaml",
+        ROOT / "recipes/self_supervised" / recipe,
         [
             "--dataset", str(corpus), "--max_length", str(opts.max_length), "--validation_size", "0.05",
             "--max_steps", str(opts.tapt_steps), "--per_device_train_batch_size", str(opts.tapt_batch),
@@ -96,19 +105,26 @@ def main() -> None:
         f"{mlm_before if mlm_before is None else round(mlm_before, 3)} -> after {history['eval_loss']:.3f}",
         flush=True,
     )
-    encoder = work / "tapt" / "encoder"
+    # What fine-tuning starts from: the merged encoder, or (LoRA) the base model plus the TAPT adapter.
+    inits = {"base": ["--model_name_or_path", MINILM_ID], "tapt": ["--model_name_or_path", str(work / "tapt" / "encoder")]}
+    if opts.lora:
+        lora = tapt.lora
+        shape = ["--use_lora", "true", "--lora_r", str(lora.lora_r), "--lora_alpha", str(lora.lora_alpha),
+                 "--lora_target_modules", *lora.lora_target_modules]
+        inits = {"base": inits["base"] + shape,
+                 "tapt": inits["base"] + shape + ["--lora_adapter_path", str(work / "tapt")]}
     results: dict[tuple[str, str], list[float]] = {}
     # Seeds outermost: if the run is cut short, every regime has been measured for the first seeds.
     for seed in opts.seeds:
         for regime in opts.regimes:
-            for init, model in (("base", MINILM_ID), ("tapt", str(encoder))):
+            for init, start in inits.items():
                 if regime == "all" and seed == opts.seeds[0] and init == "tapt":
                     acc = tapt_metrics["finetune_eval_accuracy"]
                     f1 = tapt_metrics["finetune_eval_f1_macro"]
                     secs = float("nan")
                 else:
                     overrides = [
-                        "--model_name_or_path", model, "--seed", str(seed), "--max_steps", str(opts.ft_steps),
+                        *start, "--seed", str(seed), "--max_steps", str(opts.ft_steps),
                         "--max_length", str(opts.max_length), "--output_dir", str(work / f"ft_{init}_{regime}_{seed}"),
                         "--report_to", "none", "--disable_tqdm", "true", "--predictions_file", "false",
                         "--max_eval_samples", str(opts.eval_samples),
@@ -131,7 +147,7 @@ def summarize(results, opts, n_eval, when):
     print(f"\nSummary {when} (eval accuracy on {min(opts.eval_samples, n_eval)} held-out articles, mean +- sd "
           f"over seeds; fine-tuning {opts.ft_steps} steps x {opts.ft_batch} at lr {opts.ft_lr} in every run; "
           f"TAPT {opts.tapt_steps} MLM steps x {opts.tapt_batch} at lr {opts.tapt_lr}, "
-          f"the first {opts.head_warmup} training the head only):")
+          f"the first {opts.head_warmup} training the head only{'; LoRA in both phases' if opts.lora else ''}):")
     print(f"{'labels/class':>12} | {'no TAPT':>16} | {'TAPT':>16} | {'gain':>7} | seeds")
     for regime in opts.regimes:
         base, adapted = results.get((regime, "base"), []), results.get((regime, "tapt"), [])
