@@ -247,7 +247,7 @@ def _saved_adapter_config(path: str) -> dict:
 
 
 def _load_lora_matrices(model, path: str) -> None:
-    """Copy the saved adapter's LoRA matrices into ``model`` and check that every one found its place.
+    """Copy the saved adapter's LoRA matrices into ``model`` wherever their module exists here.
 
     Only the matrices carry over: the saved adapter's head and modules_to_save belonged to its own
     task (e.g. a masked-LM head), and the new task's head starts as in a fresh run.
