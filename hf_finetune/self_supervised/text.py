@@ -133,7 +133,9 @@ def tokenize_corpus(
     end_doc = [sep] if sep is not None and (packing == "concat" or n_special == 0) else []
 
     def encode(batch):
-        enc = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=with_offsets)
+        # Whole documents, cut into blocks below: the "longer than the maximum length" warning
+        # would be about sequences that never reach the model.
+        enc = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=with_offsets, verbose=False)
         out = {"ids": [ids + end_doc for ids in enc["input_ids"]]}
         if with_offsets:
             out["offs"] = [word_offsets(t, o) + [(0, 0)] * len(end_doc) for t, o in zip(batch["text"], enc["offset_mapping"])]
