@@ -37,7 +37,7 @@ ALGO_KWARGS = {
 
 def lm_agent(algorithm: str, steps: int, episodes: int, encoder_mode: str = "frozen", deterministic: bool = True) -> dict:
     from hf_finetune.config import parse_recipe
-    from hf_finetune.rl.agents.train import BLOCKS, run
+    from hf_finetune.rl_env.train import BLOCKS, run
 
     algo_kwargs = dict(ALGO_KWARGS[algorithm])
     data = {

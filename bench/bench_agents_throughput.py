@@ -33,7 +33,7 @@ PPO_KWARGS = {"n_steps": 128, "batch_size": 64, "n_epochs": 4, "seed": 0, "devic
 def text_envs(n_envs: int):
     from stable_baselines3.common.env_util import make_vec_env
 
-    from hf_finetune.rl.agents.envs import make_env
+    from hf_finetune.rl_env.envs import make_env
 
     kwargs = {"env_id": "hf_finetune/BabyAI-Text-v0", "level": LEVEL, "max_length": 96,
               "tokenizer": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -63,7 +63,7 @@ def symbolic_envs(n_envs: int):
 def lm_ppo(env, cache_size: int):
     from stable_baselines3 import PPO
 
-    from hf_finetune.rl.agents.extractor import LMFeaturesExtractor
+    from hf_finetune.rl_env.extractor import LMFeaturesExtractor
 
     kwargs = {"features_extractor_class": LMFeaturesExtractor,
               "features_extractor_kwargs": {"encoder": "sentence-transformers/all-MiniLM-L6-v2",
@@ -96,7 +96,7 @@ def main() -> None:
     import torch
     from stable_baselines3 import PPO
 
-    from hf_finetune.rl.agents.extractor import frozen_encoders
+    from hf_finetune.rl_env.extractor import frozen_encoders
 
     torch.set_num_threads(args.threads)
     rows = []

@@ -19,7 +19,7 @@ METHODS = {
     "supervised": "hf_finetune.supervised.train",
     "sft": "hf_finetune.supervised.sft_trainer",
     "self_supervised": "hf_finetune.self_supervised.train",
-    "rl_env": "hf_finetune.rl.agents.train",
+    "rl_env": "hf_finetune.rl_env.train",
     "ppo": "hf_finetune.rl.train",
     "grpo": "hf_finetune.rl.train",
     "rloo": "hf_finetune.rl.train",

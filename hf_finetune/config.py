@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,22 @@ from typing import Any
 
 import yaml
 from transformers import HfArgumentParser
+
+
+def default_report_to() -> list[str]:
+    """``["tensorboard"]`` when tensorboard is installed, else ``[]``: the default ``report_to`` of our configs.
+
+    Use it as ``report_to: ... = field(default_factory=default_report_to, ...)`` in a method's
+    ``TrainingArguments`` subclass; an explicit ``report_to`` in a recipe (``none``, ``wandb``...) wins.
+    """
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+
+
+REPORT_TO_HELP = (
+    "Where to log: 'tensorboard' (the default when tensorboard is installed; event files in "
+    "<output_dir>/runs), 'wandb', 'all' or 'none'."
+)
+
 
 
 @dataclass

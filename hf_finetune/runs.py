@@ -7,7 +7,6 @@ resolved recipe), ``metrics.json``, ``training_args.json`` and ``curves.png``; c
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import logging
@@ -23,7 +22,7 @@ from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .callbacks import plot_curves
-from .config import Recipe
+from .config import REPORT_TO_HELP, Recipe, default_report_to  # noqa: F401 - re-exported for old imports
 from .models import save_task_config
 
 logger = logging.getLogger(__name__)
@@ -104,21 +103,6 @@ def loss_uses_num_items(model: Any) -> bool:
         loss_fn = getattr(base, "_loss_function", None) or LOSS_MAPPING.get(loss_type) or LOSS_MAPPING["ForCausalLM"]
         return "num_items_in_batch" in inspect.signature(loss_fn).parameters
     return False
-
-
-def default_report_to() -> list[str]:
-    """``["tensorboard"]`` when tensorboard is installed, else ``[]``: the default ``report_to`` of our configs.
-
-    Use it as ``report_to: ... = field(default_factory=default_report_to, ...)`` in a method's
-    ``TrainingArguments`` subclass; an explicit ``report_to`` in a recipe (``none``, ``wandb``...) wins.
-    """
-    return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
-
-
-REPORT_TO_HELP = (
-    "Where to log: 'tensorboard' (the default when tensorboard is installed; event files in "
-    "<output_dir>/runs), 'wandb', 'all' or 'none'."
-)
 
 
 def write_args_json(args: Any, output_dir: Path) -> None:

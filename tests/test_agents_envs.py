@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from stable_baselines3.common.env_checker import check_env
 
-from hf_finetune.rl.agents.envs import (
+from hf_finetune.rl_env.envs import (
     BabyAITextEnv,
     TextBanditEnv,
     TextObservationWrapper,

@@ -9,8 +9,8 @@ from gymnasium import spaces
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from hf_finetune.rl.agents.envs import make_env
-from hf_finetune.rl.agents.extractor import EncoderLRAdam, FrozenEncoder, LMFeaturesExtractor, pool
+from hf_finetune.rl_env.envs import make_env
+from hf_finetune.rl_env.extractor import EncoderLRAdam, FrozenEncoder, LMFeaturesExtractor, pool
 
 TEXTS = ["goal match team", "chip code data", "bank shares profit", "the cup"]
 

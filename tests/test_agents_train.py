@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from hf_finetune.config import parse_recipe
-from hf_finetune.rl.agents.train import BLOCKS, load_agent, run
+from hf_finetune.rl_env.train import BLOCKS, load_agent, run
 
 # Six two-word texts over three labels. The tiny BERT is random, not pretrained, so a frozen
 # encoder cannot *understand* them; but it is a fixed function, and distinct token sequences get
@@ -163,7 +163,7 @@ def test_subprocess_envs_and_babyai_text(tiny_bert_dir, tmp_path):
 
 def test_non_finite_weights_stop_training_naming_the_step(tiny_bert_dir, tmp_path):
     from hf_finetune.callbacks import NonFiniteLossError
-    from hf_finetune.rl.agents.train import EncoderStatsCallback, build_agent, build_envs
+    from hf_finetune.rl_env.train import EncoderStatsCallback, build_agent, build_envs
 
     recipe = parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "a2c"), BLOCKS)
     model = build_agent(recipe, build_envs(recipe))

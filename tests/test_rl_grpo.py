@@ -9,7 +9,10 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_finetune.rl.grpo import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+from hf_finetune.rl.grpo_config import GRPOConfig
+from hf_finetune.rl.grpo_trainer import GRPOTrainer
+from hf_finetune.rl.rloo_config import RLOOConfig
+from hf_finetune.rl.rloo_trainer import RLOOTrainer
 
 METHODS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import DataArguments
+from ..config import REPORT_TO_HELP, DataArguments, default_report_to
 
 
 @dataclass
@@ -110,3 +110,54 @@ class RewardArguments:
             raise ValueError(f"reward.reward_model_output={self.reward_model_output!r}: use 'prob' or 'logit'.")
         if self.reward_model_batch_size < 1:
             raise ValueError("reward.reward_model_batch_size must be >= 1.")
+
+
+@dataclass
+class GroupRLArguments:
+    """Fields our GRPO/RLOO configs share with ``PPOConfig`` (same names, same meaning), and their
+    CPU-safe defaults: listed before the TRL config in the bases, these fields override TRL's."""
+
+    prompt_column: str = field(default="prompt", metadata={"help": "Dataset column holding the prompt text."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Fail before training when a prompt has more tokens than this. None: no check."}
+    )
+    kl_coef: float | None = field(
+        default=None,
+        metadata={"help": "KL penalty coefficient under PPO's name; when set it overrides beta (so recipes switch "
+                  "between ppo, grpo and rloo unchanged)."},
+    )
+    num_sample_generations: int = field(
+        default=8, metadata={"help": "Evaluation generations written to the samples table (samples/eval_step*.jsonl and .md)."}
+    )
+    bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (off by default: CPUs and older GPUs)."})
+    # None (not TRL's True): transformers then resolves it from activation_checkpointing, default off.
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off by default here)."}
+    )
+    max_completion_length: int = field(default=64, metadata={"help": "Most tokens generated per completion."})
+    num_generations: int = field(default=4, metadata={"help": "Completions sampled per prompt (the group)."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Initial learning rate of AdamW."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    report_to: None | str | list[str] = field(default_factory=default_report_to, metadata={"help": REPORT_TO_HELP})
+    # Set from code, not recipes: the model is loaded from the `model` block (which owns
+    # trust_remote_code), and the weights come from the `reward` block (reward_weights).
+    trust_remote_code: bool = field(default=False, init=False)
+    reward_weights: list[float] | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kl_coef is not None:
+            if self.kl_coef < 0:
+                raise ValueError(f"training.kl_coef={self.kl_coef}: use a value >= 0.")
+            self.beta = self.kl_coef
+        if not self.prompt_column:
+            raise ValueError("training.prompt_column is empty: name the dataset column that holds the prompts.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError("training.max_prompt_length must be >= 1 (or null).")
+        if self.max_completion_length < 1:
+            raise ValueError("training.max_completion_length must be >= 1.")
+        if self.num_generations < 2:
+            raise ValueError(
+                f"training.num_generations={self.num_generations}: group-relative methods need >= 2 completions per "
+                "prompt (the baseline is the mean of the others)."
+            )

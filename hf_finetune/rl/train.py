@@ -2,7 +2,7 @@
 
 The three methods take the same ``model``, ``data``, ``lora`` and ``reward`` blocks; only the
 ``training`` block's class differs (:class:`~hf_finetune.rl.ppo_config.PPOConfig`,
-:class:`~hf_finetune.rl.grpo.GRPOConfig`, :class:`~hf_finetune.rl.grpo.RLOOConfig`), and their
+:class:`~hf_finetune.rl.grpo_config.GRPOConfig`, :class:`~hf_finetune.rl.rloo_config.RLOOConfig`), and their
 shared fields (``prompt_column``, ``max_prompt_length``, ``max_completion_length``,
 ``temperature``, ``kl_coef``, ``num_sample_generations`` and every ``TrainingArguments`` field)
 have one name and meaning. A recipe that sticks to those switches algorithm with its ``method``.
@@ -35,11 +35,15 @@ def _trainer_classes(method: str) -> tuple[type, type]:
         from .ppo_trainer import PPOTrainer
 
         return PPOConfig, PPOTrainer
-    from .grpo import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
-
     if method == "grpo":
+        from .grpo_config import GRPOConfig
+        from .grpo_trainer import GRPOTrainer
+
         return GRPOConfig, GRPOTrainer
     if method == "rloo":
+        from .rloo_config import RLOOConfig
+        from .rloo_trainer import RLOOTrainer
+
         return RLOOConfig, RLOOTrainer
     raise ValueError(f"Unknown RL method {method!r}: use one of {list(RL_METHODS)}.")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..runs import REPORT_TO_HELP, default_report_to
+from ..config import REPORT_TO_HELP, default_report_to
 
 SUPERVISED_TASKS = ("classification", "multi_label", "regression", "token_classification")
 SCHEDULES = ("global-local", "lp-ft", "gradual-unfreezing")

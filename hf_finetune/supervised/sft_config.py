@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import trl
 
-from ..runs import REPORT_TO_HELP, default_report_to
+from ..config import REPORT_TO_HELP, default_report_to
 from .config import StageArguments
 
 

@@ -9,7 +9,7 @@ Registered with gymnasium under the ``hf_finetune/`` prefix (importing this modu
   observation is a text, the action a label, reward 1 when right).
 
 Both come wrapped in :class:`TextObservationWrapper`, so the observation is a fixed-length ``Box``
-of token ids that :class:`~hf_finetune.rl.agents.extractor.LMFeaturesExtractor` reads.
+of token ids that :class:`~hf_finetune.rl_env.extractor.LMFeaturesExtractor` reads.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ TEXT_KEY = "text"
 def _load_tokenizer(tokenizer: Any):
     if not isinstance(tokenizer, str):
         return tokenizer
-    from ...config import ModelArguments
-    from ...models import load_tokenizer
+    from ..config import ModelArguments
+    from ..models import load_tokenizer
 
     return load_tokenizer(ModelArguments(model_name_or_path=tokenizer))
 
@@ -334,8 +334,8 @@ def load_bandit_data(dataset: str, split: str = "train", text_column: str = "tex
     """Texts, integer labels and label names of one split of a dataset from :mod:`hf_finetune.data`."""
     from datasets import ClassLabel
 
-    from ...config import DataArguments
-    from ...data import load_splits, require_columns
+    from ..config import DataArguments
+    from ..data import load_splits, require_columns
 
     args = DataArguments(dataset=dataset, text_column=text_column, label_column=label_column,
                          validation_size=validation_size, split_seed=split_seed)
@@ -392,8 +392,8 @@ def make_text_bandit(tokenizer: Any = "sentence-transformers/all-MiniLM-L6-v2", 
 
 # The two envs of this package (a literal dict: gym.register is the registry).
 ENTRY_POINTS = {
-    "hf_finetune/BabyAI-Text-v0": "hf_finetune.rl.agents.envs:make_babyai_text",
-    "hf_finetune/TextBandit-v0": "hf_finetune.rl.agents.envs:make_text_bandit",
+    "hf_finetune/BabyAI-Text-v0": "hf_finetune.rl_env.envs:make_babyai_text",
+    "hf_finetune/TextBandit-v0": "hf_finetune.rl_env.envs:make_text_bandit",
 }
 
 

@@ -40,8 +40,8 @@ ACCEPTED_SPACES = (
 def _load_encoder(encoder: str, revision: str | None = None):
     from transformers import AutoModel
 
-    from ...config import ModelArguments
-    from ...models import load_model
+    from ..config import ModelArguments
+    from ..models import load_model
 
     return load_model(ModelArguments(model_name_or_path=encoder, revision=revision), AutoModel)
 
@@ -196,8 +196,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         if encoder_mode == "frozen":
             from transformers import AutoConfig
 
-            from ...config import ModelArguments
-            from ...models import model_source
+            from ..config import ModelArguments
+            from ..models import model_source
 
             config = AutoConfig.from_pretrained(model_source(ModelArguments(model_name_or_path=encoder)),
                                                 revision=revision)
@@ -210,8 +210,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         else:
             model = _load_encoder(encoder, revision)
             if encoder_mode == "lora":
-                from ...config import LoraArguments
-                from ...models import apply_lora
+                from ..config import LoraArguments
+                from ..models import apply_lora
 
                 model = apply_lora(model, LoraArguments(use_lora=True, **(lora or {})), task_type=None)
             object.__setattr__(self, "frozen", None)

@@ -35,8 +35,8 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from ...callbacks import NonFiniteLossError, plot_curves
-from ...config import LoraArguments, ModelArguments, Recipe, parse_recipe
+from ..callbacks import NonFiniteLossError, plot_curves
+from ..config import LoraArguments, ModelArguments, Recipe, parse_recipe
 from .config import AgentConfig, EnvArguments
 from .envs import make_env
 from .extractor import EncoderLRAdam, LMFeaturesExtractor, frozen_encoders
@@ -304,7 +304,7 @@ def _card_body(recipe: Recipe, metrics: dict[str, Any]) -> str:
 ## Files
 
 `policy.safetensors` holds the policy weights (a frozen encoder is not included: it is reloaded
-from its id); `recipe.yaml` rebuilds the agent: `hf_finetune.rl.agents.train.load_agent(run_dir)`.
+from its id); `recipe.yaml` rebuilds the agent: `hf_finetune.rl_env.train.load_agent(run_dir)`.
 `agent.zip` is SB3's own format (its `data` entry contains cloudpickled objects: only load it from
 a source you trust).
 """
@@ -325,7 +325,7 @@ tags: [reinforcement-learning, stable-baselines3, {agent.algorithm}, hf-finetune
 
 def push_agent(run_dir: Path, recipe: Recipe, metrics: dict[str, Any]) -> str:
     """Push the run with :func:`hf_finetune.hub.push_run` (one commit, card with model-index); returns its URL."""
-    from ...hub import push_run
+    from ..hub import push_run
 
     agent = recipe.agent
     extra = {
@@ -349,7 +349,7 @@ def run(recipe: Recipe) -> dict:
     started = time.time()
     _lora_settings(recipe)  # fail on frozen + LoRA before loading anything
     if agent.push_to_hub:
-        from ...hub import check_push_ready
+        from ..hub import check_push_ready
 
         check_push_ready(agent.hub_model_id)  # no token or a bad repo id: fail now, not after training
     set_random_seed(agent.seed)

@@ -1,0 +1,210 @@
+"""GRPO (and the part RLOO shares with it): thin subclasses of TRL's maintained trainers that take the same blocks as our PPO.
+
+What the subclasses add to ``trl.GRPOTrainer`` / ``trl.RLOOTrainer``:
+
+- the constructor of :class:`~hf_finetune.rl.ppo_trainer.PPOTrainer` (``reward_funcs`` +
+  ``reward_weights`` + ``reward_model`` + ``eval_metrics``, ``prompt_column``), so ``train.py``
+  builds all three methods the same way;
+- CPU-safe config defaults (TRL defaults to ``bf16=True`` and ``gradient_checkpointing=True``),
+  ``kl_coef`` as an alias of ``beta`` (PPO's name), and checks that fail before step 1;
+- evaluation that ``eval_strategy`` drives: greedy generation on held-out prompts scored by the
+  rewards and by reward-independent task metrics, with a sample-generations table — the same
+  :func:`~hf_finetune.rl.rewards.evaluate_generations` PPO uses (TRL's own evaluation samples
+  ``num_generations`` completions per prompt and reports the training loss);
+- ``training_args.json`` instead of the pickled ``training_args.bin``, and the non-finite guard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import trl
+from transformers import Trainer
+
+from ..callbacks import NonFiniteGuardCallback
+from ..runs import RunTrainerMixin
+from .rewards import RewardModelScorer, evaluate_generations, resolve_reward_funcs
+
+logger = logging.getLogger(__name__)
+
+
+class GroupTrainerMixin(RunTrainerMixin):
+    """Shared constructor checks and generation-based evaluation of our GRPO and RLOO trainers."""
+
+    def __init__(self, model, args, train_dataset, eval_dataset=None, processing_class=None,
+                 reward_funcs=None, reward_weights=None, reward_model=None, reward_processing_class=None,
+                 value_model=None, ref_model=None, peft_config=None, eval_metrics=None, callbacks=None):
+        # PPOTrainer's signature, so a recipe switches method by one word; PPO-only models are refused.
+        _reject_ppo_only(value_model, ref_model, type(self).__name__)
+        funcs, train_dataset, eval_dataset, callbacks = self._setup_rl(
+            model, args, train_dataset, eval_dataset, processing_class, reward_funcs, reward_weights,
+            reward_model, reward_processing_class, peft_config, eval_metrics, callbacks)
+        super().__init__(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+                         peft_config=peft_config)
+
+    def _setup_rl(self, model, args, train_dataset, eval_dataset, processing_class, reward_funcs, reward_weights,
+                  reward_model, reward_processing_class, peft_config, eval_metrics, callbacks):
+        funcs = resolve_reward_funcs(list(reward_funcs or []))
+        if reward_model is not None:
+            if hasattr(reward_model, "config"):  # a raw classifier, not a scorer
+                if reward_processing_class is None:
+                    raise ValueError("A reward_model given as a model needs its tokenizer as reward_processing_class.")
+                reward_model = RewardModelScorer(reward_model, reward_processing_class)
+            funcs.append(reward_model)
+        if not funcs:
+            raise ValueError("No reward: pass reward_funcs and/or a reward_model.")
+        if reward_weights is not None:
+            if len(reward_weights) != len(funcs):
+                raise ValueError(f"{len(reward_weights)} reward weights for {len(funcs)} rewards: give one each.")
+            args.reward_weights = [float(w) for w in reward_weights]
+        if processing_class is None:
+            raise ValueError("Pass the policy tokenizer as processing_class.")
+        if processing_class.pad_token is None:
+            if processing_class.eos_token is None:
+                raise ValueError("The policy tokenizer has no pad and no EOS token: add one before RL training.")
+            processing_class.pad_token = processing_class.eos_token
+        if processing_class.eos_token_id is None:
+            raise ValueError("The policy tokenizer has no EOS token: completions could never end.")
+        train_dataset = self._prepare_prompts(train_dataset, args, processing_class, "train_dataset")
+        if eval_dataset is not None:
+            eval_dataset = self._prepare_prompts(eval_dataset, args, processing_class, "eval_dataset")
+        elif args.eval_strategy != "no":
+            raise ValueError(f"eval_strategy={args.eval_strategy!r} needs an eval_dataset of held-out prompts.")
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        longest = max(len(ids) for ids in processing_class(list(train_dataset["prompt"]), add_special_tokens=False)["input_ids"])
+        if limit is not None and longest + args.max_completion_length > limit:
+            raise ValueError(
+                f"The longest prompt ({longest} tokens) + max_completion_length ({args.max_completion_length}) exceeds "
+                f"the model's max_position_embeddings ({limit}): shorten the prompts or max_completion_length."
+            )
+        if args.beta > 0 and peft_config is None and not hasattr(model, "peft_config"):
+            name = getattr(getattr(model, "config", None), "_name_or_path", "")
+            if isinstance(model, str):
+                name = model
+            if not name or (not os.path.isdir(name) and os.environ.get("HF_HUB_OFFLINE") == "1"):
+                # TRL rebuilds the frozen reference model from model.config._name_or_path.
+                raise ValueError(
+                    f"beta/kl_coef={args.beta} needs a reference model, which TRL reloads from "
+                    f"model.config._name_or_path ({name!r}), not a saved model: save the model with "
+                    "save_pretrained() and load it from that folder, use LoRA (the reference is the adapter-disabled "
+                    "base), or set kl_coef: 0."
+                )
+        self._rl_reward_funcs = funcs
+        self._rl_eval_metrics = resolve_reward_funcs(list(eval_metrics or []))
+        callbacks = [*(callbacks or []), NonFiniteGuardCallback()]
+        return funcs, train_dataset, eval_dataset, callbacks
+
+    @staticmethod
+    def _prepare_prompts(dataset, args, tokenizer, where: str):
+        column = args.prompt_column
+        if column not in dataset.column_names:
+            raise ValueError(f"{where} has no prompt column '{column}' (columns: {dataset.column_names}): "
+                             "set training.prompt_column.")
+        if len(dataset) == 0:
+            raise ValueError(f"{where} is empty: RL needs at least one prompt.")
+        if column != "prompt":
+            if "prompt" in dataset.column_names:
+                dataset = dataset.remove_columns("prompt")
+            dataset = dataset.rename_column(column, "prompt")
+        if not all(isinstance(p, str) and p for p in dataset["prompt"]):
+            raise ValueError(f"{where}: every prompt must be a non-empty string (render chat prompts with the template).")
+        if args.max_prompt_length is not None:
+            sizes = [len(ids) for ids in tokenizer(list(dataset["prompt"]), add_special_tokens=False)["input_ids"]]
+            if max(sizes) > args.max_prompt_length:
+                raise ValueError(f"{where}: a prompt has {max(sizes)} tokens > max_prompt_length="
+                                 f"{args.max_prompt_length}: raise it or shorten the prompts.")
+        return dataset
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Greedy generation on held-out prompts: mean reward, task metrics and a sample-generations table."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset of held-out prompts.")
+        if isinstance(dataset, dict):  # several named eval sets
+            out = {}
+            for name, part in dataset.items():
+                out.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return out
+        columns = {c: list(dataset[c]) for c in dataset.column_names if c != "prompt"}
+        model = self.accelerator.unwrap_model(self.model)
+        raw, table = evaluate_generations(
+            model,
+            self.processing_class,
+            list(dataset["prompt"]),
+            columns,
+            self._rl_reward_funcs,
+            self.args.reward_weights,
+            self._rl_eval_metrics,
+            max_new_tokens=self.args.max_completion_length,
+            batch_size=self.args.per_device_eval_batch_size,
+            num_logged=self.args.num_sample_generations,
+        )
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
+        # Trainer.log, not TRL's log: TRL's merges (and clears) the pending training metrics.
+        Trainer.log(self, metrics)
+        if self.is_world_process_zero():
+            stem = Path(self.args.output_dir) / "samples" / f"{metric_key_prefix}_step{self.state.global_step}"
+            markdown = _write_samples(table, stem)
+            for callback in self.callback_handler.callbacks:  # TensorBoard's text tab, as PPOTrainer does
+                writer = getattr(callback, "tb_writer", None)
+                if writer is not None and markdown:
+                    writer.add_text(f"{metric_key_prefix}/samples", markdown, self.state.global_step)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class GRPOTrainer(GroupTrainerMixin, trl.GRPOTrainer):
+    """TRL's ``GRPOTrainer`` with the constructor of our ``PPOTrainer`` and generation-based evaluation.
+
+    Args:
+        model: Policy (``AutoModelForCausalLM``, or a PEFT model), loaded from a folder when ``beta > 0``
+            without LoRA (TRL reloads the reference from ``model.config._name_or_path``).
+        args: A :class:`GRPOConfig`.
+        train_dataset: Prompts (``args.prompt_column``) plus any columns the rewards read.
+        eval_dataset: Held-out prompts for evaluation.
+        processing_class: The policy tokenizer (needs EOS; pad falls back to EOS).
+        reward_funcs: Reward functions or recipe names (see :func:`~hf_finetune.rl.rewards.resolve_reward_funcs`).
+        reward_weights: One weight per reward (functions first, then ``reward_model``).
+        reward_model: A :class:`~hf_finetune.rl.rewards.RewardModelScorer`, or a sequence classifier
+            (with ``reward_processing_class``) scored by its first label/logit.
+        reward_processing_class: Tokenizer of a raw ``reward_model``.
+        peft_config: A ``peft.LoraConfig`` to train adapters; the reference is then the adapter-disabled base.
+        eval_metrics: Task metrics (reward-function signature) reported at evaluation only.
+        callbacks: Extra ``TrainerCallback``s.
+
+    Example:
+        >>> trainer = GRPOTrainer(model, GRPOConfig(output_dir="out", max_steps=20), prompts,
+        ...                       processing_class=tok, reward_funcs=["exact_match"])  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+    """
+
+
+def _write_samples(table: list[dict], stem: Path) -> str:
+    """Write the sample-generations table as JSON lines and Markdown (the files PPOTrainer writes); returns the Markdown."""
+    if not table:
+        return ""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in table))
+    keys = list(table[0])
+
+    def cell(value):
+        return (f"{value:.4f}" if isinstance(value, float) else str(value)).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(row[k]) for k in keys) + " |" for row in table]
+    markdown = "\n".join(lines) + "\n"
+    stem.with_suffix(".md").write_text(markdown)
+    return markdown
+
+
+def _reject_ppo_only(value_model, ref_model, name: str) -> None:
+    # Same signature as PPOTrainer so train.py builds all three alike; these two only mean something there.
+    if value_model is not None:
+        raise ValueError(f"{name} is critic-free: value_model is a PPO argument (use method: ppo).")
+    if ref_model is not None:
+        raise ValueError(f"{name} builds its own reference model (reloaded by name, or the adapter-disabled base "
+                         "with LoRA): do not pass ref_model.")
