@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import trl
 
+from ..config import CheckedRanges
 from .config import GroupRLArguments
 
 
 @dataclass
-class GRPOConfig(GroupRLArguments, trl.GRPOConfig):
+class GRPOConfig(CheckedRanges, GroupRLArguments, trl.GRPOConfig):
     """``trl.GRPOConfig`` with CPU-safe defaults and the fields shared with ``PPOConfig``.
 
     ``per_device_train_batch_size`` counts completions (prompts x ``num_generations``), as in TRL.

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..config import REPORT_TO_HELP, default_report_to
+from ..config import REPORT_TO_HELP, CheckedRanges, default_report_to
 
 
 @dataclass
-class PPOConfig(TrainingArguments):
+class PPOConfig(CheckedRanges, TrainingArguments):
     """``TrainingArguments`` for PPO on a causal LM.
 
     One PPO *step* (``global_step``, what ``max_steps``, ``logging_steps``, ``eval_steps`` and

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..config import REPORT_TO_HELP, default_report_to
+from ..config import REPORT_TO_HELP, CheckedRanges, default_report_to
 
 OBJECTIVES = ("mlm", "whole_word", "span", "clm", "fim")
 MASKED_OBJECTIVES = ("mlm", "whole_word", "span")
@@ -50,7 +50,7 @@ class TextArguments:
 
 
 @dataclass
-class SelfSupervisedConfig(TrainingArguments):
+class SelfSupervisedConfig(CheckedRanges, TrainingArguments):
     """Training arguments of the ``self_supervised`` method: the objective and its masking settings.
 
     Example:

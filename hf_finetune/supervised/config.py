@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..config import REPORT_TO_HELP, default_report_to
+from ..config import REPORT_TO_HELP, CheckedRanges, default_report_to
 
 SUPERVISED_TASKS = ("classification", "multi_label", "regression", "token_classification")
 SCHEDULES = ("global-local", "lp-ft", "gradual-unfreezing")
@@ -141,7 +141,7 @@ class StageArguments:
 
 
 @dataclass
-class SupervisedConfig(StageArguments, TrainingArguments):
+class SupervisedConfig(CheckedRanges, StageArguments, TrainingArguments):
     """Training arguments of the ``supervised`` method (the recipe's ``training`` block).
 
     Example:

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 import trl
 
-from ..config import REPORT_TO_HELP, default_report_to
+from ..config import REPORT_TO_HELP, CheckedRanges, default_report_to
 from .config import StageArguments
 
 
 @dataclass
-class InstructionSFTConfig(StageArguments, trl.SFTConfig):
+class InstructionSFTConfig(CheckedRanges, StageArguments, trl.SFTConfig):
     """The ``training`` block of the ``sft`` method: ``trl.SFTConfig`` plus stages / LLRD.
 
     Differences from ``trl.SFTConfig``: ``bf16`` and ``gradient_checkpointing`` default to False (TRL
