@@ -247,7 +247,7 @@ def _final_weights(trainer):
 
 def test_resume_is_bitwise_identical(tmp_path, tok_and_config):
     tokenizer, config = tok_and_config
-    common = dict(max_steps=5, save_strategy="steps", save_steps=1, target_kl=0.05, kl_horizon=100,
+    common = dict(max_steps=5, save_strategy="steps", save_steps=1, adaptive_kl_target=0.05, kl_horizon=100,
                   per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=2)
     data = prompt_dataset(40)  # 40 prompts / 16 per rollout: 3 rollouts per epoch, the last one short
     reward = target_token_reward(tokenizer)
@@ -369,6 +369,61 @@ def test_clear_errors_before_step_one(tmp_path, tok_and_config):
         ppo_args(tmp_path, value_model="critic")
     with pytest.raises(ValueError, match="not supported by PPO"):
         ppo_args(tmp_path, gradient_checkpointing=True)
+    with pytest.raises(ValueError, match="stop_strings"):
+        ppo_args(tmp_path, stop_strings=[""])
+    model = tiny_policy(config)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, 10**6]
+    with pytest.raises(ValueError, match=r"EOS id\(s\) \[1000000\] lie outside"):
+        PPOTrainer(model, ppo_args(tmp_path), prompt_dataset(4), processing_class=tokenizer, reward_funcs=reward)
+
+
+def test_lora_critic_shares_the_frozen_base_and_trainable_count_is_honest(tmp_path, tok_and_config):
+    from peft import LoraConfig
+
+    tokenizer, config = tok_and_config
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+    trainer = PPOTrainer(tiny_policy(config), ppo_args(tmp_path), prompt_dataset(8), processing_class=tokenizer,
+                         reward_funcs=target_token_reward(tokenizer), peft_config=lora)
+    assert trainer.value_kind == "shared"  # the default under LoRA: no second copy of the backbone
+    trainable, total = trainer.trainable_parameters()
+    adapters = sum(p.numel() for n, p in trainer.policy.named_parameters() if "lora_" in n)
+    assert trainable == adapters + config.n_embd + 1  # LoRA matrices + the value head, nothing else
+    assert total == sum(p.numel() for p in trainer.policy.parameters()) + config.n_embd + 1
+    # Without LoRA the default critic is a full separate backbone, and it is counted.
+    full = PPOTrainer(tiny_policy(config), ppo_args(tmp_path), prompt_dataset(8), processing_class=tokenizer,
+                      reward_funcs=target_token_reward(tokenizer))
+    assert full.value_kind == "separate"
+    assert full.trainable_parameters()[0] > 1.9 * sum(p.numel() for p in full.policy.parameters())
+
+
+def test_rollout_micro_batches_give_the_same_rollout(tmp_path, tok_and_config):
+    tokenizer, config = tok_and_config
+    rows = [prompt_dataset(8)[i] for i in range(8)]
+    out = []
+    for micro in (None, 3):
+        trainer = PPOTrainer(tiny_policy(config), ppo_args(tmp_path, rollout_micro_batch_size=micro), prompt_dataset(8),
+                             processing_class=tokenizer, reward_funcs=target_token_reward(tokenizer))
+        trainer.model.eval()  # as train() runs it: no dropout
+        torch.manual_seed(0)
+        out.append(trainer._rollout(rows))
+    assert torch.equal(out[0]["responses"], out[1]["responses"])
+    for key in ("logprobs", "values", "advantages"):
+        assert torch.allclose(out[0][key], out[1][key], atol=1e-5), key
+
+
+def test_target_kl_is_a_deprecated_alias_of_adaptive_kl_target(tmp_path):
+    with pytest.warns(DeprecationWarning, match="adaptive_kl_target"):
+        args = ppo_args(tmp_path, target_kl=0.5)
+    assert args.adaptive_kl_target == 0.5 and args.target_kl is None
+
+
+@pytest.mark.parametrize("launch", [{"fsdp": "full_shard"}, {"deepspeed": "ds.json"}, "ACCELERATE_USE_FSDP"])
+def test_deepspeed_and_fsdp_are_refused_before_anything_loads(tmp_path, monkeypatch, launch):
+    if isinstance(launch, str):
+        monkeypatch.setenv(launch, "true")
+        launch = {}
+    with pytest.raises(ValueError, match="PPO does not support DeepSpeed or FSDP"):
+        ppo_args(tmp_path, **launch)
 
 
 DDP_SCRIPT = '''

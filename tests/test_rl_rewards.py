@@ -64,7 +64,7 @@ def test_weighted_sum_and_tensor_outputs():
     total = compute_rewards([tensor_reward, constant(1.0)], [2.0, -0.5], PROMPTS, COMPLETIONS)
     assert total.dtype == torch.float32
     assert total.tolist() == [1.5, 3.5, 5.5]
-    with pytest.raises(ValueError, match="2 reward weights for 1"):
+    with pytest.raises(ValueError, match="has 2 values for 1 rewards"):
         compute_rewards([tensor_reward], [1.0, 2.0], PROMPTS, COMPLETIONS)
 
 

@@ -16,7 +16,6 @@ What the subclasses add to ``trl.GRPOTrainer`` / ``trl.RLOOTrainer``:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -26,7 +25,8 @@ from transformers import Trainer
 
 from ..callbacks import NonFiniteGuardCallback
 from ..runs import RunTrainerMixin
-from .rewards import RewardModelScorer, evaluate_generations, resolve_reward_funcs
+from .rewards import RewardModelScorer, check_reward_weights, evaluate_generations, resolve_reward_funcs, write_samples
+from .sampling import exact_sampling
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,10 @@ class GroupTrainerMixin(RunTrainerMixin):
         if not funcs:
             raise ValueError("No reward: pass reward_funcs and/or a reward_model.")
         if reward_weights is not None:
-            if len(reward_weights) != len(funcs):
-                raise ValueError(f"{len(reward_weights)} reward weights for {len(funcs)} rewards: give one each.")
-            args.reward_weights = [float(w) for w in reward_weights]
+            args.reward_weights = check_reward_weights(reward_weights, funcs)
+        else:  # weights given to the config (as TRL takes them) are checked the same way
+            args.reward_weights = check_reward_weights(getattr(args, "reward_weights", None), funcs,
+                                                       "args.reward_weights")
         if processing_class is None:
             raise ValueError("Pass the policy tokenizer as processing_class.")
         if processing_class.pad_token is None:
@@ -119,6 +120,12 @@ class GroupTrainerMixin(RunTrainerMixin):
                                  f"{args.max_prompt_length}: raise it or shorten the prompts.")
         return dataset
 
+    def _generate_single_turn(self, *args, **kwargs):
+        # transformers fills the fields TRL leaves unset (no_repeat_ngram_size, min_p, suppress_tokens, ...) from
+        # the model's own generation config; TRL's log-probs assume plain softmax(logits / T) sampling.
+        with exact_sampling(self.accelerator.unwrap_model(self.model)):
+            return super()._generate_single_turn(*args, **kwargs)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Greedy generation on held-out prompts: mean reward, task metrics and a sample-generations table."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -147,12 +154,8 @@ class GroupTrainerMixin(RunTrainerMixin):
         # Trainer.log, not TRL's log: TRL's merges (and clears) the pending training metrics.
         Trainer.log(self, metrics)
         if self.is_world_process_zero():
-            stem = Path(self.args.output_dir) / "samples" / f"{metric_key_prefix}_step{self.state.global_step}"
-            markdown = _write_samples(table, stem)
-            for callback in self.callback_handler.callbacks:  # TensorBoard's text tab, as PPOTrainer does
-                writer = getattr(callback, "tb_writer", None)
-                if writer is not None and markdown:
-                    writer.add_text(f"{metric_key_prefix}/samples", markdown, self.state.global_step)
+            write_samples(table, Path(self.args.output_dir) / "samples" / f"{metric_key_prefix}_step{self.state.global_step}",
+                          self.callback_handler.callbacks, f"{metric_key_prefix}/samples", self.state.global_step)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
@@ -181,24 +184,6 @@ class GRPOTrainer(GroupTrainerMixin, trl.GRPOTrainer):
         ...                       processing_class=tok, reward_funcs=["exact_match"])  # doctest: +SKIP
         >>> trainer.train()  # doctest: +SKIP
     """
-
-
-def _write_samples(table: list[dict], stem: Path) -> str:
-    """Write the sample-generations table as JSON lines and Markdown (the files PPOTrainer writes); returns the Markdown."""
-    if not table:
-        return ""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in table))
-    keys = list(table[0])
-
-    def cell(value):
-        return (f"{value:.4f}" if isinstance(value, float) else str(value)).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(cell(row[k]) for k in keys) + " |" for row in table]
-    markdown = "\n".join(lines) + "\n"
-    stem.with_suffix(".md").write_text(markdown)
-    return markdown
 
 
 def _reject_ppo_only(value_model, ref_model, name: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -36,7 +38,17 @@ class PPOConfig(CheckedRanges, TrainingArguments):
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Prompts longer than this many tokens are cut from the left. None: no cut."}
     )
-    max_completion_length: int = field(default=32, metadata={"help": "Most tokens generated per response."})
+    max_completion_length: int = field(default=64, metadata={"help": "Most tokens generated per response."})
+    stop_strings: list[str] | None = field(
+        default=None,
+        metadata={"help": "Strings that end a response (besides every EOS id of the tokenizer and of the model's "
+                  "generation config); the response keeps the token that completes the string."},
+    )
+    rollout_micro_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Sequences per forward pass when a rollout computes log-probs, values and the reference "
+                  "(generation runs on the whole rollout). None: per_device_train_batch_size."},
+    )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts (and of the trained policy)."})
     missing_eos_penalty: float | None = field(
         default=None,
@@ -56,21 +68,32 @@ class PPOConfig(CheckedRanges, TrainingArguments):
     lam: float = field(default=0.95, metadata={"help": "Lambda of GAE."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the per-token rewards before GAE."})
     # --- KL penalty ------------------------------------------------------------------------------
-    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient beta (initial value when adaptive)."})
+    kl_coef: float = field(
+        default=0.05,
+        metadata={"help": "KL penalty coefficient beta: r_t = -beta * KL_t per response token, plus the score at the "
+                  "last token (initial value when adaptive_kl_target is set)."},
+    )
     kl_estimator: str = field(
         default="k1", metadata={"help": "Per-token KL estimator in the reward: k1 (log-ratio) or k3 (unbiased, >= 0)."}
     )
+    adaptive_kl_target: float | None = field(
+        default=None,
+        metadata={"help": "Set to adapt kl_coef (controller of Ziegler et al., 2019) so that the KL per sequence "
+                  "approaches this value. Not an early stop of the update on approx-KL."},
+    )
     target_kl: float | None = field(
         default=None,
-        metadata={"help": "Set to use the adaptive KL controller of Ziegler et al. (2019) aiming at this KL per sequence."},
+        metadata={"help": "Deprecated name of adaptive_kl_target (in SB3/cleanrl target_kl means approx-KL early "
+                  "stopping, which this is not)."},
     )
     kl_horizon: int = field(default=10000, metadata={"help": "Horizon (in sequences) of the adaptive KL controller."})
     # --- models ----------------------------------------------------------------------------------
     value_model: str = field(
-        default="separate",
+        default="auto",
         metadata={
-            "help": "separate: a critic AutoModelForSequenceClassification (num_labels=1) used per token; "
-            "shared: a linear value head on the policy's last hidden state."
+            "help": "separate: a critic AutoModelForSequenceClassification (num_labels=1) used per token (a second "
+            "full copy of the backbone, all trainable); shared: a linear value head on the policy's last hidden "
+            "state; auto: shared when the policy trains LoRA adapters (one frozen copy of the base), else separate."
         },
     )
     # --- evaluation ------------------------------------------------------------------------------
@@ -79,13 +102,31 @@ class PPOConfig(CheckedRanges, TrainingArguments):
     )
 
     def __post_init__(self):
-        # Defaults that suit RL on CPU and our prompt-only datasets; set before the parent validates.
+        if self.deepspeed or self.fsdp or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true") \
+                or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+            # Rollouts call generate() on the unwrapped policy and the reference shares its weights: both need
+            # full (unsharded) parameters, which ZeRO-3/FSDP do not keep. Not supported yet, so refuse early.
+            raise ValueError("PPO does not support DeepSpeed or FSDP yet: launch it with DDP (recipes/accelerate/"
+                             "ddp.yaml) or a single process, or use method: grpo / rloo (TRL supports both).")
         super().__post_init__()
         if self.remove_unused_columns:
             # Reward functions receive the dataset's other columns, so they must reach the trainer.
             self.remove_unused_columns = False
-        if self.value_model not in ("separate", "shared"):
-            raise ValueError(f"value_model={self.value_model!r}: use 'separate' or 'shared'.")
+        if self.value_model not in ("auto", "separate", "shared"):
+            raise ValueError(f"value_model={self.value_model!r}: use 'auto', 'separate' or 'shared'.")
+        if self.target_kl is not None:
+            warnings.warn("PPOConfig.target_kl is renamed adaptive_kl_target (it sets the adaptive KL controller's "
+                          "target, not approx-KL early stopping); the old name goes away in 0.3.",
+                          DeprecationWarning, stacklevel=3)
+            if self.adaptive_kl_target not in (None, self.target_kl):
+                raise ValueError("target_kl and adaptive_kl_target disagree: set adaptive_kl_target only.")
+            self.adaptive_kl_target, self.target_kl = self.target_kl, None
+        if self.rollout_micro_batch_size is not None and self.rollout_micro_batch_size < 1:
+            raise ValueError("rollout_micro_batch_size must be >= 1 (or None).")
+        if self.stop_strings is not None and not all(isinstance(s, str) and s for s in self.stop_strings):
+            raise ValueError("stop_strings must be non-empty strings.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError("max_prompt_length must be >= 1 (or None).")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator={self.kl_estimator!r}: use 'k1' or 'k3'.")
         if self.max_completion_length < 1:
@@ -101,8 +142,13 @@ class PPOConfig(CheckedRanges, TrainingArguments):
             raise ValueError("activation_checkpointing (gradient_checkpointing) is not supported by PPO: leave it off.")
         if self.load_best_model_at_end:
             raise ValueError("load_best_model_at_end is not supported by PPO: evaluate the saved checkpoints instead.")
-        if self.target_kl is not None and self.target_kl <= 0:
-            raise ValueError("target_kl must be > 0, or None for a fixed kl_coef.")
+        if self.adaptive_kl_target is not None and self.adaptive_kl_target <= 0:
+            raise ValueError("adaptive_kl_target must be > 0, or None for a fixed kl_coef.")
+
+    @property
+    def rollout_forward_batch_size(self) -> int:
+        """Sequences per forward pass of the rollout (log-probs, values, reference)."""
+        return self.rollout_micro_batch_size or self.per_device_train_batch_size
 
     @property
     def rollout_batch_size(self) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, Trainer
+from transformers import Trainer
 from transformers.trainer_utils import TrainOutput, speed_metrics
 
 from ..callbacks import NonFiniteGuardCallback, NonFiniteLossError
@@ -41,7 +41,8 @@ from .ppo_utils import (  # noqa: F401 - re-exported: the public PPO math lives 
     masked_whiten,
     value_model_from_policy,
 )
-from .rewards import RewardModelScorer, compute_rewards, evaluate_generations
+from .rewards import RewardModelScorer, check_reward_weights, compute_rewards, evaluate_generations, write_samples
+from .sampling import cut_at_stop, eos_token_ids, exact_sampling, response_ends, rollout_generation_config
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class PPOTrainer(RunTrainerMixin, Trainer):
        ``L = E_t[max(-A_t rho_t, -A_t clip(rho_t, 1-eps, 1+eps))]``
        ``  + vf_coef * 0.5 E_t[max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)]``
        ``  - entropy_coef * E_t[H_t]``,   ``rho_t = pi_theta(y_t) / pi_old(y_t)``.
-    6. **KL coefficient**: fixed ``kl_coef``, or with ``target_kl`` the adaptive controller of
+    6. **KL coefficient**: fixed ``kl_coef``, or with ``adaptive_kl_target`` the adaptive controller of
        Ziegler et al. (2019): ``beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) B / kl_horizon)``.
 
     Dropout is disabled (the module runs in eval mode) and the sampled log-probs come from the same
@@ -151,9 +152,7 @@ class PPOTrainer(RunTrainerMixin, Trainer):
             funcs.append(RewardModelScorer(reward_model, reward_processing_class or tokenizer))
         if not funcs:
             raise ValueError("PPOTrainer needs a reward: pass reward_funcs=[...] and/or reward_model=...")
-        if reward_weights is not None and len(reward_weights) != len(funcs):
-            raise ValueError(f"{len(reward_weights)} reward_weights for {len(funcs)} rewards: give one weight each.")
-        self.reward_funcs, self.reward_weights = funcs, reward_weights
+        self.reward_funcs, self.reward_weights = funcs, check_reward_weights(reward_weights, funcs)
         self.eval_metrics = list(eval_metrics or [])
 
         if peft_config is not None and not hasattr(model, "disable_adapter"):
@@ -168,7 +167,10 @@ class PPOTrainer(RunTrainerMixin, Trainer):
                 "call model.resize_token_embeddings(len(tokenizer))."
             )
         model.config.pad_token_id = model.config.pad_token_id or tokenizer.pad_token_id
-        if args.value_model == "shared":
+        self.eos_token_ids = eos_token_ids(model, tokenizer)
+        # LoRA: a head on the policy, so the critic shares the one frozen copy of the base weights.
+        self.value_kind = args.value_model if args.value_model != "auto" else "shared" if self.is_peft else "separate"
+        if self.value_kind == "shared":
             if value_model is not None:
                 raise ValueError("value_model='shared' uses a head on the policy: do not pass a value_model too.")
             hidden = model.get_input_embeddings().embedding_dim
@@ -178,7 +180,10 @@ class PPOTrainer(RunTrainerMixin, Trainer):
         else:
             value = value_model if value_model is not None else value_model_from_policy(model)
             _value_head(value)
-        if ref_model is None and not self.is_peft:
+        self.ref_adapter = None
+        if ref_model is None and self.is_peft:
+            self.ref_adapter = _freeze_starting_adapter(model)
+        elif ref_model is None:
             ref_model = copy.deepcopy(model)
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
@@ -198,19 +203,23 @@ class PPOTrainer(RunTrainerMixin, Trainer):
             callbacks=callbacks,
         )
         self._train_batch_size = args.rollout_batch_size
-        self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
+        self.kl_ctl = AdaptiveKLController(args.kl_coef, args.adaptive_kl_target, args.kl_horizon)
         for frozen in (self.ref_model, reward_model):
             if frozen is not None:
                 frozen.to(self.args.device)
-        self.generation_config = GenerationConfig(
-            max_new_tokens=args.max_completion_length,
-            do_sample=True,
-            temperature=args.temperature,
-            top_k=0,
-            top_p=1.0,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        self.generation_config = rollout_generation_config(
+            args.max_completion_length, args.temperature, self.eos_token_ids, tokenizer.pad_token_id, args.stop_strings)
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameters of policy and critic together, each shared tensor counted once."""
+        seen, trainable, total = set(), 0, 0
+        for param in self.model.parameters():
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            total += param.numel()
+            trainable += param.numel() if param.requires_grad else 0
+        return trainable, total
 
     @staticmethod
     def _check_dataset(dataset, args: PPOConfig, name: str) -> None:
@@ -249,12 +258,12 @@ class PPOTrainer(RunTrainerMixin, Trainer):
             truncation=args.max_prompt_length is not None, max_length=args.max_prompt_length,
         ).to(args.device)
         policy = self._unwrapped().policy
-        sequences = policy.generate(**enc, generation_config=self.generation_config)
+        with exact_sampling(policy):  # samples from softmax(logits / T), as the log-probs below assume
+            sequences = policy.generate(**enc, generation_config=self.generation_config,
+                                        tokenizer=tok if args.stop_strings else None)
         prompt_len = enc["input_ids"].shape[1]
         responses = sequences[:, prompt_len:]
-        is_eos = responses == tok.eos_token_id
-        has_eos = is_eos.any(dim=1)
-        first_eos = torch.where(has_eos, is_eos.float().argmax(dim=1), responses.shape[1] - 1)
+        first_eos, has_eos = response_ends(responses, self.eos_token_ids, tok, args.stop_strings)
         arange = torch.arange(responses.shape[1], device=responses.device)
         response_mask = (arange[None, :] <= first_eos[:, None]).long()
         responses = torch.where(response_mask.bool(), responses, tok.pad_token_id)
@@ -264,14 +273,25 @@ class PPOTrainer(RunTrainerMixin, Trainer):
 
         length = responses.shape[1]
         # A full forward rather than generate()'s logits: the KV-cache path is not bitwise reproducible
-        # (its first call on a model differs in the last bits), and resume must be.
-        logits, values = self.model_wrapped(input_ids, attention_mask, position_ids, length)
-        logprobs, _ = _logprobs_and_entropy(logits[:, :-1], responses, args.temperature)
-        values = values[:, prompt_len - 1 : -1].float()
-        ref_logprobs = self._ref_logprobs(input_ids, attention_mask, position_ids, responses)
+        # (its first call on a model differs in the last bits), and resume must be. In chunks of
+        # rollout_forward_batch_size rows, so B x length x vocab logits never exist in fp32 at once.
+        logprobs, values, ref_logprobs = [], [], []
+        for i in range(0, len(rows), args.rollout_forward_batch_size):
+            part = slice(i, i + args.rollout_forward_batch_size)
+            logits, value = self.model_wrapped(input_ids[part], attention_mask[part], position_ids[part], length)
+            logprobs.append(_logprobs_and_entropy(logits[:, :-1], responses[part], args.temperature)[0])
+            del logits
+            values.append(value[:, prompt_len - 1 : -1].float())
+            ref_logprobs.append(self._ref_logprobs(input_ids[part], attention_mask[part], position_ids[part],
+                                                   responses[part]))
+        logprobs, values, ref_logprobs = torch.cat(logprobs), torch.cat(values), torch.cat(ref_logprobs)
 
-        text_ends = first_eos + (~has_eos).long()  # decode without the EOS itself
-        completions = [tok.decode(r[:n], skip_special_tokens=True) for r, n in zip(responses, text_ends.tolist())]
+        # Decode without the EOS itself; a stop string's last token stays (and the text is cut after the string).
+        last_tokens = responses[torch.arange(len(rows)), first_eos]
+        ended_by_eos = has_eos & torch.isin(last_tokens, torch.tensor(self.eos_token_ids, device=last_tokens.device))
+        text_ends = first_eos + 1 - ended_by_eos.long()
+        completions = [cut_at_stop(tok.decode(r[:n], skip_special_tokens=True), args.stop_strings)
+                       for r, n in zip(responses, text_ends.tolist())]
         # completion_ids as TRL's GRPO passes them (without the EOS), for rewards defined on tokens.
         completion_ids = [r[:n].tolist() for r, n in zip(responses, text_ends.tolist())]
         scores = compute_rewards(
@@ -308,8 +328,9 @@ class PPOTrainer(RunTrainerMixin, Trainer):
         if self.ref_model is not None:
             logits = self.ref_model(**kwargs).logits
         else:
-            with self._unwrapped().policy.disable_adapter():
-                logits = self._unwrapped().policy(**kwargs).logits
+            policy = self._unwrapped().policy
+            with _adapter(policy, self.ref_adapter):
+                logits = policy(**kwargs).logits
         return _logprobs_and_entropy(logits[:, :-1], responses, self.args.temperature)[0]
 
     # -- the update ------------------------------------------------------------------------------
@@ -488,7 +509,8 @@ class PPOTrainer(RunTrainerMixin, Trainer):
             self._unwrapped().policy, self.processing_class, self._prompt_texts(rows), self._columns(rows),
             self.reward_funcs, self.reward_weights, self.eval_metrics,
             max_new_tokens=self.args.max_completion_length, batch_size=self.args.per_device_eval_batch_size,
-            num_logged=self.args.num_sample_generations,
+            num_logged=self.args.num_sample_generations, eos_token_ids=self.eos_token_ids,
+            stop_strings=self.args.stop_strings,
         )
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
@@ -498,23 +520,9 @@ class PPOTrainer(RunTrainerMixin, Trainer):
         return metrics
 
     def _write_samples(self, table: list[dict], prefix: str) -> None:
-        if not table or not self.is_world_process_zero():
-            return
-        directory = Path(self.args.output_dir) / "samples"
-        directory.mkdir(parents=True, exist_ok=True)
-        stem = directory / f"{prefix}_step{self.state.global_step}"
-        stem.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in table))
-        keys = list(table[0])
-        cell = lambda v: (f"{v:.4f}" if isinstance(v, float) else str(v)).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-        markdown = "\n".join(
-            ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-            + ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in table]
-        )
-        stem.with_suffix(".md").write_text(markdown + "\n")
-        for callback in self.callback_handler.callbacks:
-            writer = getattr(callback, "tb_writer", None)
-            if writer is not None:
-                writer.add_text(f"{prefix}/samples", markdown, self.state.global_step)
+        if self.is_world_process_zero():
+            write_samples(table, Path(self.args.output_dir) / "samples" / f"{prefix}_step{self.state.global_step}",
+                          self.callback_handler.callbacks, f"{prefix}/samples", self.state.global_step)
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -525,7 +533,10 @@ class PPOTrainer(RunTrainerMixin, Trainer):
             return
         output_dir.mkdir(parents=True, exist_ok=True)
         unwrapped = self.accelerator.unwrap_model(self.model)
-        unwrapped.policy.save_pretrained(output_dir, safe_serialization=True)
+        if self.ref_adapter is not None:  # the frozen starting adapter is not part of the result
+            unwrapped.policy.save_pretrained(output_dir, selected_adapters=["default"])
+        else:
+            unwrapped.policy.save_pretrained(output_dir, safe_serialization=True)
         if unwrapped.shared:
             from safetensors.torch import save_file
 
@@ -567,3 +578,42 @@ class PPOTrainer(RunTrainerMixin, Trainer):
                 f"The checkpoint does not match the model: missing {missing[:5]}, unexpected "
                 f"{load_result.unexpected_keys[:5]}. Resume with the same model (and value_model) as the run."
             )
+
+
+REF_ADAPTER = "ppo_reference"
+
+
+def _freeze_starting_adapter(model) -> str | None:
+    """With an adapter that already changes the policy (e.g. carried in from SFT), keep a frozen copy of it as the
+    KL reference, so the reference is the starting policy; a fresh LoRA adapter (B = 0) needs none: the
+    adapter-disabled base is then exactly the starting policy. Returns the reference adapter's name, or None."""
+    params = dict(model.named_parameters())
+    active = model.active_adapter
+    adapter_keys = [k for k in params if f".{active}." in k]
+    fresh = all(not params[k].any() for k in adapter_keys if "lora_B" in k or "lora_embedding_B" in k)
+    fresh = fresh and not any(f"modules_to_save.{active}." in k or "trainable_tokens" in k for k in adapter_keys)
+    if fresh:
+        return None
+    model.add_adapter(REF_ADAPTER, copy.deepcopy(model.peft_config[active]))
+    with torch.no_grad():
+        for key in adapter_keys:
+            ref = model.get_parameter(key.replace(f".{active}.", f".{REF_ADAPTER}."))
+            ref.copy_(params[key])
+            ref.requires_grad_(False)
+    model.set_adapter(active)  # PEFT marks the active adapter trainable and every other one frozen
+    return REF_ADAPTER
+
+
+@contextlib.contextmanager
+def _adapter(model, name: str | None):
+    """The reference forward: the frozen starting adapter when there is one, else the adapter-disabled base."""
+    if name is None:
+        with model.disable_adapter():
+            yield
+        return
+    active = model.active_adapter
+    model.set_adapter(name)
+    try:
+        yield
+    finally:
+        model.set_adapter(active)

@@ -16,15 +16,20 @@ same callables go to our :class:`~hf_finetune.rl.ppo_trainer.PPOTrainer` and to 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import math
 import numbers
 import re
 import string
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from .sampling import cut_at_stop, exact_sampling, response_ends
+from .sampling import eos_token_ids as all_eos_ids
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,7 @@ RewardFunc = Callable[..., Sequence[float | None]]
 __all__ = [
     "RewardFunc",
     "RewardModelScorer",
+    "check_reward_weights",
     "compute_rewards",
     "evaluate_generations",
     "exact_match",
@@ -42,6 +48,8 @@ __all__ = [
     "resolve_reward_funcs",
     "reward_name",
     "score_per_function",
+    "weighted_sum",
+    "write_samples",
 ]
 
 
@@ -59,6 +67,39 @@ def _named(fn: Callable, name: str) -> Callable:
 # ---------------------------------------------------------------------------------------------
 # Validation and combination
 # ---------------------------------------------------------------------------------------------
+
+
+def check_reward_weights(weights: Sequence[float] | None, rewards: Sequence[Any] | int,
+                         where: str = "reward_weights") -> list[float] | None:
+    """One weight per reward (reward functions first, then the reward model), as floats; None stays None.
+
+    The one check the recipe block, PPO and GRPO/RLOO share. ``rewards`` is the list of rewards or their count.
+    """
+    if weights is None:
+        return None
+    count = rewards if isinstance(rewards, int) else len(rewards)
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+        raise ValueError(f"{where} must be a list of numbers, one per reward; got {weights!r}.")
+    if len(weights) != count:
+        raise ValueError(f"{where} has {len(weights)} values for {count} rewards (reward functions, then the reward "
+                         "model): give one weight each.")
+    out = []
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(float(w)):
+            raise ValueError(f"{where} holds {w!r}: every weight must be a finite number.")
+        out.append(float(w))
+    return out
+
+
+def weighted_sum(scores: torch.Tensor, weights: Sequence[float] | None, all_none: str = "nan") -> torch.Tensor:
+    """``sum_j w_j * scores[:, j]`` skipping NaN (= None) entries, as TRL's GRPO does (``nansum``).
+
+    A row where every reward is NaN gets NaN (``all_none="nan"``) or 0.0 (``"zero"``).
+    """
+    weights = [1.0] * scores.shape[1] if weights is None else weights
+    total = (scores * torch.tensor([float(w) for w in weights], dtype=scores.dtype)).nansum(dim=1)
+    total[torch.isnan(scores).all(dim=1)] = math.nan if all_none == "nan" else 0.0
+    return total
 
 
 def _as_list(output: Any, name: str) -> list:
@@ -167,26 +208,19 @@ def compute_rewards(
     """
     if not reward_funcs:
         raise ValueError("No reward functions given: name at least one reward function or a reward model.")
-    if weights is None:
-        weights = [1.0] * len(reward_funcs)
-    if len(weights) != len(reward_funcs):
-        raise ValueError(f"{len(weights)} reward weights for {len(reward_funcs)} reward functions: give one weight each.")
+    weights = check_reward_weights(weights, reward_funcs)
     if all_none not in ("error", "zero", "nan"):
         raise ValueError(f"all_none={all_none!r}: use 'error', 'zero' or 'nan'.")
     scores = score_per_function(reward_funcs, prompts, completions, columns, **extra)
-    weighted = scores * torch.tensor([float(w) for w in weights], dtype=torch.float32)
-    total = weighted.nansum(dim=1)
     unscored = torch.isnan(scores).all(dim=1)
-    if unscored.any():
-        if all_none == "error":
-            i = int(unscored.nonzero()[0, 0])
-            names = [reward_name(f) for f in reward_funcs]
-            raise ValueError(
-                f"Every reward function ({names}) returned None for completion {i} (prompt {prompts[i][:80]!r}): "
-                "add a reward that applies to every row."
-            )
-        total[unscored] = 0.0 if all_none == "zero" else math.nan
-    return total
+    if unscored.any() and all_none == "error":
+        i = int(unscored.nonzero()[0, 0])
+        names = [reward_name(f) for f in reward_funcs]
+        raise ValueError(
+            f"Every reward function ({names}) returned None for completion {i} (prompt {prompts[i][:80]!r}): "
+            "add a reward that applies to every row."
+        )
+    return weighted_sum(scores, weights, "zero" if all_none == "zero" else "nan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,6 +549,8 @@ def evaluate_generations(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     num_logged: int = 8,
+    eos_token_ids: Sequence[int] | None = None,
+    stop_strings: Sequence[str] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Greedy generation on held-out prompts, scored by the rewards and by reward-independent task metrics.
 
@@ -532,6 +568,8 @@ def evaluate_generations(
         max_new_tokens: Completion length limit.
         batch_size: Prompts per ``generate`` call.
         num_logged: Rows kept for the sample-generations table.
+        eos_token_ids: Every id that ends a completion (default: the tokenizer's and the model's generation config's).
+        stop_strings: Strings that end a completion too.
 
     Returns:
         ``(metrics, table)``: metrics without prefix (``reward``, ``reward_std``, ``reward/<name>``,
@@ -539,6 +577,7 @@ def evaluate_generations(
         rows as dicts with ``prompt``, ``completion``, ``reward`` and task metric values.
     """
     columns = dict(columns or {})
+    eos_ids = list(eos_token_ids) if eos_token_ids is not None else all_eos_ids(model, tokenizer)
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -551,22 +590,24 @@ def evaluate_generations(
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
-            out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            # Greedy on the policy's own logits: the model's generation config (repetition penalty, ...) is left
+            # out, as in the rollouts, so before/after figures measure what RL changed.
+            with exact_sampling(model):
+                out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids,
+                                     stop_strings=list(stop_strings) if stop_strings else None,
+                                     tokenizer=tokenizer if stop_strings else None)
             new = out[:, batch["input_ids"].shape[1] :]
-            for row in new:
-                is_eos = (row == tokenizer.eos_token_id).nonzero()
-                n = int(is_eos[0, 0]) + 1 if len(is_eos) else len(row)
+            last, has_end = response_ends(new, eos_ids, tokenizer, stop_strings)
+            for row, n, end in zip(new, (last + 1).tolist(), has_end.tolist()):
                 lengths.append(n)
-                ended.append(bool(len(is_eos)))
-                completions.append(tokenizer.decode(row[:n], skip_special_tokens=True))
+                ended.append(bool(end))
+                completions.append(cut_at_stop(tokenizer.decode(row[:n], skip_special_tokens=True), stop_strings))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     scores = score_per_function(reward_funcs, prompts, completions, columns)
-    weights = torch.tensor([float(w) for w in (reward_weights or [1.0] * len(reward_funcs))])
-    total = (scores * weights).nansum(dim=1)
-    total[torch.isnan(scores).all(dim=1)] = math.nan
+    total = weighted_sum(scores, check_reward_weights(reward_weights, reward_funcs))
     metrics: dict[str, float] = {
         "reward": float(total.nanmean()),
         "reward_std": float(total[~total.isnan()].std()) if (~total.isnan()).sum() > 1 else 0.0,
@@ -585,3 +626,28 @@ def evaluate_generations(
             row[reward_name(fn)] = float(task[i, j])
         table.append(row)
     return metrics, table
+
+
+def write_samples(table: list[dict], stem: Path, callbacks: Sequence[Any] = (), tag: str = "eval/samples",
+                  step: int = 0) -> str:
+    """The sample-generations table as ``<stem>.jsonl`` and ``<stem>.md``, and in TensorBoard's text tab when a
+    callback holds a writer (PPO, GRPO and RLOO write it alike). Returns the Markdown ("" for an empty table)."""
+    if not table:
+        return ""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in table))
+    keys = list(table[0])
+
+    def cell(value):
+        return (f"{value:.4f}" if isinstance(value, float) else str(value)).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(row[k]) for k in keys) + " |" for row in table]
+    markdown = "\n".join(lines) + "\n"
+    stem.with_suffix(".md").write_text(markdown)
+    for callback in callbacks:
+        writer = getattr(callback, "tb_writer", None)
+        if writer is not None:
+            writer.add_text(tag, markdown, step)
+    return markdown
