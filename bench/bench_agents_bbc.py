@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def bandit(steps: int) -> dict:
-    from hf_finetune.cli import load_recipe, run_recipe
+    from hf_finetune.recipe import load_recipe, run_recipe
 
     out = tempfile.mkdtemp(prefix="bench-bbc-bandit-")
     recipe = load_recipe("recipes/rl_env/bbc_titles_bandit.yaml",
@@ -34,7 +34,7 @@ def bandit(steps: int) -> dict:
 
 
 def supervised(max_steps: int) -> tuple[dict, str]:
-    from hf_finetune.cli import load_recipe, run_recipe
+    from hf_finetune.recipe import load_recipe, run_recipe
 
     out = tempfile.mkdtemp(prefix="bench-bbc-supervised-")
     overrides = ["--output_dir", out, "--text_column", "title", "--max_length", "32", "--report_to", "none"]

@@ -31,9 +31,9 @@ from transformers import (  # noqa: E402
     set_seed,
 )
 
-from hf_finetune.cli import load_recipe, run_recipe  # noqa: E402
 from hf_finetune.data import bbc_news_dir  # noqa: E402
 from hf_finetune.models import MINILM_ID, resolve_model_path  # noqa: E402
+from hf_finetune.recipe import load_recipe, run_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -37,10 +37,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hf_finetune.cli import load_recipe, run_recipe  # noqa: E402
 from hf_finetune.config import DataArguments  # noqa: E402
 from hf_finetune.data import load_splits  # noqa: E402
 from hf_finetune.models import MINILM_ID  # noqa: E402
+from hf_finetune.recipe import load_recipe, run_recipe  # noqa: E402
 
 
 def main() -> None:

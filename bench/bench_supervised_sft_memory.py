@@ -29,7 +29,7 @@ def run_mode(lora: bool, steps: int, batch: int) -> dict:
 
     from hf_finetune.config import parse_recipe
     from hf_finetune.models import trainable_parameters
-    from hf_finetune.supervised import sft_trainer
+    from hf_finetune.supervised import sft_train, sft_trainer
 
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
@@ -56,8 +56,8 @@ def run_mode(lora: bool, steps: int, batch: int) -> dict:
                 "lora_alpha": 32,
                 "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
             }
-        parsed = parse_recipe(recipe, sft_trainer.BLOCKS)
-        tokenizer, splits, _, model = sft_trainer.build_sft(parsed)
+        parsed = parse_recipe(recipe, sft_train.BLOCKS)
+        tokenizer, splits, _, model = sft_train.build_sft(parsed)
         trainable, total = trainable_parameters(model)
         loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         trainer = sft_trainer.InstructionSFTTrainer(

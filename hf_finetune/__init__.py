@@ -29,15 +29,18 @@ _LAZY = {
     "LoraArguments": "hf_finetune.config",
     "Recipe": "hf_finetune.config",
     "parse_recipe": "hf_finetune.config",
-    "load_recipe": "hf_finetune.cli",
-    "run_recipe": "hf_finetune.cli",
+    "load_recipe": "hf_finetune.recipe",
+    "run_recipe": "hf_finetune.recipe",
+    "evaluate_run": "hf_finetune.recipe",
+    "TrainingRun": "hf_finetune.runs",
     "NonFiniteGuardCallback": "hf_finetune.callbacks",
     "push_run": "hf_finetune.hub",
     "model_card": "hf_finetune.hub",
     "load_metric": "hf_finetune.metrics",
     "SupervisedConfig": "hf_finetune.supervised.config",
     "SupervisedTrainer": "hf_finetune.supervised.trainer",
-    "StagedTrainer": "hf_finetune.supervised.trainer",
+    "StagedTrainer": "hf_finetune.supervised.trainer",  # deprecated name of SupervisedTrainer
+    "SelfSupervisedTrainer": "hf_finetune.self_supervised.trainer",
     "InstructionSFTConfig": "hf_finetune.supervised.sft_config",
     "InstructionSFTTrainer": "hf_finetune.supervised.sft_trainer",
     "LMFeaturesExtractor": "hf_finetune.rl_env.extractor",
@@ -45,6 +48,7 @@ _LAZY = {
     "BabyAITextEnv": "hf_finetune.rl_env.envs",
     "TextBanditEnv": "hf_finetune.rl_env.envs",
     "load_agent": "hf_finetune.rl_env.train",
+    "AgentConfig": "hf_finetune.rl_env.config",
     "PPOConfig": "hf_finetune.rl.ppo_config",
     "PPOTrainer": "hf_finetune.rl.ppo_trainer",
     "GRPOConfig": "hf_finetune.rl.grpo_config",
@@ -57,6 +61,27 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
+
+# Gymnasium ids of this package, registered on import as `import minigrid` registers its own, so
+# `gym.make("hf_finetune/BabyAI-Text-v0")` works after `import hf_finetune` alone. String entry
+# points: the env modules (and torch) load only when an env is made.
+GYM_ENVS = {
+    "hf_finetune/BabyAI-Text-v0": "hf_finetune.rl_env.envs:make_babyai_text",
+    "hf_finetune/TextBandit-v0": "hf_finetune.rl_env.envs:make_text_bandit",
+}
+
+
+def _register_gym_envs() -> None:
+    try:
+        import gymnasium
+    except ImportError:  # the rl_env method needs it; everything else works without
+        return
+    for env_id, entry_point in GYM_ENVS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(env_id, entry_point=entry_point, disable_env_checker=True)
+
+
+_register_gym_envs()
 
 
 def __getattr__(name: str) -> Any:

@@ -1,29 +1,20 @@
-"""``hf-finetune train|eval|push``: the command line (also ``python -m hf_finetune``)."""
+"""``hf-finetune train|eval|push``: argument parsing and printing only (also ``python -m hf_finetune``).
+
+What the commands do lives in :mod:`hf_finetune.recipe` (train, eval) and :mod:`hf_finetune.hub` (push).
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import sys
 
 from .callbacks import NonFiniteLossError
-from .config import build_parser, parse_recipe, read_recipe_yaml
+from .config import build_parser, read_recipe_yaml
 from .hub import HubPushError, push_run
-
-# Recipe `method` -> module with `blocks(method) -> {block name: dataclass}` and `run(recipe)`.
-# A literal dict on purpose: the methods are known, and adding one is one line here.
-METHODS = {
-    "supervised": "hf_finetune.supervised.train",
-    "sft": "hf_finetune.supervised.sft_trainer",
-    "self_supervised": "hf_finetune.self_supervised.train",
-    "rl_env": "hf_finetune.rl_env.train",
-    "ppo": "hf_finetune.rl.train",
-    "grpo": "hf_finetune.rl.train",
-    "rloo": "hf_finetune.rl.train",
-}
+from .recipe import METHODS, evaluate_run, load_recipe, method_entry, run_recipe
 
 USAGE = """hf-finetune train RECIPE.yaml [--key value ...]   train as the recipe says (CLI values override YAML)
 hf-finetune train [RECIPE.yaml] --help            every recipe field with its help text
@@ -34,33 +25,10 @@ hf-finetune push RUN_DIR --repo-id ORG/NAME [--private] [--revision BRANCH]
 Methods: {methods}. Recipes live in recipes/; every field of a block is also a --key option."""
 
 
-def method_module(method: str):
-    """Import the module that implements a recipe ``method``."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}: use one of {sorted(METHODS)}.")
-    return importlib.import_module(METHODS[method])
-
-
-def load_recipe(path: str, overrides: list[str] | None = None):
-    """Read a recipe YAML and apply ``--key value`` overrides; returns a :class:`~hf_finetune.config.Recipe`.
-
-    Example:
-        >>> recipe = load_recipe("recipes/quickstart.yaml", ["--num_train_epochs", "1"])  # doctest: +SKIP
-    """
-    data = read_recipe_yaml(path)
-    module = method_module(data["method"])
-    return parse_recipe(data, module.blocks(data["method"]), overrides, source=str(path))
-
-
-def run_recipe(recipe) -> dict:
-    """Run a loaded recipe with its method and return the final metrics."""
-    return method_module(recipe.method).run(recipe)
-
-
 def _train_help(argv: list[str]) -> None:
     paths = [a for a in argv if a.endswith((".yaml", ".yml"))]
     method = read_recipe_yaml(paths[0])["method"] if paths else "supervised"
-    parser = build_parser(method_module(method).blocks(method))
+    parser = build_parser(method_entry(method).blocks())
     parser.prog = f"hf-finetune train RECIPE.yaml  (method: {method})"
     parser.print_help()
     if not paths:
@@ -86,38 +54,6 @@ def _push_parser() -> argparse.ArgumentParser:
     parser.add_argument("--private", action="store_true", help="create the repository private")
     parser.add_argument("--revision", help="branch to push to (created when missing); default main")
     return parser
-
-
-def evaluate_run(run_dir: str, data: str | None = None) -> dict:
-    """Re-evaluate a saved run (full model or LoRA adapter) as its training run did.
-
-    The run's ``recipe.yaml`` says how the data was built (same seeded split, same label order);
-    ``data`` replaces the evaluation set with another file or folder. The run's method does the
-    evaluation (its module's ``evaluate(recipe, run_dir)``).
-
-    Args:
-        run_dir: the run's ``output_dir``.
-        data: optional evaluation file or folder (``data.eval_dataset``).
-
-    Returns:
-        The metrics under the same ``eval_*`` names as the run's ``metrics.json``.
-    """
-    import tempfile
-    from pathlib import Path
-
-    recipe_path = Path(run_dir) / "recipe.yaml"
-    if not recipe_path.is_file():
-        raise ValueError(f"{run_dir} has no recipe.yaml: give the output_dir of a run trained with hf-finetune.")
-    method = read_recipe_yaml(recipe_path)["method"]
-    module = method_module(method)
-    if not hasattr(module, "evaluate"):
-        supported = sorted(m for m in METHODS if hasattr(method_module(m), "evaluate"))
-        raise ValueError(f"hf-finetune eval supports {supported} runs; {run_dir} is a {method!r} run.")
-    with tempfile.TemporaryDirectory() as scratch:
-        overrides = ["--output_dir", scratch, "--report_to", "none", "--push_to_hub", "false"]
-        if data:
-            overrides += ["--eval_dataset", data]
-        return module.evaluate(load_recipe(str(recipe_path), overrides), run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,3 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-finetune: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def __getattr__(name: str):
+    if name == "method_module":  # recipe plumbing lived here before 0.2
+        import warnings
+
+        warnings.warn("hf_finetune.cli.method_module is now hf_finetune.recipe.method_entry; the old name goes away "
+                      "in 0.3.", DeprecationWarning, stacklevel=2)
+        return method_entry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,6 +23,7 @@ import difflib
 import importlib.util
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,37 @@ class Recipe:
         for name, obj in self.blocks.items():
             out[name] = _block_to_dict(obj)
         return out
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """What a recipe ``method`` gives the runner (:mod:`hf_finetune.recipe`): one per method, in its entry module.
+
+    Each method's entry module (``supervised/train.py``, ``rl/train.py``, ...) defines one or more
+    ``MethodEntry`` constants; ``recipe.METHODS`` names them in a literal dict. Optional parts are
+    ``None`` when a method lacks them, so the runner can say so instead of guessing.
+
+    Args:
+        name: the recipe's ``method`` word.
+        blocks: returns ``{block name: dataclass}``; a function so heavy config imports (TRL) wait until used.
+        run: ``run(recipe, callbacks=None) -> metrics``; ``callbacks`` are extra Trainer (or SB3) callbacks.
+        evaluate: ``evaluate(recipe, run_dir) -> metrics`` re-scores a saved run, or ``None``.
+        card_details: ``card_details(recipe_dict, metrics) -> dict`` of model-card fields (keys of
+            :func:`hf_finetune.hub.model_card`: ``task_type``, ``library_name``, ``tags``, ...).
+        args_block: the block holding ``output_dir``, seed and the other run settings.
+
+    Example:
+        >>> entry = MethodEntry("demo", blocks=lambda: {}, run=lambda recipe, callbacks=None: {})
+        >>> entry.evaluate is None
+        True
+    """
+
+    name: str
+    blocks: Callable[[], dict[str, type]]
+    run: Callable[..., dict]
+    evaluate: Callable[[Any, str], dict] | None = None
+    card_details: Callable[[dict, dict], dict] | None = None
+    args_block: str = "training"
 
 
 _SECRET_FIELDS = {"hub_token", "token", "push_to_hub_token"}

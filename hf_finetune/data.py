@@ -5,8 +5,11 @@ Every check here runs before training starts and raises a ``ValueError`` that sa
 
 from __future__ import annotations
 
+import codecs
 import importlib.util
+import math
 import os
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -57,33 +60,137 @@ def load_label_folder(folder: str | os.PathLike, title_column: bool = False) -> 
 
 
 def _is_label_folder(path: Path) -> bool:
-    subdirs = [p for p in path.iterdir() if p.is_dir()]
-    return bool(subdirs) and all(any(d.glob("*.txt")) for d in subdirs)
+    """Whether ``path`` is a ``<label>/*.txt`` folder; a class folder without files is an error, not "no"."""
+    subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    with_text = [d for d in subdirs if any(d.glob("*.txt"))]
+    if with_text and len(with_text) < len(subdirs):
+        empty = sorted(d.name for d in subdirs if d not in with_text)
+        raise ValueError(
+            f"data folder {path}: class folder(s) {empty[:5]} hold no .txt files while {len(with_text)} others do: "
+            "add examples to them or remove them."
+        )
+    return bool(subdirs) and len(with_text) == len(subdirs)
+
+
+def _first_bad_line(path: Path, builder: str) -> str | None:
+    """Where a csv/tsv/jsonl file stops being readable ("line N: ..."), found only after a failed load."""
+    import csv
+    import json
+
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        if builder == "json" and path.suffix.lower() == ".jsonl":
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except json.JSONDecodeError as err:
+                        return f"line {number}: {err.msg} (column {err.colno})"
+        elif builder == "csv":
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+            reader = csv.reader(handle, delimiter=delimiter)
+            width = None
+            try:
+                for row in reader:
+                    if not row:
+                        continue
+                    width = width or len(row)
+                    if len(row) != width:
+                        return f"line {reader.line_num}: {len(row)} fields where the header has {width}"
+            except csv.Error as err:
+                return f"line {reader.line_num}: {err}"
+    return None
+
+
+def _check_text_file(path: Path) -> None:
+    """Refuse 0-byte and non-UTF-8 data files before ``datasets`` turns them into a generation error."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"data file {path} is empty (0 bytes): it has no rows.")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"data file {path} is not UTF-8 text (byte {offset + err.start}): check that it is the right "
+                    "file, or re-save it as UTF-8."
+                ) from None
+            if b"\0" in chunk:
+                raise ValueError(f"data file {path} holds NUL bytes, so it is not a text file: check the path.")
+            offset += len(chunk)
+
+
+def _load_file(path: Path) -> DatasetDict:
+    suffix = path.suffix.lower()
+    builder = _FILE_BUILDERS.get(suffix)
+    if builder is None:
+        raise ValueError(f"data file {path}: unsupported extension; use one of {sorted(_FILE_BUILDERS)}.")
+    if builder != "parquet":
+        _check_text_file(path)
+    kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    try:
+        loaded = datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
+    except Exception as err:  # noqa: BLE001 - any reader failure of a local file is a data error for the user
+        if "corresponds to no data" in str(err) or isinstance(err, StopIteration):
+            raise ValueError(f"data file {path} is empty: it has no rows.") from None
+        where = _first_bad_line(path, builder)
+        cause = err.__cause__ or err.__context__ or err
+        detail = where or f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else 'unreadable'}"
+        raise ValueError(f"data file {path} could not be read as {builder} ({detail}): fix the file there.") from None
+    train = loaded["train"]
+    if len(train) == 0:
+        raise ValueError(f"data file {path} is empty: it has no rows.")
+    if builder == "text" and not any(line.strip() for line in train["text"]):
+        raise ValueError(f"data file {path} holds only blank lines: put one example per line.")
+    return loaded
+
+
+def _looks_like_path(source: str) -> bool:
+    """A source that names a local path rather than a Hub id (``name`` or ``org/name``)."""
+    path = Path(source)
+    return (
+        source.startswith((".", "/", "~", "\\"))
+        or path.suffix.lower() in _FILE_BUILDERS
+        or source.count("/") > 1
+        or "\\" in source
+        or (len(path.parts) > 1 and Path(path.parts[0]).is_dir())
+    )
 
 
 def load_source(source: str, config: str | None = None) -> DatasetDict:
     """Load ``source`` as a ``DatasetDict`` (a single file or folder becomes its ``train`` split)."""
     if source == "bbc_news":
         return DatasetDict({"train": load_label_folder(bbc_news_dir(), title_column=True)})
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_file():
-        builder = _FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise ValueError(f"data file {path}: unsupported extension; use one of {sorted(_FILE_BUILDERS)}.")
-        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        try:
-            return datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
-        except ValueError as err:
-            if "corresponds to no data" in str(err) or path.stat().st_size == 0:
-                raise ValueError(f"data file {path} is empty: it has no rows.") from None
-            raise
+        return _load_file(path)
     if path.is_dir():
         if _is_label_folder(path):
             return DatasetDict({"train": load_label_folder(path)})
-        return datasets.load_dataset(str(path))
-    if source.startswith((".", "/", "~")) or path.suffix.lower() in _FILE_BUILDERS:
-        raise ValueError(f"data.dataset={source!r}: no such file or folder.")
-    return datasets.load_dataset(source, config)
+        files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        if not files:
+            raise ValueError(f"data folder {path} is empty: add data files or <label>/*.txt folders.")
+        try:
+            return datasets.load_dataset(str(path))
+        except Exception as err:  # noqa: BLE001 - see _load_file
+            raise ValueError(
+                f"data folder {path} could not be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
+                "give one data file, or a folder of <label>/*.txt files."
+            ) from None
+    if _looks_like_path(source):
+        raise ValueError(f"data.dataset={source!r}: no such file or folder (relative paths start from {Path.cwd()}).")
+    try:
+        return datasets.load_dataset(source, config)
+    except Exception as err:  # noqa: BLE001 - Hub failures (offline, not found, gated) end the run the same way
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        fix = (
+            "the Hub is offline here (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE): give a local file or folder"
+            if offline else "check the id (and data.dataset_config), or give a local file or folder"
+        )
+        raise ValueError(f"data.dataset={source!r} is no local file or folder, and the Hub gave: {first}; {fix}.") from None
 
 
 def require_columns(ds: Dataset, columns: list[str | None], where: str) -> None:
@@ -120,6 +227,27 @@ def sample_per_class(ds: Dataset, label_column: str, n: int, seed: int) -> Datas
     return shuffled.select(sorted(keep))
 
 
+def _is_string(feature) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _integral_float_labels(ds: Dataset, label_column: str | None) -> Dataset:
+    """Labels read as floats but all whole (csv ``1.0``, pandas exports) become int64 class ids.
+
+    Float labels would otherwise make a classifier pick the multi-label loss and fail at step 1
+    with a tensor shape error; regression reads int targets as floats again, so nothing is lost.
+    """
+    if not label_column or label_column not in ds.column_names:
+        return ds
+    feature = ds.features[label_column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype.startswith("float")):
+        return ds
+    values = ds[label_column]
+    if all(v is not None and math.isfinite(v) and float(v).is_integer() for v in values):
+        return ds.cast_column(label_column, datasets.Value("int64"))
+    return ds
+
+
 def load_splits(args: DataArguments, label_column: str | None = None) -> DatasetDict:
     """Load ``train`` and ``validation`` splits as the recipe describes.
 
@@ -131,21 +259,26 @@ def load_splits(args: DataArguments, label_column: str | None = None) -> Dataset
         raise ValueError(
             f"data.train_split={args.train_split!r} not in {args.dataset} (splits: {list(raw)})."
         )
-    train = raw[args.train_split]
+    train = _integral_float_labels(raw[args.train_split], label_column)
     require_rows(train, f"The '{args.train_split}' split of {args.dataset}")
     if args.eval_dataset is not None:
-        evaluation = load_source(args.eval_dataset)["train"]
+        evaluation = _integral_float_labels(load_source(args.eval_dataset)["train"], label_column)
     elif args.eval_split is not None:
         if args.eval_split not in raw:
             raise ValueError(f"data.eval_split={args.eval_split!r} not in {args.dataset} (splits: {list(raw)}).")
-        evaluation = raw[args.eval_split]
+        evaluation = _integral_float_labels(raw[args.eval_split], label_column)
     else:
         stratify = None
         if args.stratify and label_column in train.column_names:
-            if train.features[label_column] == datasets.Value("string") and None not in train[label_column]:
+            feature = train.features[label_column]
+            # datasets 5 reads csv/json/parquet strings as large_string: both are class names.
+            if _is_string(feature) and None not in train[label_column]:
                 train = train.class_encode_column(label_column)  # string labels -> ClassLabel (sorted names)
             if isinstance(train.features[label_column], ClassLabel):
-                stratify = label_column
+                counts = Counter(train[label_column])
+                # A class with one row cannot be on both sides; train_test_split would raise about it.
+                if min(counts.values()) >= 2 and len(counts) <= len(train) * args.validation_size:
+                    stratify = label_column
         parts = train.train_test_split(test_size=args.validation_size, seed=args.split_seed, stratify_by_column=stratify)
         train, evaluation = parts["train"], parts["test"]
     require_rows(evaluation, f"The evaluation split of {args.dataset}")

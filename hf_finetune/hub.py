@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -28,23 +27,6 @@ IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "checkpoints/**", "*.bin",
 MODEL_MARKERS = ("config.json", "adapter_config.json")
 AGENT_SUFFIXES = (".zip",)  # Stable-Baselines3 saves agents as .zip archives
 LIBRARIES = ("hf-finetune", "transformers", "torch", "peft", "trl", "datasets", "accelerate", "huggingface_hub")
-_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# Recipe `method` (+ task) -> the Hub's task type, used in model-index and the pipeline tag.
-TASK_TYPES = {
-    "supervised": "text-classification",
-    "self_supervised": "fill-mask",
-    "token_classification": "token-classification",
-    "mlm": "fill-mask",
-    "whole_word": "fill-mask",
-    "span": "fill-mask",
-    "clm": "text-generation",
-    "fim": "text-generation",
-    "sft": "text-generation",
-    "ppo": "reinforcement-learning",
-    "grpo": "reinforcement-learning",
-    "rloo": "reinforcement-learning",
-    "agent": "reinforcement-learning",
-}
 HYPERPARAMETERS = (
     "learning_rate",
     "lr_scheduler_type",
@@ -68,11 +50,16 @@ class HubPushError(RuntimeError):
 
 def check_repo_id(repo_id: str) -> str:
     """Return ``repo_id`` when it is ``name`` or ``org/name``; raise ``ValueError`` saying how to fix it."""
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or ".." in repo_id or len(repo_id) > 96:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
         raise ValueError(
-            f"Invalid repo id {repo_id!r}: use 'name' or 'org/name' (letters, digits, '-', '_', '.'; "
-            "one '/' at most), e.g. --repo-id my-org/minilm-bbc."
-        )
+            f"Invalid repo id {repo_id!r}: use 'name' or 'org/name' (letters, digits, '-', '_', '.'; at most 96 "
+            f"characters), e.g. --repo-id my-org/minilm-bbc. ({err})"
+        ) from None
     return repo_id
 
 
@@ -151,7 +138,7 @@ def run_metadata(run_dir: str | Path) -> dict[str, Any]:
         hyper.update({k: lora[k] for k in ("lora_r", "lora_alpha", "lora_dropout") if k in lora})
     meta: dict[str, Any] = {
         "method": method,
-        "task": training.get("task") or training.get("objective"),
+        "task": None,
         "base_model": model.get("model_name_or_path"),
         "dataset": data.get("dataset"),
         "hyperparameters": hyper,
@@ -161,12 +148,32 @@ def run_metadata(run_dir: str | Path) -> dict[str, Any]:
         "versions": versions or library_versions(),
         "curves": "curves.png" if (run_dir / "curves.png").is_file() else None,
     }
+    if recipe:
+        from .recipe import method_entry
+
+        entry = method_entry(method)
+        if entry.card_details is not None:
+            meta.update(entry.card_details(recipe, metrics))
     return meta
+
+
+def write_card(run_dir: str | Path, **extra: Any) -> Path:
+    """Write the run's model card to ``run_dir/README.md`` (what :func:`push_run` uploads); returns its path."""
+    run_dir = Path(run_dir)
+    meta = {**run_metadata(run_dir), "model_name": run_dir.name, **extra}
+    path = run_dir / "README.md"
+    model_card(meta).save(path)
+    return path
 
 
 def _eval_results(meta: dict[str, Any], task_type: str, dataset: str) -> list:
     from huggingface_hub import EvalResult
 
+    if meta.get("eval_results") is not None:  # the method chose its own (e.g. SB3's "mean +/- std")
+        return [
+            EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset, **result)
+            for result in meta["eval_results"]
+        ]
     results = []
     for key, value in sorted((meta.get("metrics") or {}).items()):
         if not key.startswith("eval_") or not isinstance(value, (int, float)) or any(s in key for s in _NOT_METRICS):
@@ -198,38 +205,42 @@ def model_card(meta: dict[str, Any]):
     """Build a ``huggingface_hub.ModelCard`` from run metadata (see :func:`run_metadata` for the keys).
 
     Args:
-        meta: ``model_name``, ``method``, ``task``, ``base_model``, ``dataset``, ``hyperparameters``
-            (dict), ``metrics`` (dict; ``eval_*`` numbers go to ``model-index``), ``command``,
-            ``versions`` (dict), ``curves`` (image path in the repo), ``adapter`` (bool),
-            ``library_name``, ``tags``, ``description`` (extra Markdown). Missing keys are left out.
+        meta: ``model_name``, ``method``, ``task``, ``task_type`` (the Hub task, e.g.
+            ``text-classification``; the method's entry gives it), ``base_model``, ``dataset``,
+            ``hyperparameters`` (dict), ``metrics`` (dict; ``eval_*`` numbers go to ``model-index``),
+            ``eval_results`` (list of ``EvalResult`` keyword dicts replacing those), ``eval_dataset``,
+            ``command``, ``versions`` (dict), ``curves`` (image path in the repo), ``adapter`` (bool),
+            ``library_name``, ``tags``, ``title``, ``description`` (extra Markdown). Missing keys are left out.
 
     Returns:
         A ``ModelCard`` whose YAML header holds base model, datasets, tags and ``model-index``.
 
     Example:
-        >>> card = model_card({"model_name": "demo", "method": "supervised", "metrics": {"eval_accuracy": 0.9}})
+        >>> card = model_card({"model_name": "demo", "method": "supervised", "task_type": "text-classification",
+        ...                    "metrics": {"eval_accuracy": 0.9}})
         >>> "model-index" in str(card)
         True
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     method = meta.get("method") or "unknown"
-    task_type = meta.get("task_type") or TASK_TYPES.get(meta.get("task") or "", TASK_TYPES.get(method, "other"))
-    base_model, dataset = meta.get("base_model"), meta.get("dataset") or "unknown"
-    dataset_label = Path(dataset).name if Path(dataset).exists() else dataset
+    task_type = meta.get("task_type") or "other"
+    base_model, dataset = meta.get("base_model"), meta.get("dataset")
+    dataset_label = meta.get("eval_dataset") or (Path(dataset).name if dataset and Path(dataset).exists() else dataset)
+    dataset_label = dataset_label or "unknown"
     name = meta.get("model_name") or "model"
     library = meta.get("library_name") or ("peft" if meta.get("adapter") else "transformers")
     card_data = ModelCardData(
         model_name=name,
         base_model=base_model if _is_hub_id(base_model) else None,
-        datasets=[dataset] if _is_hub_id(dataset) else None,
+        datasets=[dataset] if dataset and _is_hub_id(dataset) else None,
         library_name=library,
         pipeline_tag=None if task_type in ("other", "reinforcement-learning") else task_type,
-        tags=["hf-finetune", method, *(meta.get("tags") or [])],
+        tags=list(dict.fromkeys(["hf-finetune", method, *(meta.get("tags") or [])])),
         eval_results=_eval_results(meta, task_type, dataset_label) or None,
     )
     hyper = meta.get("hyperparameters") or {}
-    lines = [f"# {name}", ""]
+    lines = [f"# {meta.get('title') or name}", ""]
     what = "LoRA adapter for" if meta.get("adapter") else "Fine-tuned"
     lines += [
         f"{what} `{base_model or 'a pretrained model'}`, trained with [hf-finetune](https://pypi.org/project/hf-finetune/) "
@@ -243,8 +254,8 @@ def model_card(meta: dict[str, Any]):
         lines += ["## Results", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results]
         lines.append("")
-    lines += ["## Training procedure", ""]
     if hyper:
+        lines += ["## Training procedure", ""]
         lines += [f"Schedule: {_schedule(hyper)}.", "", "| hyperparameter | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in hyper.items()]
         lines.append("")
@@ -318,7 +329,7 @@ def push_run(
             commit_message=f"Upload {meta.get('method', 'run')} run with hf-finetune",
             ignore_patterns=IGNORE_PATTERNS,
         )
-    except (HfHubHTTPError, ValueError, OSError, _transport_errors()) as err:
+    except (HfHubHTTPError, ValueError, *_transport_errors()) as err:
         status = getattr(getattr(err, "response", None), "status_code", None)
         shown = f"HTTP {status}: " if status else ""
         raise HubPushError(
@@ -328,13 +339,17 @@ def push_run(
     return str(info.commit_url)
 
 
-def _transport_errors() -> type[Exception]:
-    # huggingface_hub 1.x+ talks through httpx: its connection/timeout errors are not OSErrors.
-    try:
-        import httpx
-    except ImportError:  # pragma: no cover - huggingface_hub < 1.0 uses requests (OSError subclasses)
-        return OSError
-    return httpx.TransportError
+def _transport_errors() -> tuple[type[Exception], ...]:
+    # huggingface_hub talks through httpx (1.x) or httpx2 (2.x): their connection/timeout errors are
+    # not OSErrors, and only the one in use is installed.
+    errors: list[type[Exception]] = [OSError]
+    for name in ("httpx2", "httpx"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        errors.append(module.TransportError)
+    return tuple(errors)
 
 
 def _redact(text: str, token: str) -> str:

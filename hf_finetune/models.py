@@ -106,8 +106,12 @@ def place_in_hub_cache(repo_id: str, source_dir: str | os.PathLike, note: dict |
                         ignore=shutil.ignore_patterns("__pycache__", "*.gguf", ".gitattributes", "*.py"))
         if note is not None:
             (tmp / BUNDLE_NOTE).write_text(json.dumps(note, indent=2) + "\n")
-        shutil.rmtree(snapshot, ignore_errors=True)
-        tmp.rename(snapshot)
+        try:
+            tmp.rename(snapshot)
+        except OSError:  # another process placed it first: keep theirs, it may be loading already
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (snapshot / "config.json").is_file():
+                raise
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     ref_tmp = repo / "refs" / f"main.tmp-{os.getpid()}"
     ref_tmp.write_text(commit)

@@ -21,7 +21,6 @@ from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from .callbacks import plot_curves
 from .config import REPORT_TO_HELP, Recipe, default_report_to  # noqa: F401 - re-exported for old imports
 from .models import save_task_config
 
@@ -114,9 +113,120 @@ def write_args_json(args: Any, output_dir: Path) -> None:
     (output_dir / "training_args.json").write_text(args.to_json_string())
 
 
+def _args_of(recipe: Recipe) -> Any:
+    """The block with ``output_dir``, seed and push settings: ``training`` (Trainer methods) or ``agent`` (SB3)."""
+    blocks = recipe.blocks
+    return blocks["training"] if "training" in blocks else blocks["agent"]
+
+
+def _is_main_process(args: Any) -> bool:
+    return bool(getattr(args, "should_save", True))
+
+
+class TrainingRun:
+    """The one run skeleton of every method, SB3 agents included.
+
+    Entering checks what would make the run fail at its end (a token in the recipe, a push that could
+    not happen, several launched processes that would not form one group), seeds everything and
+    writes ``recipe.yaml`` and ``versions.json``; :meth:`callbacks` puts the non-finite guard and the
+    caller's extra callbacks beside the method's own; :meth:`train` trains or resumes;
+    :meth:`finish` writes ``metrics.json``, ``curves.png`` and the ``README.md`` model card (the one
+    card code of :mod:`hf_finetune.hub`), prints the summary line and pushes when asked.
+
+    Example:
+        >>> with TrainingRun(recipe, callbacks=extra) as run:  # doctest: +SKIP
+        ...     trainer = MyTrainer(model, run.args, train_dataset=ds, callbacks=run.callbacks())
+        ...     run.train(trainer)
+        ...     metrics = run.finish(trainer.evaluate(), headline=("eval_loss",), trainer=trainer)
+    """
+
+    def __init__(self, recipe: Recipe, callbacks: list | None = None) -> None:
+        self.recipe = recipe
+        self.args = _args_of(recipe)
+        self.run_dir = Path(self.args.output_dir)
+        self.extra_callbacks = list(callbacks or [])
+        self.started = time.time()
+        self.trainable: int | None = None
+
+    def __enter__(self) -> TrainingRun:
+        self.started = start_run(self.recipe)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        return False  # errors propagate; what a failed run leaves behind is decided in start_run/finish
+
+    def callbacks(self, *own: Any, guard: bool = True) -> list:
+        """The run's callbacks: the non-finite guard (Trainer methods), the method's ``own``, then the caller's."""
+        from .callbacks import NonFiniteGuardCallback
+
+        return [*([NonFiniteGuardCallback()] if guard else []), *own, *self.extra_callbacks]
+
+    def log_trainable(self, model: Any, what: str = "") -> int:
+        """Log and remember how many parameters train (``metrics['trainable_parameters']``)."""
+        from .models import trainable_parameters
+
+        trainable, total = trainable_parameters(model)
+        logger.info("%sTrainable parameters: %d of %d (%.2f%%)", what, trainable, total, 100 * trainable / max(total, 1))
+        self.trainable = trainable
+        return trainable
+
+    def train(self, trainer: Any):
+        """``trainer.train``, resuming from ``resume_from_checkpoint`` when the recipe says so."""
+        return trainer.train(resume_from_checkpoint=getattr(self.args, "resume_from_checkpoint", None))
+
+    def finish(
+        self,
+        metrics: dict[str, Any],
+        headline: tuple[str, ...] = (),
+        trainer: Any = None,
+        log_history: list[dict] | None = None,
+        curve_keys: tuple[str, ...] = ("loss", "eval_loss"),
+    ) -> dict:
+        """Write the run's results and card, print the summary line, push when asked; returns the metrics.
+
+        Args:
+            metrics: final metrics (``eval_*`` numbers go to the card's ``model-index``).
+            headline: metric names shown in the summary line.
+            trainer: the ``Trainer`` (its state, world size and arguments are saved); ``None`` for SB3.
+            log_history: logged entries for ``curves.png`` when there is no trainer.
+            curve_keys: logged keys to plot.
+        """
+        metrics = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
+        if self.trainable is not None:
+            metrics.setdefault("trainable_parameters", self.trainable)
+        metrics["train_runtime_s"] = round(time.time() - self.started, 1)
+        metrics["world_size"] = getattr(self.args, "world_size", 1)
+        main = _is_main_process(self.args)
+        if trainer is not None:
+            trainer.save_state()  # trainer_state.json: the whole log history, for curves and audits
+            write_args_json(self.args, self.run_dir)
+            log_history = trainer.state.log_history
+            main = trainer.is_world_process_zero()
+        if not main:
+            return metrics
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        plot_curves(log_history or [], self.run_dir / "curves.png", keys=curve_keys)
+        from .hub import write_card
+
+        write_card(self.run_dir)
+        shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in headline if isinstance(metrics.get(k), float))
+        print(f"[hf-finetune] done in {metrics['train_runtime_s']:.0f}s: {shown or 'no metrics'} | run saved to {self.run_dir}")
+        if getattr(self.args, "push_to_hub", False):
+            from .hub import push_run
+
+            args = self.args
+            repo_id = getattr(args, "hub_model_id", None) or self.run_dir.name
+            url = push_run(self.run_dir, repo_id, private=getattr(args, "hub_private_repo", None),
+                           revision=getattr(args, "hub_revision", None))
+            metrics["hub_commit_url"] = url
+            print(f"[hf-finetune] pushed to {url}")
+        return metrics
+
+
 def start_run(recipe: Recipe) -> float:
-    """Seed everything and write the resolved recipe before training, so a crashed run is reproducible."""
-    training = recipe.training
+    """Checks, seeds and ``recipe.yaml``/``versions.json`` of a run (what entering :class:`TrainingRun` does)."""
+    training = _args_of(recipe)
     if getattr(training, "hub_token", None):
         raise ValueError(
             "training.hub_token is set: tokens do not belong in recipes (they end up in files and shell history). "
@@ -136,7 +246,7 @@ def start_run(recipe: Recipe) -> float:
         check_push_ready(getattr(training, "hub_model_id", None) or Path(training.output_dir).name)
     set_seed(training.seed, deterministic=getattr(training, "full_determinism", False))
     run_dir = Path(training.output_dir)
-    if getattr(training, "should_save", True):
+    if _is_main_process(training):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         from .hub import library_versions
@@ -145,24 +255,25 @@ def start_run(recipe: Recipe) -> float:
     return time.time()
 
 
-def finish_run(trainer, metrics: dict[str, float], started: float, headline: tuple[str, ...] = ()) -> dict:
-    """Write ``metrics.json`` and ``curves.png`` and print the one-line summary of the run."""
-    run_dir = Path(trainer.args.output_dir)
-    metrics = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
-    metrics["train_runtime_s"] = round(time.time() - started, 1)
-    metrics["world_size"] = trainer.args.world_size
-    trainer.save_state()  # trainer_state.json: the whole log history, for curves and audits
-    if trainer.is_world_process_zero():
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        plot_curves(trainer.state.log_history, run_dir / "curves.png")
-        shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in headline if isinstance(metrics.get(k), float))
-        print(f"[hf-finetune] done in {metrics['train_runtime_s']:.0f}s: {shown or 'no metrics'} | run saved to {run_dir}")
-        if trainer.args.push_to_hub:
-            # Our push replaces the card Trainer may have pushed with checkpoints by the run's own card.
-            from .hub import push_run
+def plot_curves(log_history: list[dict], path: str | Path, keys: tuple[str, ...] = ("loss", "eval_loss")) -> Path | None:
+    """Plot logged values against the step as a PNG; returns the path, or None when nothing was logged."""
+    import matplotlib
 
-            args = trainer.args
-            repo_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id or run_dir.name
-            url = push_run(run_dir, repo_id, private=args.hub_private_repo, revision=args.hub_revision)
-            print(f"[hf-finetune] pushed to {url}")
-    return metrics
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: [(e["step"], e[k]) for e in log_history if k in e and "step" in e] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, points in series.items():
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o" if len(points) < 30 else None, label=key)
+    ax.set_xlabel("step")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

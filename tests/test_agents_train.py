@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -144,6 +145,71 @@ def test_bad_recipe_values(tiny_bert_dir, tmp_path):
     data["agent"]["algo_kwargs"] = {"no_such_argument": 1}
     with pytest.raises(ValueError, match="agent.algo_kwargs"):
         run(parse_recipe(data, BLOCKS))
+
+
+def test_errors_before_step_one_name_the_fix(tiny_bert_dir, tmp_path):
+    import gymnasium as gym
+    import numpy as np
+    from gymnasium import spaces
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from hf_finetune.rl_env.train import build_agent
+
+    data = bandit_recipe(tiny_bert_dir, tmp_path, "a2c")
+    data["agent"]["algo_kwargs"] = {"n_step": 8}  # typo of n_steps: names the key, the algorithm and the fix
+    with pytest.raises(ValueError, match=r"A2C \(agent.algorithm=a2c\) takes no argument 'n_step'. Did you mean n_steps"):
+        run(parse_recipe(data, BLOCKS))
+    assert not (tmp_path / "progress.csv").exists()  # nothing trained
+
+    data = bandit_recipe(tiny_bert_dir, tmp_path)
+    data["env"]["n_envs"] = 0
+    with pytest.raises(ValueError, match="env.n_envs=0: use at least 1"):
+        parse_recipe(data, BLOCKS)
+
+    data = bandit_recipe(tiny_bert_dir, tmp_path)
+    data["env"] = {"env_id": "hf_finetune/BabyAI-Text-v0", "env_kwargs": {"level": "BabyAI-GoToObject-v0"}}
+    with pytest.raises(ValueError, match="env.env_kwargs.level: Unknown BabyAI level 'BabyAI-GoToObject-v0'. "
+                                         "Did you mean BabyAI-GoToObj-v0"):
+        parse_recipe(data, BLOCKS)
+
+    data = bandit_recipe(tiny_bert_dir, tmp_path, "dqn")
+    data["agent"]["algo_kwargs"] = {**data["agent"]["algo_kwargs"], "buffer_size": 10**12}
+    with pytest.raises(ValueError, match=r"buffer_size=1000000000000: the replay buffer would take [\d.]+ GiB "
+                                         r"\(148 bytes per transition.*Use buffer_size <= \d+"):
+        run(parse_recipe(data, BLOCKS))
+
+    class Continuous(gym.Env):  # token-id observations, a continuous action
+        observation_space = spaces.Box(0, 10, (8,), dtype=np.int64)
+        action_space = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            return np.zeros(8, dtype=np.int64), {}
+
+        def step(self, action):
+            return np.zeros(8, dtype=np.int64), 0.0, True, False, {}
+
+    recipe = parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "dqn"), BLOCKS)
+    with pytest.raises(ValueError, match=r"agent.algorithm=dqn picks one of n discrete actions.*Box\(-1.0, 1.0.*ppo or a2c"):
+        build_agent(recipe, DummyVecEnv([Continuous]))
+
+
+def test_standardized_embeddings_are_fitted_saved_and_reloaded(tiny_bert_dir, tmp_path):
+    from hf_finetune.rl_env.extractor import lm_extractors
+
+    data = bandit_recipe(tiny_bert_dir, tmp_path, "a2c", standardize_embeddings=True, standardize_steps=64)
+    metrics = run(parse_recipe(data, BLOCKS))
+    assert metrics["eval_success_rate"] >= 0.9, metrics
+    with safe_open(tmp_path / "policy.safetensors", "pt") as f:
+        mean, std = f.get_tensor("features_extractor.embedding_mean"), f.get_tensor("features_extractor.embedding_std")
+    # fitted on the six bandit texts: not the initial zeros/ones
+    assert mean.abs().sum() > 0 and not torch.allclose(std, torch.ones_like(std))
+    agent = load_agent(tmp_path)
+    (extractor,) = lm_extractors(agent.policy)
+    assert torch.equal(extractor.embedding_mean, mean) and torch.equal(extractor.embedding_std, std)
+    encode = agent.get_env().envs[0].get_wrapper_attr("encode")
+    ids = torch.as_tensor(np.stack([encode(text) for text in TEXTS]))
+    vectors = (extractor.encode(extractor.token_ids(ids.float())) - mean) / std
+    assert torch.allclose(vectors.mean(0), torch.zeros_like(mean), atol=1e-4)  # the six texts, standardized
 
 
 @pytest.mark.slow

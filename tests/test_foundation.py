@@ -14,8 +14,9 @@ from conftest import write_recipe
 from safetensors.torch import load_file
 
 from hf_finetune.callbacks import NonFiniteLossError
-from hf_finetune.cli import load_recipe, main, run_recipe
+from hf_finetune.cli import main
 from hf_finetune.metrics import ClassificationMetric, load_metric
+from hf_finetune.recipe import load_recipe, run_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,19 +117,15 @@ def _stop_after_first_save():
     return Crash()
 
 
-def test_resume_is_bitwise_identical(tiny_bert_dir, topic_csv, tmp_path, monkeypatch):
-    import hf_finetune.supervised.train as sup
-
+def test_resume_is_bitwise_identical(tiny_bert_dir, topic_csv, tmp_path):
     common = dict(max_steps=10, save_strategy="steps", save_steps=5, full_determinism=True, learning_rate=1e-3)
     straight = tmp_path / "straight"
     run_dict(tiny_recipe(tiny_bert_dir, topic_csv, straight, **common), tmp_path)
 
     killed = tmp_path / "killed"
-    original = sup.NonFiniteGuardCallback
-    monkeypatch.setattr(sup, "NonFiniteGuardCallback", lambda: _stop_after_first_save())
+    path = write_recipe(tmp_path / "killed.yaml", tiny_recipe(tiny_bert_dir, topic_csv, killed, **common))
     with pytest.raises(KeyboardInterrupt):
-        run_dict(tiny_recipe(tiny_bert_dir, topic_csv, killed, **common), tmp_path)
-    monkeypatch.setattr(sup, "NonFiniteGuardCallback", original)
+        run_recipe(load_recipe(path), callbacks=[_stop_after_first_save()])
     assert (killed / "checkpoint-5").is_dir() and not (killed / "checkpoint-10").exists()
     assert not list((killed / "checkpoint-5").glob("training_args.bin"))
     assert (killed / "checkpoint-5" / "training_args.json").is_file()
@@ -140,10 +137,8 @@ def test_resume_is_bitwise_identical(tiny_bert_dir, topic_csv, tmp_path, monkeyp
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_non_finite_loss_stops_before_the_update(tiny_bert_dir, topic_csv, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_before_the_update(tiny_bert_dir, topic_csv, tmp_path):
     from transformers import TrainerCallback
-
-    import hf_finetune.supervised.train as sup
 
     class Poison(TrainerCallback):
         def on_step_begin(self, args, state, control, model=None, **kwargs):
@@ -151,22 +146,11 @@ def test_non_finite_loss_stops_before_the_update(tiny_bert_dir, topic_csv, tmp_p
                 with torch.no_grad():
                     model.bert.embeddings.word_embeddings.weight[:] = float("nan")
 
-    guard = sup.NonFiniteGuardCallback
-    monkeypatch.setattr(sup, "NonFiniteGuardCallback", lambda: guard())
     out = tmp_path / "nan"
     recipe = tiny_recipe(tiny_bert_dir, topic_csv, out, save_strategy="steps", save_steps=1, max_steps=6)
-    path = write_recipe(tmp_path / "nan.yaml", recipe)
-    loaded = load_recipe(path)
-    original_trainer = sup.SupervisedTrainer
-
-    class PoisonedTrainer(original_trainer):
-        def __init__(self, *args, **kwargs):
-            kwargs["callbacks"] = [*kwargs.get("callbacks", []), Poison()]
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(sup, "SupervisedTrainer", PoisonedTrainer)
+    loaded = load_recipe(write_recipe(tmp_path / "nan.yaml", recipe))
     with pytest.raises(NonFiniteLossError, match="at step 3"):
-        run_recipe(loaded)
+        run_recipe(loaded, callbacks=[Poison()])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
 
 

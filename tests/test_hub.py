@@ -134,8 +134,8 @@ def test_eval_reproduces_training_metrics(canary_run, capsys):
         assert metrics[key] == pytest.approx(trained[key], abs=2e-6), key
 
     # --data: the same validation rows, from a file, give the same metrics.
-    from hf_finetune.cli import evaluate_run, load_recipe
     from hf_finetune.data import load_splits
+    from hf_finetune.recipe import evaluate_run, load_recipe
 
     recipe = load_recipe(str(run_dir / "recipe.yaml"), ["--output_dir", str(canary_run["tmp"] / "scratch")])
     validation = load_splits(recipe.data, label_column=recipe.data.label_column)["validation"]
@@ -155,6 +155,7 @@ def test_model_card_eval_results_in_model_index():
         {
             "model_name": "minilm-bbc",
             "method": "supervised",
+            "task_type": "text-classification",
             "task": "classification",
             "base_model": "sentence-transformers/all-MiniLM-L6-v2",
             "dataset": "SetFit/bbc-news",
@@ -181,7 +182,7 @@ def lora_run(tmp_path_factory, tiny_bert_dir, topic_csv):
     """A LoRA adapter run (in this process); returns (run_dir, the metrics training returned)."""
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from hf_finetune.cli import load_recipe, run_recipe
+    from hf_finetune.recipe import load_recipe, run_recipe
 
     tmp = tmp_path_factory.mktemp("lora")
     # A base checkpoint with its pooler, so the reloaded model cannot differ by a re-initialised one.
@@ -195,7 +196,7 @@ def lora_run(tmp_path_factory, tiny_bert_dir, topic_csv):
 
 
 def test_lora_adapter_eval_reproduces_training_metrics(lora_run):
-    from hf_finetune.cli import evaluate_run
+    from hf_finetune.recipe import evaluate_run
 
     run_dir, trained = lora_run
     assert (run_dir / "adapter_config.json").is_file() and not (run_dir / "model.safetensors").exists()
@@ -231,7 +232,7 @@ ERROR_CASES = textwrap.dedent(
     from hf_finetune.hub import push_run
     out["agent_url"] = push_run(agent_dir, "org/agent", card_extra={
         "method": "agent", "base_model": "sentence-transformers/all-MiniLM-L6-v2", "dataset": "BabyAI-GoToObj-v0",
-        "library_name": "stable-baselines3", "metrics": {"eval_mean_reward": 0.9},
+        "library_name": "stable-baselines3", "task_type": "reinforcement-learning", "metrics": {"eval_mean_reward": 0.9},
         "hyperparameters": {"learning_rate": 3e-4}, "command": "hf-finetune train recipes/rl/agent.yaml"})
     print(json.dumps(out))
     """
@@ -282,7 +283,7 @@ def test_push_errors_adapter_and_agent(tmp_path, canary_run, lora_run):
 
 
 def test_hub_token_in_recipe_is_rejected(tmp_path, tiny_bert_dir, topic_csv):
-    from hf_finetune.cli import load_recipe, run_recipe
+    from hf_finetune.recipe import load_recipe, run_recipe
 
     recipe = supervised_recipe(tiny_bert_dir, topic_csv, tmp_path / "run", hub_token="hf_secret_in_yaml")
     with pytest.raises(ValueError, match="tokens do not belong in recipes.*hf auth login"):
@@ -291,7 +292,7 @@ def test_hub_token_in_recipe_is_rejected(tmp_path, tiny_bert_dir, topic_csv):
 
 
 def test_push_to_hub_without_token_fails_before_training(tmp_path, tiny_bert_dir, topic_csv, monkeypatch):
-    from hf_finetune.cli import load_recipe, run_recipe
+    from hf_finetune.recipe import load_recipe, run_recipe
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)

@@ -244,7 +244,7 @@ def test_loss_uses_num_items_detection(tiny_bert_dir, tiny_gpt2_dir):
 
 
 def test_launched_workers_that_would_train_alone_are_refused(tmp_path, tiny_bert_dir, topic_csv, monkeypatch):
-    from hf_finetune.cli import load_recipe, run_recipe
+    from hf_finetune.recipe import load_recipe, run_recipe
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it, but without use_cpu on a CPU machine
     monkeypatch.delenv("LOCAL_RANK", raising=False)

@@ -194,3 +194,11 @@ def test_evaluate_generations_greedy_and_task_metric(tiny_gpt2_dir):
     assert 1 <= metrics["completion_length"] <= 5
     assert set(table[0]) == {"prompt", "completion", "reward", "exact_match"} and len(table) == 2
     assert tokenizer.padding_side == "right" and model.training  # both restored
+
+
+def test_a_reward_that_raises_is_named_with_its_row():
+    def picky(prompts, completions, **_):
+        return [1.0 / len(c) for c in completions]  # ZeroDivisionError on an empty completion
+
+    with pytest.raises(ValueError, match=r"'picky' raised ZeroDivisionError.*on row 1 \(prompt 'b'"):
+        score_per_function([picky], ["a", "b", "c"], ["x", "", "z"])

@@ -10,7 +10,7 @@ import torch
 from conftest import make_topic_rows, write_recipe
 from safetensors.torch import load_file
 
-from hf_finetune.cli import evaluate_run, load_recipe, run_recipe
+from hf_finetune.recipe import evaluate_run, load_recipe, run_recipe
 from hf_finetune.self_supervised.text import tokenize_corpus
 from hf_finetune.self_supervised.train import SelfSupervisedTrainer, build, supports_padding_free
 

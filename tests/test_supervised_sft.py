@@ -10,8 +10,8 @@ import torch
 from conftest import make_topic_rows, write_recipe
 from safetensors.torch import load_file
 
-from hf_finetune.cli import load_recipe, run_recipe
-from hf_finetune.supervised import sft_trainer
+from hf_finetune.recipe import load_recipe, run_recipe
+from hf_finetune.supervised import sft_train, sft_trainer
 from hf_finetune.supervised.sft_config import InstructionSFTConfig
 
 TEMPLATE = (
@@ -78,7 +78,7 @@ def test_config_is_cpu_safe():
 def test_prompt_completion_lora_trains_adapters_on_completions_only(chat_llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "pc.jsonl", prompt_rows())
     recipe = load(sft_recipe(chat_llama_dir, data, tmp_path / "run", lora={"lora_r": 4}), tmp_path)
-    tokenizer, splits, kind, model = sft_trainer.build_sft(recipe)
+    tokenizer, splits, kind, model = sft_train.build_sft(recipe)
     assert kind == "prompt_completion"
     trainer = sft_trainer.InstructionSFTTrainer(
         model=model, args=recipe.training, train_dataset=splits["train"], processing_class=tokenizer
@@ -126,11 +126,11 @@ def test_chat_messages_packing_and_stages_through_the_cli(chat_llama_dir, tmp_pa
 def test_bad_sft_data_fails_before_training(chat_llama_dir, tmp_path, rows, message):
     recipe = load(sft_recipe(chat_llama_dir, write_jsonl(tmp_path / "bad.jsonl", rows), tmp_path / "o"), tmp_path)
     with pytest.raises(ValueError, match=message):
-        sft_trainer.build_sft(recipe)
+        sft_train.build_sft(recipe)
 
 
 def test_chat_data_without_template_fails(tiny_llama_dir, tmp_path):
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}] * 5
     recipe = load(sft_recipe(tiny_llama_dir, write_jsonl(tmp_path / "c.jsonl", rows), tmp_path / "o"), tmp_path)
     with pytest.raises(ValueError, match="needs a chat template"):
-        sft_trainer.build_sft(recipe)
+        sft_train.build_sft(recipe)

@@ -1,4 +1,4 @@
-"""StagedTrainer: stage plans, trainable sets, optimizer state, LLRD groups, presets, exact resume, errors."""
+"""SupervisedTrainer (staged schedules): stage plans, trainable sets, optimizer state, LLRD groups, presets, exact resume, errors."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from hf_finetune.supervised.config import SupervisedConfig
-from hf_finetune.supervised.trainer import ModelLayout, StagedTrainer
+from hf_finetune.supervised.trainer import ModelLayout, SupervisedTrainer
 
 NAMES = ["business", "sport", "tech"]
 
@@ -41,7 +41,7 @@ def make_trainer(bert_data, out, model=None, **kw):
     tokenizer, ds = bert_data
     defaults = dict(per_device_train_batch_size=8, logging_steps=1, report_to=[], save_strategy="no", seed=0)
     args = SupervisedConfig(str(out), **{**defaults, **kw})
-    return StagedTrainer(
+    return SupervisedTrainer(
         model=model or bert_model(), args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tokenizer)
     )
 

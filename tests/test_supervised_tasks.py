@@ -12,8 +12,8 @@ import torch
 from conftest import TOPICS, make_topic_rows, write_recipe
 from safetensors.torch import load_file
 
-from hf_finetune.cli import evaluate_run, load_recipe, run_recipe
 from hf_finetune.metrics import bio_entities, load_metric
+from hf_finetune.recipe import evaluate_run, load_recipe, run_recipe
 from hf_finetune.supervised import train as sup
 from hf_finetune.supervised.tasks import read_conll, regression_metrics
 

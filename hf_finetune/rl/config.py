@@ -9,6 +9,7 @@ With the ``model``, ``data``, ``lora`` and ``reward`` blocks identical for the t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..config import REPORT_TO_HELP, DataArguments, default_report_to
 
@@ -139,10 +140,9 @@ class GroupRLArguments:
     learning_rate: float = field(default=1e-5, metadata={"help": "Initial learning rate of AdamW."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
     report_to: None | str | list[str] = field(default_factory=default_report_to, metadata={"help": REPORT_TO_HELP})
-    # Set from code, not recipes: the model is loaded from the `model` block (which owns
-    # trust_remote_code), and the weights come from the `reward` block (reward_weights).
-    trust_remote_code: bool = field(default=False, init=False)
-    reward_weights: list[float] | None = field(default=None, init=False)
+    # In a recipe these come from the `model` block (trust_remote_code) and the `reward` block
+    # (reward_weights); Python users pass them here as to TRL's configs.
+    recipe_shared_fields: ClassVar[tuple[str, ...]] = ("trust_remote_code", "reward_weights")
 
     def __post_init__(self):
         super().__post_init__()

@@ -131,6 +131,18 @@ def _check_value(value: Any, name: str, index: int) -> float:
     return value  # NaN is kept and treated like None
 
 
+def _failing_row(fn, prompts, completions, columns, extra) -> str:
+    """`` on row i (prompt ...)`` for the first row that raises alone, or "" when every row passes alone."""
+    for i in range(len(prompts)):
+        try:
+            fn(prompts=prompts[i : i + 1], completions=completions[i : i + 1],
+               **{k: v[i : i + 1] for k, v in columns.items()},
+               **{k: v[i : i + 1] if isinstance(v, list) and len(v) == len(prompts) else v for k, v in extra.items()})
+        except Exception:
+            return f" on row {i} (prompt {prompts[i][:80]!r}, completion {completions[i][:80]!r})"
+    return ""
+
+
 def score_per_function(
     reward_funcs: Sequence[RewardFunc],
     prompts: list[str],
@@ -151,8 +163,8 @@ def score_per_function(
         A ``float32`` tensor of shape ``[len(prompts), len(reward_funcs)]``.
 
     Raises:
-        ValueError: naming the function, when it returns the wrong number of rewards, a non-number
-            or an infinite value.
+        ValueError: naming the function, when it raises (with the first row that fails), returns the
+            wrong number of rewards, a non-number or an infinite value.
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions: give one prompt per completion.")
@@ -163,7 +175,12 @@ def score_per_function(
     scores = torch.empty(len(prompts), len(reward_funcs), dtype=torch.float32)
     for j, fn in enumerate(reward_funcs):
         name = reward_name(fn)
-        output = _as_list(fn(prompts=prompts, completions=completions, **columns, **extra), name)
+        try:
+            output = fn(prompts=prompts, completions=completions, **columns, **extra)
+        except Exception as err:  # name the function and the first row it fails on, not a deep stack
+            raise ValueError(f"Reward function '{name}' raised {type(err).__name__}: {err}"
+                             f"{_failing_row(fn, prompts, completions, columns, extra)}") from err
+        output = _as_list(output, name)
         if len(output) != len(prompts):
             raise ValueError(
                 f"Reward function '{name}' returned {len(output)} rewards for {len(prompts)} completions: "

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
-from ..config import LoraArguments, ModelArguments, Recipe
+from ..config import LoraArguments, MethodEntry, ModelArguments, Recipe
 from ..data import load_splits
-from ..models import apply_lora, check_model_fits, export_model, load_model, load_tokenizer, trainable_parameters
-from ..runs import finish_run, start_run, write_args_json
+from ..models import apply_lora, check_model_fits, export_model, load_model, load_tokenizer
+from ..runs import TrainingRun
 from .config import RewardArguments, RLDataArguments
 from .rewards import load_reward_model, resolve_reward_funcs, score_per_function
 
@@ -118,15 +117,9 @@ def _last_logged(log_history: list[dict], words: tuple[str, ...]) -> dict[str, f
     return out
 
 
-def run(recipe: Recipe) -> dict:
-    """RL fine-tuning of a causal LM as the recipe says; returns final metrics (``eval_*``, ``before_eval_*``)."""
-    args = recipe.training
-    data: RLDataArguments = recipe.data
-    _, trainer_class = _trainer_classes(recipe.method)
-    started = start_run(recipe)
-    tokenizer = load_tokenizer(recipe.model, require_pad=True, padding_side="left")
-    if tokenizer.eos_token is None:
-        raise ValueError("The policy tokenizer has no EOS token, so completions could never end: use a model with one.")
+def prepare_prompts(recipe: Recipe, tokenizer):
+    """The recipe's prompt splits, checked and rendered (chat template when asked)."""
+    args, data = recipe.training, recipe.data
     splits = load_splits(data)
     for name, split in splits.items():
         if args.prompt_column not in split.column_names:
@@ -134,41 +127,89 @@ def run(recipe: Recipe) -> dict:
                 f"The {name} split of {data.dataset} has no prompt column '{args.prompt_column}' (columns: "
                 f"{split.column_names}): set training.prompt_column."
             )
-    splits = {name: render_prompts(split, tokenizer, args.prompt_column, data) for name, split in splits.items()}
+    return {name: render_prompts(split, tokenizer, args.prompt_column, data) for name, split in splits.items()}
+
+
+def run(recipe: Recipe, callbacks: list | None = None) -> dict:
+    """RL fine-tuning of a causal LM as the recipe says; returns final metrics (``eval_*``, ``before_eval_*``).
+
+    ``callbacks`` are extra ``TrainerCallback`` instances (the trainers add the non-finite guard themselves).
+    """
+    args = recipe.training
+    _, trainer_class = _trainer_classes(recipe.method)
+    with TrainingRun(recipe, callbacks) as run_:
+        tokenizer = load_tokenizer(recipe.model, require_pad=True, padding_side="left")
+        if tokenizer.eos_token is None:
+            raise ValueError("The policy tokenizer has no EOS token, so completions could never end: use a model with one.")
+        splits = prepare_prompts(recipe, tokenizer)
+        funcs, weights, task_metrics = build_rewards(recipe.reward)
+        _preflight(funcs, task_metrics, splits["train"], args.prompt_column)
+
+        model = load_model(recipe.model, AutoModelForCausalLM)
+        check_model_fits(model, tokenizer, None)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if recipe.lora.use_lora:
+            model = apply_lora(model, recipe.lora, task_type="CAUSAL_LM")
+        run_.log_trainable(model)
+
+        trainer = trainer_class(
+            model=model,
+            args=args,
+            train_dataset=splits["train"],
+            eval_dataset=splits["validation"],
+            processing_class=tokenizer,
+            reward_funcs=funcs,
+            reward_weights=weights,
+            eval_metrics=task_metrics,
+            callbacks=run_.callbacks(guard=False),
+        )
+        metrics: dict[str, float] = {}
+        if recipe.reward.evaluate_before_training and not args.resume_from_checkpoint:
+            metrics.update(trainer.evaluate(metric_key_prefix="before_eval"))
+        run_.train(trainer)
+        metrics.update(trainer.evaluate())
+        metrics.update(_last_logged(trainer.state.log_history, ("kl", "reward", "scores")))
+        policy = getattr(trainer, "policy", None) or trainer.accelerator.unwrap_model(trainer.model)
+        if recipe.lora.use_lora and recipe.lora.lora_merge_on_export:
+            if trainer.is_world_process_zero():
+                export_model(policy, tokenizer, args.output_dir, merge_lora=True)
+        else:
+            trainer.save_model(args.output_dir)
+        headline = ("before_eval_reward", "eval_reward", *(f"eval_{getattr(f, '__name__', '')}" for f in task_metrics))
+        return run_.finish(metrics, headline, trainer=trainer)
+
+
+def evaluate(recipe: Recipe, run_dir: str) -> dict:
+    """Greedy generation of the policy in ``run_dir`` on the recipe's held-out prompts: rewards and task metrics.
+
+    The same scoring as the run's own evaluation (:func:`~hf_finetune.rl.rewards.evaluate_generations`).
+    """
+    from transformers import AutoTokenizer
+
+    from ..models import load_trained
+    from .rewards import evaluate_generations
+
+    args = recipe.training
+    tokenizer = AutoTokenizer.from_pretrained(run_dir, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompts = prepare_prompts(recipe, tokenizer)["validation"]
     funcs, weights, task_metrics = build_rewards(recipe.reward)
-    _preflight(funcs, task_metrics, splits["train"], args.prompt_column)
-
-    model = load_model(recipe.model, AutoModelForCausalLM)
-    check_model_fits(model, tokenizer, None)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if recipe.lora.use_lora:
-        model = apply_lora(model, recipe.lora, task_type="CAUSAL_LM")
-    trainable, total = trainable_parameters(model)
-    logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["validation"],
-        processing_class=tokenizer,
-        reward_funcs=funcs,
-        reward_weights=weights,
-        eval_metrics=task_metrics,
+    model = load_trained(run_dir, AutoModelForCausalLM)
+    model.eval()
+    columns = {c: list(prompts[c]) for c in prompts.column_names if c != args.prompt_column}
+    raw, _ = evaluate_generations(
+        model, tokenizer, list(prompts[args.prompt_column]), columns, funcs, weights, task_metrics,
+        max_new_tokens=args.max_completion_length, batch_size=args.per_device_eval_batch_size, num_logged=0,
     )
-    metrics: dict[str, float] = {}
-    if recipe.reward.evaluate_before_training and not args.resume_from_checkpoint:
-        metrics.update(trainer.evaluate(metric_key_prefix="before_eval"))
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    metrics.update(trainer.evaluate())
-    metrics.update(_last_logged(trainer.state.log_history, ("kl", "reward", "scores")))
-    metrics["trainable_parameters"] = trainable
-    policy = getattr(trainer, "policy", None) or trainer.accelerator.unwrap_model(trainer.model)
-    if recipe.lora.use_lora and recipe.lora.lora_merge_on_export:
-        if trainer.is_world_process_zero():
-            export_model(policy, tokenizer, args.output_dir, merge_lora=True)
-            write_args_json(args, Path(args.output_dir))
-    else:
-        trainer.save_model(args.output_dir)
-    headline = ("before_eval_reward", "eval_reward", *(f"eval_{getattr(f, '__name__', '')}" for f in task_metrics))
-    return finish_run(trainer, metrics, started, headline=headline)
+    return {f"eval_{k}": v for k, v in raw.items()}
+
+
+def card_details(recipe: dict, metrics: dict) -> dict:
+    """Model-card fields of an RL run on a language model: a text-generation model, tagged with its algorithm."""
+    return {"task_type": "text-generation", "tags": ["reinforcement-learning", recipe.get("method", "rl")]}
+
+
+PPO_ENTRY = MethodEntry("ppo", blocks=lambda: blocks("ppo"), run=run, evaluate=evaluate, card_details=card_details)
+GRPO_ENTRY = MethodEntry("grpo", blocks=lambda: blocks("grpo"), run=run, evaluate=evaluate, card_details=card_details)
+RLOO_ENTRY = MethodEntry("rloo", blocks=lambda: blocks("rloo"), run=run, evaluate=evaluate, card_details=card_details)

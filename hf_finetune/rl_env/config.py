@@ -81,6 +81,13 @@ class EnvArguments:
                 f"env.env_id={self.env_id!r} is not registered. This package registers {registered_env_ids()}; "
                 "other ids need their package imported first."
             )
+        if self.env_id == "hf_finetune/BabyAI-Text-v0" and "level" in self.env_kwargs:
+            from .envs import check_level
+
+            try:  # before any model or env is built
+                check_level(self.env_kwargs["level"])
+            except ValueError as err:
+                raise ValueError(f"env.env_kwargs.level: {err}") from None
 
 
 @dataclass
@@ -128,6 +135,15 @@ class AgentConfig:
     cache_size: int = field(
         default=100_000, metadata={"help": "LRU embedding cache entries for a frozen encoder (0: no cache)."}
     )
+    standardize_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Standardize each dimension of the pooled embedding (mean/std fitted before step 1 on "
+                  "views a random policy meets; the LM counterpart of the zoo's VecNormalize on MiniGrid)."},
+    )
+    standardize_steps: int = field(
+        default=2048, metadata={"help": "Random-policy env steps whose views fit standardize_embeddings."}
+    )
+    progress_bar: bool = field(default=True, metadata={"help": "Show SB3's progress bar (steps, speed, ETA)."})
     eval_freq: int = field(
         default=2_000, metadata={"help": "Evaluate every this many environment steps (all envs together); 0: only at the end."}
     )
@@ -158,6 +174,8 @@ class AgentConfig:
             raise ValueError(f"agent.total_timesteps={self.total_timesteps}: use a positive number of steps.")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"agent.torch_threads={self.torch_threads}: use a positive number (or leave it out).")
+        if self.standardize_embeddings and self.standardize_steps < 2:
+            raise ValueError(f"agent.standardize_steps={self.standardize_steps}: use at least 2 (e.g. 2048).")
         if self.n_eval_episodes < 1:
             raise ValueError(f"agent.n_eval_episodes={self.n_eval_episodes}: use at least 1.")
         for name in ("policy", "env", "seed", "device", "verbose", "policy_kwargs", "tensorboard_log"):

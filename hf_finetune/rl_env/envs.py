@@ -20,6 +20,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from .. import GYM_ENVS
+
 TEXT_KEY = "text"
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +194,29 @@ def describe_view(image: np.ndarray, carrying: str | None = None) -> list[str]:
     return sentences
 
 
+def babyai_levels() -> list[str]:
+    """The BabyAI level ids ``minigrid`` registers."""
+    import minigrid  # noqa: F401 - registers the BabyAI levels
+
+    return sorted(k for k in gym.registry if k.startswith("BabyAI-"))
+
+
+def check_level(level: str) -> None:
+    """Raise ``ValueError`` naming the closest BabyAI level ids when ``level`` is not one."""
+    import difflib
+
+    levels = babyai_levels()
+    if level in levels:
+        return
+    close = difflib.get_close_matches(level, levels, n=5, cutoff=0.6)
+    if not close:  # e.g. 'GoToObj' without prefix and version: match on the core name
+        core = level.removeprefix("BabyAI-").split("-v")[0].lower()
+        close = [k for k in levels if core and core in k.lower()][:5]
+    hint = f"Did you mean {', '.join(close)}? " if close else ""
+    raise ValueError(f"Unknown BabyAI level {level!r}. {hint}minigrid registers {len(levels)} levels, e.g. "
+                     f"{', '.join(levels[:6])} (list them: hf_finetune.rl_env.envs.babyai_levels()).")
+
+
 class BabyAITextEnv(gym.Env):
     """A BabyAI level from ``minigrid`` with its observation given as text.
 
@@ -214,11 +239,7 @@ class BabyAITextEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, level: str = "BabyAI-GoToObj-v0", max_chars: int = 2048, symbolic: bool = False):
-        import minigrid  # noqa: F401 - registers the BabyAI levels
-
-        if level not in gym.registry:
-            levels = sorted(k for k in gym.registry if k.startswith("BabyAI-"))
-            raise ValueError(f"Unknown BabyAI level {level!r}: use one of {levels[:12]} ... ({len(levels)} levels).")
+        check_level(level)
         self.level = level
         self.env = gym.make(level)
         self.action_space = self.env.action_space
@@ -391,10 +412,7 @@ def make_text_bandit(tokenizer: Any = "sentence-transformers/all-MiniLM-L6-v2", 
 
 
 # The two envs of this package (a literal dict: gym.register is the registry).
-ENTRY_POINTS = {
-    "hf_finetune/BabyAI-Text-v0": "hf_finetune.rl_env.envs:make_babyai_text",
-    "hf_finetune/TextBandit-v0": "hf_finetune.rl_env.envs:make_text_bandit",
-}
+ENTRY_POINTS = GYM_ENVS  # one table: hf_finetune/__init__.py registers these ids on import
 
 
 def register_envs() -> None:

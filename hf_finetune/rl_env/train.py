@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -35,22 +34,18 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from ..callbacks import NonFiniteLossError, plot_curves
-from ..config import LoraArguments, ModelArguments, Recipe, parse_recipe
+from ..callbacks import NonFiniteLossError
+from ..config import LoraArguments, MethodEntry, ModelArguments, Recipe, parse_recipe
+from ..runs import TrainingRun
 from .config import AgentConfig, EnvArguments
 from .envs import make_env
-from .extractor import EncoderLRAdam, LMFeaturesExtractor, frozen_encoders
+from .extractor import EncoderLRAdam, LMFeaturesExtractor, frozen_encoders, lm_extractors
 
 logger = logging.getLogger(__name__)
 
 BLOCKS = {"model": ModelArguments, "lora": LoraArguments, "env": EnvArguments, "agent": AgentConfig}
 ALGORITHM_CLASSES = {"dqn": DQN, "a2c": A2C, "ppo": PPO}
 _LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
-
-
-def blocks(method: str) -> dict[str, type]:
-    """The recipe blocks of the ``rl_env`` method."""
-    return BLOCKS
 
 
 # ------------------------------------------------------------------ envs
@@ -105,6 +100,7 @@ def policy_kwargs(recipe: Recipe, learning_rate: float) -> dict[str, Any]:
         "features_dim": agent.features_dim,
         "cache_size": agent.cache_size,
         "revision": recipe.model.revision,
+        "standardize": agent.standardize_embeddings,
     }
     lora = _lora_settings(recipe)
     if lora is not None:
@@ -127,12 +123,80 @@ def build_agent(recipe: Recipe, env):
     learning_rate = algo_kwargs.get("learning_rate", _default(cls, "learning_rate"))
     if not isinstance(learning_rate, (int, float)):
         raise ValueError("agent.algo_kwargs.learning_rate must be a number in a recipe.")
+    check_algo_kwargs(agent.algorithm, algo_kwargs)
+    check_action_space(agent.algorithm, env.action_space)
+    if agent.algorithm == "dqn":
+        check_replay_buffer(env.observation_space, env.action_space, algo_kwargs)
     policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy"
     try:
         return cls(policy, env, seed=agent.seed, device=agent.device, verbose=agent.verbose,
                    policy_kwargs=policy_kwargs(recipe, float(learning_rate)), **algo_kwargs)
     except TypeError as err:
         raise ValueError(f"agent.algo_kwargs: {err}. See the {cls.__name__} arguments in the SB3 docs.") from None
+
+
+# ------------------------------------------------------------------ checks before step 1
+# SB3 reports these late (a TypeError from __init__, an AssertionError on the action space, a
+# warning once the replay buffer is allocated): say what is wrong and how to fix it up front.
+
+
+def check_algo_kwargs(algorithm: str, algo_kwargs: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for an ``algo_kwargs`` key the SB3 algorithm's constructor does not take."""
+    import difflib
+    import inspect
+
+    cls = ALGORITHM_CLASSES[algorithm]
+    accepted = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "policy", "env")]
+    for key in algo_kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(
+                f"agent.algo_kwargs: {cls.__name__} (agent.algorithm={algorithm}) takes no argument {key!r}.{hint} "
+                f"It takes: {', '.join(sorted(accepted))}."
+            )
+
+
+def check_action_space(algorithm: str, action_space: spaces.Space) -> None:
+    """Raise ``ValueError`` when the algorithm cannot act in ``action_space`` (DQN: discrete actions only)."""
+    if algorithm == "dqn" and not isinstance(action_space, spaces.Discrete):
+        raise ValueError(
+            f"agent.algorithm=dqn picks one of n discrete actions, but the env's action space is {action_space}. "
+            "Use agent.algorithm: ppo or a2c (they take Box, MultiDiscrete and MultiBinary actions), or an env "
+            "with a Discrete action space."
+        )
+
+
+def replay_buffer_bytes(observation_space: spaces.Space, action_space: spaces.Space, buffer_size: int,
+                        optimize_memory_usage: bool = False) -> int:
+    """Bytes SB3's replay buffer allocates: observations (and next observations), actions, rewards, flags."""
+    def nbytes(space: spaces.Space) -> int:
+        if isinstance(space, spaces.Dict):
+            return sum(nbytes(sub) for sub in space.spaces.values())
+        shape = space.shape or (1,)
+        return int(np.prod(shape)) * np.dtype(space.dtype or np.float32).itemsize
+
+    observations = nbytes(observation_space) * (1 if optimize_memory_usage else 2)
+    return buffer_size * (observations + nbytes(action_space) + 12)  # + reward, done, timeout (float32 each)
+
+
+def check_replay_buffer(observation_space: spaces.Space, action_space: spaces.Space, algo_kwargs: dict[str, Any],
+                        available: int | None = None) -> None:
+    """Raise ``ValueError`` when the replay buffer would not fit in the memory available now."""
+    import psutil
+
+    size = int(algo_kwargs.get("buffer_size", _default(DQN, "buffer_size")))
+    optimize = bool(algo_kwargs.get("optimize_memory_usage", False))
+    need = replay_buffer_bytes(observation_space, action_space, size, optimize)
+    available = psutil.virtual_memory().available if available is None else available
+    if need > 0.8 * available:
+        per = need / size
+        raise ValueError(
+            f"agent.algo_kwargs.buffer_size={size}: the replay buffer would take {need / 2**30:.1f} GiB "
+            f"({per:.0f} bytes per transition at this observation size), but {available / 2**30:.1f} GiB of memory "
+            f"is available now. Use buffer_size <= {int(0.5 * available / per)} (half of that), or a shorter "
+            "env.max_length."
+        )
 
 
 def _default(cls, name: str):
@@ -180,7 +244,7 @@ class EncoderStatsCallback(BaseCallback):
                 )
 
 
-def evaluate(model, eval_env, recipe: Recipe) -> dict[str, float]:
+def evaluate_agent(model, eval_env, recipe: Recipe) -> dict[str, float]:
     """Success rate and mean return over the held-out episodes (same episodes every call)."""
     successes: list[float] = []
 
@@ -198,6 +262,33 @@ def evaluate(model, eval_env, recipe: Recipe) -> dict[str, float]:
         "eval_success_rate": float(np.mean(successes)) if successes else 0.0,
         "eval_mean_length": float(np.mean(lengths)),
     }
+
+
+def fit_standardization(model, recipe: Recipe) -> int:
+    """Fit the extractors' embedding standardization on views a random policy meets; returns how many.
+
+    The views come from training-kind envs seeded apart from both training (``seed + rank``) and
+    evaluation (``env.eval_seed``), so no held-out episode is looked at.
+    """
+    extractors = [e for e in lm_extractors(model.policy) if e.standardize]
+    if not extractors:
+        return 0
+    agent: AgentConfig = recipe.agent
+    kwargs = {"env_id": recipe.env.env_id, **env_kwargs(recipe)}
+    n_envs = min(recipe.env.n_envs, 4)
+    env = make_vec_env(make_env, n_envs=n_envs, seed=agent.seed + 100_000, env_kwargs=kwargs, vec_env_cls=DummyVecEnv)
+    env.action_space.seed(agent.seed)
+    text_key = extractors[0].text_key
+    rows = []
+    obs = env.reset()
+    for _ in range(max(agent.standardize_steps // n_envs, 1)):
+        rows.append(obs[text_key] if text_key else obs)
+        obs, _, _, _ = env.step(np.array([env.action_space.sample() for _ in range(n_envs)]))
+    env.close()
+    observations = torch.as_tensor(np.concatenate(rows)).float().to(model.device)
+    for extractor in extractors:
+        extractor.fit_standardization(observations)
+    return len(torch.unique(observations, dim=0))
 
 
 # ------------------------------------------------------------------ save / load
@@ -261,10 +352,15 @@ def resume(model, path: Path) -> int:
 # ------------------------------------------------------------------ curves and card
 
 
-def _progress_curves(run_dir: Path) -> None:
+CURVE_KEYS = ("rollout/ep_rew_mean", "rollout/success_rate", "eval/mean_reward", "eval/success_rate",
+              "encoder/cache_hit_rate")
+
+
+def progress_history(run_dir: Path) -> list[dict]:
+    """SB3's ``progress.csv`` as a log history (one dict per row with its ``step``), for ``curves.png``."""
     path = run_dir / "progress.csv"
     if not path.is_file():
-        return
+        return []
     history = []
     with open(path) as f:
         for row in csv.DictReader(f):
@@ -279,125 +375,123 @@ def _progress_curves(run_dir: Path) -> None:
                     except ValueError:
                         pass
             history.append(entry)
-    keys = ("rollout/ep_rew_mean", "rollout/success_rate", "eval/mean_reward", "eval/success_rate",
-            "encoder/cache_hit_rate")
-    plot_curves(history, run_dir / "curves.png", keys=keys)
+    return history
 
 
-def _card_body(recipe: Recipe, metrics: dict[str, Any]) -> str:
-    agent, env = recipe.agent, recipe.env
-    results = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, float))
-    kwargs = {k: v for k, v in env.env_kwargs.items() if k not in ("texts", "labels")}
-    a2c = " (the synchronous form of A3C)" if agent.algorithm == "a2c" else ""
-    return f"""- **Algorithm:** Stable-Baselines3 `{agent.algorithm.upper()}`{a2c} with `{json.dumps(agent.algo_kwargs)}`
-- **Encoder:** `{recipe.model.model_name_or_path}` ({agent.encoder_mode}, {agent.pooling} pooling, projection to \
-{agent.features_dim})
-- **Environment:** `{env.env_id}` with `{json.dumps(kwargs, default=str)}`, {env.max_length} tokens per observation
-- **Training:** {agent.total_timesteps} environment steps, {env.n_envs} envs, seed {agent.seed}
+def card_details(recipe: dict, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Model-card fields of an agent run, in the layout the Hub uses for Stable-Baselines3 agents.
 
-## Evaluation (held-out env seed {env.eval_seed}, {agent.n_eval_episodes} episodes)
+    As ``huggingface_sb3`` writes them: ``library_name: stable-baselines3``, the env id as a tag (not
+    under ``datasets``), a ``model-index`` entry ``mean_reward`` = "mean +/- std" plus the success rate,
+    and a load snippet.
+    """
+    agent, env, model = recipe.get("agent") or {}, recipe.get("env") or {}, recipe.get("model") or {}
+    env_id, algo = env.get("env_id", "env"), str(agent.get("algorithm", "ppo"))
+    kwargs = {k: v for k, v in (env.get("env_kwargs") or {}).items() if k not in ("texts", "labels")}
+    mean, std = metrics.get("eval_mean_return"), metrics.get("eval_std_return")
+    results = []
+    if isinstance(mean, (int, float)):
+        results.append({"metric_type": "mean_reward", "metric_value": f"{mean:.2f} +/- {(std or 0.0):.2f}"})
+    if isinstance(metrics.get("eval_success_rate"), (int, float)):
+        results.append({"metric_type": "success_rate", "metric_value": metrics["eval_success_rate"]})
+    a2c = " (the synchronous form of A3C)" if algo == "a2c" else ""
+    description = f"""- **Algorithm:** Stable-Baselines3 `{algo.upper()}`{a2c} with `{json.dumps(agent.get("algo_kwargs") or {})}`
+- **Encoder:** `{model.get("model_name_or_path")}` ({agent.get("encoder_mode")}, {agent.get("pooling")} pooling, \
+projection to {agent.get("features_dim")})
+- **Environment:** `{env_id}` with `{json.dumps(kwargs, default=str)}`, {env.get("max_length")} tokens per observation
+- **Training:** {agent.get("total_timesteps")} environment steps, {env.get("n_envs")} envs, seed {agent.get("seed")}
+- **Evaluation:** held-out env seed {env.get("eval_seed")}, {agent.get("n_eval_episodes")} episodes, \
+{"greedy" if agent.get("deterministic_eval", True) else "sampled"} actions
 
-| metric | value |
-|---|---|
-{results}
+## Usage
 
-## Files
+```python
+from hf_finetune.rl_env.train import load_agent  # rebuilds the agent from recipe.yaml + policy.safetensors
+
+agent = load_agent("path/to/this/repo")
+action, _ = agent.predict(obs, deterministic=True)
+```
 
 `policy.safetensors` holds the policy weights (a frozen encoder is not included: it is reloaded
-from its id); `recipe.yaml` rebuilds the agent: `hf_finetune.rl_env.train.load_agent(run_dir)`.
-`agent.zip` is SB3's own format (its `data` entry contains cloudpickled objects: only load it from
-a source you trust).
+from its id). `agent.zip` is SB3's own format (`{algo.upper()}.load`); its `data` entry contains
+cloudpickled objects: only load it from a source you trust.
 """
-
-
-def model_card(recipe: Recipe, metrics: dict[str, Any]) -> str:
-    """A model card (README.md) for an agent run: algorithm, encoder, environment and evaluation results."""
-    agent = recipe.agent
-    return f"""---
-library_name: stable-baselines3
-tags: [reinforcement-learning, stable-baselines3, {agent.algorithm}, hf-finetune, text-environment]
----
-
-# {agent.algorithm.upper()} agent with an LM encoder on {recipe.env.env_id}
-
-{_card_body(recipe, metrics)}"""
-
-
-def push_agent(run_dir: Path, recipe: Recipe, metrics: dict[str, Any]) -> str:
-    """Push the run with :func:`hf_finetune.hub.push_run` (one commit, card with model-index); returns its URL."""
-    from ..hub import push_run
-
-    agent = recipe.agent
-    extra = {
-        "method": "rl_env",
+    return {
         "task_type": "reinforcement-learning",
         "library_name": "stable-baselines3",
-        "dataset": recipe.env.env_id,
-        "tags": ["reinforcement-learning", "stable-baselines3", agent.algorithm, "text-environment"],
+        "dataset": None,
+        "task": algo,
+        "tags": ["reinforcement-learning", "stable-baselines3", algo, env_id, "text-environment"],
+        "eval_results": results,
+        "eval_dataset": env_id,
         "hyperparameters": {},
-        "description": _card_body(recipe, metrics),
+        "title": f"{algo.upper()} agent with an LM encoder on {env_id}",
+        "description": description,
     }
-    return push_run(str(run_dir), agent.hub_model_id, card_extra=extra)
 
 
 # ------------------------------------------------------------------ run
 
 
-def run(recipe: Recipe) -> dict:
-    """Train the agent the recipe describes; returns the final held-out evaluation metrics."""
+def run(recipe: Recipe, callbacks: list | None = None) -> dict:
+    """Train the agent the recipe describes; returns the final held-out evaluation metrics.
+
+    ``callbacks`` are extra SB3 ``BaseCallback`` instances, added after the run's own.
+    """
     agent: AgentConfig = recipe.agent
-    started = time.time()
     _lora_settings(recipe)  # fail on frozen + LoRA before loading anything
-    if agent.push_to_hub:
-        from ..hub import check_push_ready
+    with TrainingRun(recipe, callbacks) as run_:
+        set_random_seed(agent.seed)
+        if agent.torch_threads:
+            torch.set_num_threads(agent.torch_threads)
+        run_dir = run_.run_dir
+        train_env = build_envs(recipe)
+        eval_env = build_envs(recipe, evaluation=True)
+        model = build_agent(recipe, train_env)
+        for shared in frozen_encoders(model.policy):
+            # The frozen encoder is shared process-wide: start each run cold, so runs are reproducible.
+            shared.cache.clear()
+            shared.reset_stats()
+        model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"] if agent.verbose else ["csv", "tensorboard"]))
+        fit_standardization(model, recipe)  # before resuming: a checkpoint then restores its own statistics
+        done = resume(model, _checkpoint_path(agent)) if agent.resume_from_checkpoint else 0
 
-        check_push_ready(agent.hub_model_id)  # no token or a bad repo id: fail now, not after training
-    set_random_seed(agent.seed)
-    if agent.torch_threads:
-        torch.set_num_threads(agent.torch_threads)
-    run_dir = Path(agent.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        n_envs = recipe.env.n_envs
+        own: list[BaseCallback] = [EncoderStatsCallback()]
+        if agent.eval_freq > 0:
+            own.append(HeldOutEvalCallback(
+                eval_env, recipe.env.eval_seed, n_eval_episodes=agent.n_eval_episodes,
+                eval_freq=max(agent.eval_freq // n_envs, 1), deterministic=agent.deterministic_eval,
+                log_path=str(run_dir), verbose=0,
+            ))
+        if agent.checkpoint_freq > 0:
+            own.append(CheckpointCallback(max(agent.checkpoint_freq // n_envs, 1), str(run_dir / "checkpoints"),
+                                          name_prefix="agent"))
+        remaining = max(agent.total_timesteps - done, 0)
+        if remaining:
+            model.learn(remaining, callback=CallbackList(run_.callbacks(*own, guard=False)),
+                        reset_num_timesteps=not done, log_interval=1, progress_bar=agent.progress_bar)
 
-    train_env = build_envs(recipe)
+        metrics: dict[str, Any] = evaluate_agent(model, eval_env, recipe)
+        for i, shared in enumerate(frozen_encoders(model.policy)):
+            metrics[f"cache_hit_rate{'_' + str(i) if i else ''}"] = float(shared.hit_rate)
+        metrics["trainable_parameters"] = sum(p.numel() for p in model.policy.parameters() if p.requires_grad)
+        metrics["num_timesteps"] = int(model.num_timesteps)
+        save_agent(model, run_dir)
+        train_env.close()
+        eval_env.close()
+        return run_.finish(metrics, ("eval_success_rate", "eval_mean_return"), log_history=progress_history(run_dir),
+                           curve_keys=CURVE_KEYS)
+
+
+def evaluate(recipe: Recipe, run_dir: str) -> dict[str, float]:
+    """Score the agent saved in ``run_dir`` on the held-out episodes of its recipe (the training run's metrics)."""
     eval_env = build_envs(recipe, evaluation=True)
-    model = build_agent(recipe, train_env)
-    for shared in frozen_encoders(model.policy):
-        # The frozen encoder is shared process-wide: start each run cold, so runs are reproducible.
-        shared.cache.clear()
-        shared.reset_stats()
-    model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"] if agent.verbose else ["csv", "tensorboard"]))
-    done = resume(model, _checkpoint_path(agent)) if agent.resume_from_checkpoint else 0
+    try:
+        return evaluate_agent(load_agent(run_dir, env=eval_env), eval_env, recipe)
+    finally:
+        eval_env.close()
 
-    n_envs = recipe.env.n_envs
-    callbacks: list[BaseCallback] = [EncoderStatsCallback()]
-    if agent.eval_freq > 0:
-        callbacks.append(HeldOutEvalCallback(
-            eval_env, recipe.env.eval_seed, n_eval_episodes=agent.n_eval_episodes,
-            eval_freq=max(agent.eval_freq // n_envs, 1), deterministic=agent.deterministic_eval,
-            log_path=str(run_dir), verbose=0,
-        ))
-    if agent.checkpoint_freq > 0:
-        callbacks.append(CheckpointCallback(max(agent.checkpoint_freq // n_envs, 1), str(run_dir / "checkpoints"),
-                                            name_prefix="agent"))
-    remaining = max(agent.total_timesteps - done, 0)
-    if remaining:
-        model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=not done, log_interval=1)
 
-    metrics: dict[str, Any] = evaluate(model, eval_env, recipe)
-    for i, shared in enumerate(frozen_encoders(model.policy)):
-        metrics[f"cache_hit_rate{'_' + str(i) if i else ''}"] = float(shared.hit_rate)
-    metrics["trainable_parameters"] = sum(p.numel() for p in model.policy.parameters() if p.requires_grad)
-    metrics["num_timesteps"] = int(model.num_timesteps)
-    metrics["train_runtime_s"] = round(time.time() - started, 1)
-    save_agent(model, run_dir)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    (run_dir / "README.md").write_text(model_card(recipe, metrics))
-    _progress_curves(run_dir)
-    train_env.close()
-    eval_env.close()
-    print(f"[hf-finetune] done in {metrics['train_runtime_s']:.0f}s: eval_success_rate="
-          f"{metrics['eval_success_rate']:.4f}, eval_mean_return={metrics['eval_mean_return']:.4f} | run saved to {run_dir}")
-    if agent.push_to_hub:
-        metrics["hub_commit_url"] = push_agent(run_dir, recipe, metrics)
-    return metrics
+ENTRY = MethodEntry("rl_env", blocks=lambda: BLOCKS, run=run, evaluate=evaluate, card_details=card_details,
+                    args_block="agent")

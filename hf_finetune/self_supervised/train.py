@@ -6,9 +6,7 @@ encoder with a fresh task head: domain- or task-adaptive pretraining followed by
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -21,38 +19,32 @@ from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
     DataCollatorWithFlattening,
-    Trainer,
-    TrainerCallback,
 )
 
-from ..callbacks import NonFiniteGuardCallback
-from ..config import DataArguments, LoraArguments, ModelArguments, Recipe, read_recipe_yaml
+from ..config import (
+    DataArguments,
+    LoraArguments,
+    MethodEntry,
+    ModelArguments,
+    Recipe,
+    parse_recipe,
+    read_recipe_yaml,
+)
 from ..models import (
     apply_lora,
     check_model_fits,
     export_model,
-    head_module_names,
     load_model,
     load_tokenizer,
     load_trained,
     model_source,
-    trainable_parameters,
 )
-from ..runs import RunTrainerMixin, finish_run, start_run
-from .collators import (
-    EVAL_EPOCH,
-    FIM_TOKENS,
-    CausalLMCollator,
-    FIMCollator,
-    MaskedLMCollator,
-    MaskingEpochCallback,
-    SpanMaskingCollator,
-    WholeWordMaskingCollator,
-    _require_mask_token,
-    add_fim_tokens,
-)
+from ..runs import TrainingRun
+from ..supervised import train as supervised_entry
+from .collators import FIM_TOKENS, _require_mask_token, add_fim_tokens
 from .config import MASKED_OBJECTIVES, SelfSupervisedConfig, TextArguments
 from .text import split_corpus, tokenize_corpus
+from .trainer import SelfSupervisedTrainer, make_collator
 
 logger = logging.getLogger(__name__)
 
@@ -63,81 +55,6 @@ BLOCKS = {
     "lora": LoraArguments,
     "training": SelfSupervisedConfig,
 }
-
-
-def blocks(method: str) -> dict[str, type]:
-    """The recipe blocks of the ``self_supervised`` method."""
-    return BLOCKS
-
-
-class SelfSupervisedTrainer(RunTrainerMixin, Trainer):
-    """``Trainer`` that evaluates with fixed masks and reports perplexity (``exp(eval_loss)``).
-
-    Example:
-        >>> trainer = SelfSupervisedTrainer(model=model, args=args, data_collator=collator, ...)  # doctest: +SKIP
-    """
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        collator = self.data_collator
-        epoch = getattr(collator, "epoch", None)
-        if epoch is not None:  # same masks at every evaluation, so eval losses are comparable
-            collator.set_epoch(EVAL_EPOCH)
-        try:
-            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        finally:
-            if epoch is not None:
-                collator.set_epoch(epoch)
-        loss = metrics.get(f"{metric_key_prefix}_loss")
-        if loss is not None:
-            metrics[f"{metric_key_prefix}_perplexity"] = math.exp(min(loss, 700.0))
-        return metrics
-
-
-class HeadWarmupCallback(TrainerCallback):
-    """Freeze everything but the LM head for the first ``steps`` optimizer steps.
-
-    A randomly initialised head (all-MiniLM-L6-v2 ships none) predicts at chance, and its gradients
-    push the pretrained encoder in random directions; warming the head up first avoids that.
-    Parameters without a gradient are skipped by the optimizer, so toggling ``requires_grad``
-    between steps is enough (single-process training: DDP fixes its parameter set at wrap time).
-
-    Example:
-        >>> trainer.add_callback(HeadWarmupCallback(model, steps=50))  # doctest: +SKIP
-    """
-
-    def __init__(self, model, steps: int):
-        heads = tuple(f"{name}." for name in head_module_names(model))
-        self.body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(heads)]
-        self.steps = steps
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        for p in self.body:
-            p.requires_grad_(state.global_step >= self.steps)
-
-
-def make_collator(args: SelfSupervisedConfig, tokenizer):
-    """The collator for ``args.objective``, seeded with the training seed."""
-    common = {"tokenizer": tokenizer, "seed": args.seed}
-    replace = {
-        k: v
-        for k, v in (("mask_replace_prob", args.mask_replace_prob), ("random_replace_prob", args.random_replace_prob))
-        if v is not None
-    }
-    if args.objective == "mlm":
-        return MaskedLMCollator(mlm_probability=args.mlm_probability, **replace, **common)
-    if args.objective == "whole_word":
-        return WholeWordMaskingCollator(mlm_probability=args.mlm_probability, **replace, **common)
-    if args.objective == "span":
-        return SpanMaskingCollator(
-            mlm_probability=args.mlm_probability,
-            mean_span_length=args.mean_span_length,
-            max_span_length=args.max_span_length,
-            **replace,
-            **common,
-        )
-    if args.objective == "fim":
-        return FIMCollator(fim_rate=args.fim_rate, **common)
-    return CausalLMCollator(**common)
 
 
 @torch.no_grad()
@@ -230,20 +147,6 @@ def build(recipe: Recipe):
     return tokenizer, model, collator, tokenized
 
 
-def _finetune_argv(overrides: dict) -> list[str]:
-    argv = []
-    for key, value in overrides.items():
-        if isinstance(value, bool):
-            argv += [f"--{key}", str(value).lower()]
-        elif isinstance(value, (list, tuple)):
-            argv += [f"--{key}", *map(str, value)]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
-
-
 def carries_adapter(recipe: Recipe) -> bool:
     """Whether the supervised phase trains this run's LoRA adapter further (``finetune_lora: carry``)."""
     return bool(recipe.training.finetune and recipe.lora.use_lora and recipe.training.finetune_lora == "carry")
@@ -255,10 +158,9 @@ def load_finetune_recipe(recipe: Recipe):
     Merged (or full) pretraining hands over ``<output_dir>/encoder``; a carried adapter hands over
     the unchanged base model plus the adapter in ``<output_dir>``.
     """
-    from ..cli import load_recipe
-
     args = recipe.training
-    if read_recipe_yaml(args.finetune)["method"] != "supervised":
+    data = read_recipe_yaml(args.finetune)
+    if data["method"] != "supervised":
         raise ValueError(f"training.finetune={args.finetune!r} must be a recipe with method: supervised.")
     run_dir = Path(args.output_dir)
     overrides = {"model_name_or_path": str(run_dir / "encoder"), "output_dir": str(run_dir / "finetune")}
@@ -268,7 +170,7 @@ def load_finetune_recipe(recipe: Recipe):
         if recipe.model.gguf_file:
             overrides["gguf_file"] = recipe.model.gguf_file
     overrides.update(args.finetune_overrides or {})
-    return load_recipe(args.finetune, _finetune_argv(overrides))
+    return parse_recipe(data, supervised_entry.BLOCKS, overrides, source=str(args.finetune))
 
 
 def export_encoder(model, tokenizer, model_args: ModelArguments, directory: Path) -> None:
@@ -295,7 +197,6 @@ def evaluate(recipe: Recipe, run_dir: str) -> dict:
     ``metrics.json`` (or scores ``data.eval_dataset`` the same way).
     """
     args: SelfSupervisedConfig = recipe.training
-    args.remove_unused_columns, args.prediction_loss_only = False, True
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     model = load_trained(run_dir, AutoModelForMaskedLM if args.objective in MASKED_OBJECTIVES else AutoModelForCausalLM)
     texts = split_corpus(recipe.data, recipe.text)["validation"]
@@ -309,8 +210,11 @@ def evaluate(recipe: Recipe, run_dir: str) -> dict:
     return trainer.evaluate()
 
 
-def run(recipe: Recipe) -> dict:
-    """Train as the recipe says; returns eval loss / perplexity (and ``finetune_*`` metrics when chained)."""
+def run(recipe: Recipe, callbacks: list | None = None) -> dict:
+    """Train as the recipe says; returns eval loss / perplexity (and ``finetune_*`` metrics when chained).
+
+    ``callbacks`` are extra ``TrainerCallback`` instances for the self-supervised phase.
+    """
     args: SelfSupervisedConfig = recipe.training
     if args.finetune:  # a bad second recipe fails now, not after pretraining
         load_finetune_recipe(recipe)
@@ -319,46 +223,57 @@ def run(recipe: Recipe) -> dict:
             "training.finetune_lora: carry hands the adapter itself to the supervised phase, so "
             "lora.lora_merge_on_export must be false (or use finetune_lora: merge)."
         )
-    # The collators need special_tokens_mask / offset_mapping, which Trainer would drop as unused.
-    args.remove_unused_columns = False
-    # Only the loss is evaluated: gathering (batch x length x vocab) logits would cost gigabytes.
-    args.prediction_loss_only = True
-    started = start_run(recipe)
-    tokenizer, model, collator, tokenized = build(recipe)
     if args.mlm_head_warmup_steps and recipe.lora.use_lora:
         raise ValueError("training.mlm_head_warmup_steps needs full training: remove the lora block or set it to 0.")
-    trainable, total = trainable_parameters(model)
-    logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-    trainer = SelfSupervisedTrainer(
-        model=model,
-        args=args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=collator,
-        callbacks=[NonFiniteGuardCallback(), MaskingEpochCallback(collator)],
-    )
-    if args.mlm_head_warmup_steps:
-        trainer.add_callback(HeadWarmupCallback(model, args.mlm_head_warmup_steps))
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    metrics = trainer.evaluate()
-    metrics["trainable_parameters"] = trainable
-    metrics["train_blocks"] = len(tokenized["train"])
-    first_eval = next((e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e), None)
-    if args.eval_on_start and first_eval is not None:
-        metrics["eval_loss_at_start"] = first_eval
-    run_dir = Path(args.output_dir)
-    final = trainer.model
-    if recipe.lora.use_lora and (recipe.lora.lora_merge_on_export or (args.finetune and not carries_adapter(recipe))):
-        final = final.merge_and_unload()
-    export_model(final, tokenizer, run_dir)
-    trainer.log_metrics("eval", metrics)
-    metrics = finish_run(trainer, metrics, started, headline=("eval_loss", "eval_perplexity"))
+    with TrainingRun(recipe, callbacks) as run_:
+        tokenizer, model, collator, tokenized = build(recipe)
+        run_.log_trainable(model)
+        trainer = SelfSupervisedTrainer(
+            model=model,
+            args=args,
+            data_collator=collator,
+            train_dataset=tokenized["train"],
+            eval_dataset=tokenized["validation"],
+            processing_class=tokenizer,
+            callbacks=run_.callbacks(),
+        )
+        run_.train(trainer)
+        metrics = trainer.evaluate()
+        metrics["train_blocks"] = len(tokenized["train"])
+        first_eval = next((e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e), None)
+        if args.eval_on_start and first_eval is not None:
+            metrics["eval_loss_at_start"] = first_eval
+        run_dir = Path(args.output_dir)
+        final = trainer.model
+        if recipe.lora.use_lora and (recipe.lora.lora_merge_on_export or (args.finetune and not carries_adapter(recipe))):
+            final = final.merge_and_unload()
+        export_model(final, tokenizer, run_dir)
+        trainer.log_metrics("eval", metrics)
+        metrics = run_.finish(metrics, ("eval_loss", "eval_perplexity"), trainer=trainer)
     if args.finetune and trainer.is_world_process_zero():
-        from ..cli import run_recipe
-
         if not carries_adapter(recipe):  # a carried adapter keeps the base model unchanged
             export_encoder(final, tokenizer, recipe.model, run_dir / "encoder")
-        finetuned = run_recipe(load_finetune_recipe(recipe))
+        finetuned = supervised_entry.run(load_finetune_recipe(recipe))
         metrics.update({f"finetune_{k}": v for k, v in finetuned.items()})
     return metrics
+
+
+def card_details(recipe: dict, metrics: dict) -> dict:
+    """Model-card fields of a self-supervised run: fill-mask for masked objectives, text-generation otherwise."""
+    objective = (recipe.get("training") or {}).get("objective") or "mlm"
+    return {"task_type": "fill-mask" if objective in MASKED_OBJECTIVES else "text-generation", "task": objective}
+
+
+ENTRY = MethodEntry("self_supervised", blocks=lambda: BLOCKS, run=run, evaluate=evaluate, card_details=card_details)
+
+
+def __getattr__(name: str):
+    if name in ("SelfSupervisedTrainer", "HeadWarmupCallback", "make_collator"):  # lived here before 0.2
+        import warnings
+
+        from . import trainer
+
+        warnings.warn(f"hf_finetune.self_supervised.train.{name} moved to hf_finetune.self_supervised.trainer; "
+                      "the old path goes away in 0.3.", DeprecationWarning, stacklevel=2)
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

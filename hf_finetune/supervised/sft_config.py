@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import trl
 
@@ -31,9 +32,9 @@ class InstructionSFTConfig(CheckedRanges, StageArguments, trl.SFTConfig):
         default=False, metadata={"help": "Recompute activations in backward to save memory (off by default)."}
     )
     report_to: None | str | list[str] = field(default_factory=default_report_to, metadata={"help": REPORT_TO_HELP})
-    # Given by the model and data blocks (one name per setting across a recipe), filled in by run().
-    trust_remote_code: bool = field(default=False, init=False)
-    max_length: int | None = field(default=1024, init=False)
+    # In a recipe these come from the model and data blocks (each setting stated once); Python users
+    # pass them here as to trl.SFTConfig.
+    recipe_shared_fields: ClassVar[tuple[str, ...]] = ("max_length", "trust_remote_code")
 
     def __post_init__(self):
         super().__post_init__()

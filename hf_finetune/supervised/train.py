@@ -11,12 +11,9 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
-    DataCollatorForTokenClassification,
-    DataCollatorWithPadding,
 )
 
-from ..callbacks import NonFiniteGuardCallback, plot_confusion
-from ..config import DataArguments, LoraArguments, ModelArguments, Recipe
+from ..config import DataArguments, LoraArguments, MethodEntry, ModelArguments, Recipe
 from ..data import load_splits
 from ..metrics import confusion_matrix
 from ..models import (
@@ -26,21 +23,17 @@ from ..models import (
     load_model,
     load_tokenizer,
     load_trained,
-    trainable_parameters,
+    task_config_dir,
 )
-from ..runs import finish_run, start_run, write_args_json
+from ..runs import TrainingRun
 from .config import SupervisedConfig
 from .tasks import (
-    classification_metrics,
     enable_prefix_space,
     load_token_splits,
-    multi_label_metrics,
     prepare_classification,
     prepare_multi_label,
     prepare_regression,
     prepare_token_classification,
-    regression_metrics,
-    token_classification_metrics,
     word_predictions,
 )
 from .trainer import SupervisedTrainer
@@ -48,11 +41,6 @@ from .trainer import SupervisedTrainer
 logger = logging.getLogger(__name__)
 
 BLOCKS = {"model": ModelArguments, "data": DataArguments, "lora": LoraArguments, "training": SupervisedConfig}
-
-
-def blocks(method: str) -> dict[str, type]:
-    """The recipe blocks of the ``supervised`` method."""
-    return BLOCKS
 
 
 def prepare_task_data(recipe: Recipe, tokenizer):
@@ -104,12 +92,6 @@ def build_classifier(recipe: Recipe):
     return tokenizer, splits, tokenized, names, model
 
 
-def _collator(args: SupervisedConfig, tokenizer):
-    if args.task == "token_classification":
-        return DataCollatorForTokenClassification(tokenizer)
-    return DataCollatorWithPadding(tokenizer)
-
-
 def evaluate(recipe: Recipe, run_dir: str) -> dict:
     """Re-evaluate the model (or adapter) saved in ``run_dir`` on the data of ``recipe``, as training did.
 
@@ -119,7 +101,7 @@ def evaluate(recipe: Recipe, run_dir: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     _, tokenized, names, auto_class, head = prepare_task_data(recipe, tokenizer)
     # An adapter saved without its task config needs the label layout to rebuild its head.
-    labels = {} if (Path(run_dir) / "config.json").is_file() else {**_label_config(names), **head}
+    labels = {} if task_config_dir(run_dir) is not None else {**_label_config(names), **head}
     model = load_trained(run_dir, auto_class, **labels)
     model.config.pad_token_id = tokenizer.pad_token_id
     trainer = SupervisedTrainer(
@@ -127,20 +109,8 @@ def evaluate(recipe: Recipe, run_dir: str) -> dict:
         args=recipe.training,
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
-        data_collator=_collator(recipe.training, tokenizer),
-        compute_metrics=_metrics_for(recipe.training, names),
     )
     return trainer.evaluate(metric_key_prefix="eval")
-
-
-def _metrics_for(args: SupervisedConfig, names: list[str]):
-    if args.task == "multi_label":
-        return multi_label_metrics(names, args.multi_label_threshold)
-    if args.task == "regression":
-        return regression_metrics()
-    if args.task == "token_classification":
-        return token_classification_metrics(names)
-    return classification_metrics(names)
 
 
 def write_predictions(path: Path, recipe: Recipe, raw, output, names: list[str], tokenizer) -> None:
@@ -170,42 +140,75 @@ def write_predictions(path: Path, recipe: Recipe, raw, output, names: list[str],
             f.write(json.dumps(row) + "\n")
 
 
-def run(recipe: Recipe) -> dict:
-    """Fine-tune as the recipe says (the task, stages and LoRA in it); returns the final evaluation metrics."""
+HEADLINES = {
+    "classification": ("eval_accuracy", "eval_f1_macro"),
+    "multi_label": ("eval_f1_micro", "eval_f1_macro"),
+    "regression": ("eval_mse", "eval_spearman"),
+    "token_classification": ("eval_f1", "eval_precision", "eval_recall"),
+}
+
+
+def run(recipe: Recipe, callbacks: list | None = None) -> dict:
+    """Fine-tune as the recipe says (the task, stages and LoRA in it); returns the final evaluation metrics.
+
+    ``callbacks`` are extra ``TrainerCallback`` instances, added after the run's own.
+    """
     args: SupervisedConfig = recipe.training
-    started = start_run(recipe)
-    tokenizer, raw, tokenized, names, model = build_classifier(recipe)
-    trainable, total = trainable_parameters(model)
-    logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-    trainer = SupervisedTrainer(
-        model=model,
-        args=args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=_collator(args, tokenizer),
-        compute_metrics=_metrics_for(args, names),
-        callbacks=[NonFiniteGuardCallback()],
-    )
-    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    output = trainer.predict(tokenized["validation"], metric_key_prefix="eval")
-    metrics = {"train_loss": train_output.training_loss, **output.metrics}
-    metrics["trainable_parameters"] = trainable
-    run_dir = Path(args.output_dir)
-    export_model(trainer.model, tokenizer, run_dir, merge_lora=recipe.lora.lora_merge_on_export)
-    write_args_json(args, run_dir)
-    if trainer.is_world_process_zero():
-        if args.task == "classification":
-            logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-            matrix = confusion_matrix(np.argmax(logits, axis=-1), output.label_ids, len(names))
-            plot_confusion(matrix, names, run_dir / "confusion_matrix.png")
-        if args.predictions_file:
-            write_predictions(run_dir / "predictions.jsonl", recipe, raw["validation"], output, names, tokenizer)
-    trainer.log_metrics("eval", metrics)
-    headline = {
-        "classification": ("eval_accuracy", "eval_f1_macro"),
-        "multi_label": ("eval_f1_micro", "eval_f1_macro"),
-        "regression": ("eval_mse", "eval_spearman"),
-        "token_classification": ("eval_f1", "eval_precision", "eval_recall"),
-    }[args.task]
-    return finish_run(trainer, metrics, started, headline=headline)
+    with TrainingRun(recipe, callbacks) as run_:
+        tokenizer, raw, tokenized, names, model = build_classifier(recipe)
+        run_.log_trainable(model)
+        trainer = SupervisedTrainer(
+            model=model,
+            args=args,
+            train_dataset=tokenized["train"],
+            eval_dataset=tokenized["validation"],
+            processing_class=tokenizer,
+            callbacks=run_.callbacks(),
+        )
+        train_output = run_.train(trainer)
+        output = trainer.predict(tokenized["validation"], metric_key_prefix="eval")
+        metrics = {"train_loss": train_output.training_loss, **output.metrics}
+        run_dir = Path(args.output_dir)
+        export_model(trainer.model, tokenizer, run_dir, merge_lora=recipe.lora.lora_merge_on_export)
+        if trainer.is_world_process_zero():
+            if args.task == "classification":
+                logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+                matrix = confusion_matrix(np.argmax(logits, axis=-1), output.label_ids, len(names))
+                plot_confusion(matrix, names, run_dir / "confusion_matrix.png")
+            if args.predictions_file:
+                write_predictions(run_dir / "predictions.jsonl", recipe, raw["validation"], output, names, tokenizer)
+        trainer.log_metrics("eval", metrics)
+        return run_.finish(metrics, HEADLINES[args.task], trainer=trainer)
+
+
+def plot_confusion(matrix, label_names: list[str], path: str | Path) -> Path:
+    """Save a confusion matrix (rows: true label, columns: prediction) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(label_names)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.2 * n + 1.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), label_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, int(matrix[i][j]), ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def card_details(recipe: dict, metrics: dict) -> dict:
+    """Model-card fields of a supervised run: the Hub task of its ``training.task``."""
+    task = (recipe.get("training") or {}).get("task") or "classification"
+    kind = "token-classification" if task == "token_classification" else "text-classification"
+    return {"task_type": kind, "task": task}
+
+
+ENTRY = MethodEntry("supervised", blocks=lambda: BLOCKS, run=run, evaluate=evaluate, card_details=card_details)

@@ -1,4 +1,4 @@
-"""``StagedTrainer``: a ``transformers.Trainer`` that trains in stages (global -> local, LP-FT, gradual
+"""``SupervisedTrainer``: a ``transformers.Trainer`` that trains in stages (global -> local, LP-FT, gradual
 unfreezing) with optional layer-wise learning-rate decay.
 
 Why by hand: neither ``transformers`` nor PEFT/TRL offers a multi-stage schedule that changes the
@@ -26,12 +26,13 @@ import sys
 from dataclasses import dataclass
 
 from torch import nn
-from transformers import Trainer
+from transformers import DataCollatorForTokenClassification, Trainer
 from transformers.optimization import get_scheduler
 
 from ..models import head_module_names
 from ..runs import RunTrainerMixin
 from .config import parse_stages
+from .tasks import classification_metrics, multi_label_metrics, regression_metrics, token_classification_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -345,15 +346,55 @@ class StagedMixin:
         return super()._load_optimizer_and_scheduler(checkpoint)
 
 
-class StagedTrainer(RunTrainerMixin, StagedMixin, Trainer):
-    """A ``Trainer`` with staged schedules and layer-wise LR decay; safetensors and JSON args only.
+class SupervisedTrainer(RunTrainerMixin, StagedMixin, Trainer):
+    """The ``supervised`` method's ``Trainer``: staged schedules and LLRD, task-aware defaults, safe saving.
+
+    ``args.task`` means the same here as in a recipe: with no ``compute_metrics`` / ``data_collator``
+    given, the task's metrics (label names from ``model.config.id2label``; ``multi_label_threshold``
+    for ``multi_label``) and collator (token classification pads labels with -100) are used, and the
+    model's ``problem_type`` follows the task (``multi_label`` -> BCE loss, ``regression`` -> MSE).
 
     Example:
-        >>> args = SupervisedConfig("out", schedule="lp-ft", num_train_epochs=2)  # doctest: +SKIP
-        >>> trainer = StagedTrainer(model=model, args=args, train_dataset=ds)  # doctest: +SKIP
+        >>> args = SupervisedConfig("out", task="multi_label", schedule="lp-ft", num_train_epochs=2)  # doctest: +SKIP
+        >>> trainer = SupervisedTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)  # doctest: +SKIP
         >>> trainer.train()  # logs each stage: name, trainable parameters, learning rates  # doctest: +SKIP
     """
 
+    def __init__(self, model=None, args=None, data_collator=None, *pos, compute_metrics=None, **kwargs):
+        task = getattr(args, "task", "classification")
+        config = getattr(model, "config", None)
+        problem_type = TASK_PROBLEM_TYPES.get(task)
+        if config is not None and problem_type and getattr(config, "problem_type", None) != problem_type:
+            # The loss follows problem_type: without this, float multi-hot labels would meet single-label CE.
+            config.problem_type = problem_type
+        if data_collator is None and task == "token_classification" and kwargs.get("processing_class") is not None:
+            data_collator = DataCollatorForTokenClassification(kwargs["processing_class"])
+        if compute_metrics is None and config is not None and getattr(config, "id2label", None):
+            names = [config.id2label[i] for i in sorted(config.id2label)]
+            compute_metrics = task_metrics(task, names, getattr(args, "multi_label_threshold", 0.5))
+        super().__init__(model, args, data_collator, *pos, compute_metrics=compute_metrics, **kwargs)
 
-# The foundation's name for the supervised trainer: the same class.
-SupervisedTrainer = StagedTrainer
+
+# Task -> the `problem_type` transformers' sequence classifiers pick their loss by.
+TASK_PROBLEM_TYPES = {"multi_label": "multi_label_classification", "regression": "regression"}
+
+
+def task_metrics(task: str, names: list[str], threshold: float = 0.5):
+    """The ``compute_metrics`` of a supervised ``task`` over labels ``names``."""
+    if task == "multi_label":
+        return multi_label_metrics(names, threshold)
+    if task == "regression":
+        return regression_metrics()
+    if task == "token_classification":
+        return token_classification_metrics(names)
+    return classification_metrics(names)
+
+
+def __getattr__(name: str):
+    if name == "StagedTrainer":  # the class's name before 0.2: one class, one name now
+        import warnings
+
+        warnings.warn("StagedTrainer is now SupervisedTrainer; the old name goes away in 0.3.", DeprecationWarning,
+                      stacklevel=2)
+        return SupervisedTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
