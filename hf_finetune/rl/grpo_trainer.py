@@ -24,9 +24,10 @@ import trl
 from transformers import Trainer
 
 from ..callbacks import NonFiniteGuardCallback
+from ..models import ensure_pad_token
 from ..runs import RunTrainerMixin
 from .rewards import RewardModelScorer, check_reward_weights, evaluate_generations, resolve_reward_funcs, write_samples
-from .sampling import exact_sampling
+from .sampling import eos_token_ids, exact_sampling
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,11 @@ class GroupTrainerMixin(RunTrainerMixin):
                                                        "args.reward_weights")
         if processing_class is None:
             raise ValueError("Pass the policy tokenizer as processing_class.")
-        if processing_class.pad_token is None:
-            if processing_class.eos_token is None:
-                raise ValueError("The policy tokenizer has no pad and no EOS token: add one before RL training.")
-            processing_class.pad_token = processing_class.eos_token
+        ensure_pad_token(processing_class, "the policy")
         if processing_class.eos_token_id is None:
             raise ValueError("The policy tokenizer has no EOS token: completions could never end.")
+        if hasattr(model, "get_input_embeddings"):
+            eos_token_ids(model, processing_class)  # every EOS id TRL stops at must be a token of the policy
         train_dataset = self._prepare_prompts(train_dataset, args, processing_class, "train_dataset")
         if eval_dataset is not None:
             eval_dataset = self._prepare_prompts(eval_dataset, args, processing_class, "eval_dataset")

@@ -25,6 +25,7 @@ from transformers import Trainer
 from transformers.trainer_utils import TrainOutput, speed_metrics
 
 from ..callbacks import NonFiniteGuardCallback, NonFiniteLossError
+from ..models import ensure_pad_token
 from ..runs import RunTrainerMixin, write_args_json
 from .ppo_config import PPOConfig
 from .ppo_utils import (  # noqa: F401 - re-exported: the public PPO math lives beside the trainer
@@ -139,8 +140,7 @@ class PPOTrainer(RunTrainerMixin, Trainer):
             )
         if tokenizer.eos_token_id is None:
             raise ValueError("The tokenizer has no EOS token: set tokenizer.eos_token so responses can end.")
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        ensure_pad_token(tokenizer, "the policy")
         tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
         tokenizer.truncation_side = "left"  # keep the end of a long prompt, next to the response
         self._check_dataset(train_dataset, args, "train_dataset")

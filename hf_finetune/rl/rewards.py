@@ -409,10 +409,9 @@ class RewardModelScorer:
             raise ValueError(f"The reward model has {num_labels} labels {names}: choose one with label=<id or name>.")
         else:
             self.label_id = self._label_id(model, label, num_labels)
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ValueError("The reward model's tokenizer has no pad and no EOS token: add a pad token.")
-            tokenizer.pad_token = tokenizer.eos_token
+        from ..models import ensure_pad_token  # lazy: reward functions alone need no transformers
+
+        ensure_pad_token(tokenizer, "the reward model")
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         self.model = model.eval().requires_grad_(False)

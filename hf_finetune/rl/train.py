@@ -186,13 +186,11 @@ def evaluate(recipe: Recipe, run_dir: str) -> dict:
     """
     from transformers import AutoTokenizer
 
-    from ..models import load_trained
+    from ..models import ensure_pad_token, load_trained
     from .rewards import evaluate_generations
 
     args = recipe.training
-    tokenizer = AutoTokenizer.from_pretrained(run_dir, padding_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(run_dir, padding_side="left"), run_dir)
     prompts = prepare_prompts(recipe, tokenizer)["validation"]
     funcs, weights, task_metrics = build_rewards(recipe.reward)
     model = load_trained(run_dir, AutoModelForCausalLM)

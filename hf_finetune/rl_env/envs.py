@@ -353,10 +353,10 @@ def _bandit_charset(texts: list[str]) -> frozenset:
 def load_bandit_data(dataset: str, split: str = "train", text_column: str = "text", label_column: str = "label",
                      validation_size: float = 0.2, split_seed: int = 42, max_samples: int | None = None):
     """Texts, integer labels and label names of one split of a dataset from :mod:`hf_finetune.data`."""
-    from datasets import ClassLabel
+    from datasets import DatasetDict
 
     from ..config import DataArguments
-    from ..data import load_splits, require_columns
+    from ..data import encode_labels, load_splits, require_columns
 
     args = DataArguments(dataset=dataset, text_column=text_column, label_column=label_column,
                          validation_size=validation_size, split_seed=split_seed)
@@ -368,14 +368,8 @@ def load_bandit_data(dataset: str, split: str = "train", text_column: str = "tex
     require_columns(ds, [text_column, label_column], f"dataset {dataset}")
     if max_samples is not None and max_samples < len(ds):
         ds = ds.shuffle(seed=split_seed).select(range(max_samples))
-    feature = ds.features[label_column]
-    if isinstance(feature, ClassLabel):
-        names, labels = list(feature.names), list(ds[label_column])
-    else:
-        names = sorted({str(v) for v in splits["train"][label_column]})
-        index = {n: i for i, n in enumerate(names)}
-        labels = [index[str(v)] for v in ds[label_column]]
-    return list(ds[text_column]), labels, names
+    encoded, names = encode_labels(DatasetDict({"train": splits["train"], name: ds}), label_column, None)
+    return list(ds[text_column]), list(encoded[name][label_column]), names
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,48 +15,8 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from ..config import DataArguments
-from ..data import load_splits, require_columns, sample_rows
+from ..data import encode_labels, load_splits, require_columns, sample_rows
 from ..metrics import load_metric
-
-
-def encode_labels(splits: DatasetDict, column: str, names: list[str] | None) -> tuple[DatasetDict, list[str]]:
-    """Turn the label column into class ids and return the names in id order.
-
-    ``ClassLabel`` features keep their names; string labels are sorted; integer labels take
-    ``names`` (or ``"0".."n-1"``). Labels unseen in train or outside the range are errors.
-    """
-    feature = splits["train"].features[column]
-    if isinstance(feature, ClassLabel):
-        names = list(feature.names)
-    values = {split: ds[column] for split, ds in splits.items()}
-    if any(v is None for vals in values.values() for v in vals):
-        raise ValueError(f"Some rows have no value in label column '{column}': fill or drop them.")
-    if isinstance(values["train"][0], str):
-        names = names or sorted(set(values["train"]))
-        lookup = {name: i for i, name in enumerate(names)}
-        for split, vals in values.items():
-            unknown = sorted(set(vals) - set(lookup))
-            if unknown:
-                raise ValueError(
-                    f"Unknown label(s) {unknown[:5]} in the {split} split: known labels are {names}. "
-                    "Add them to data.class_names or fix the data."
-                )
-        splits = DatasetDict({s: ds.cast_column(column, ClassLabel(names=names)) for s, ds in splits.items()})
-        values = {split: [lookup[v] for v in vals] for split, vals in values.items()}
-    else:
-        names = names or [str(i) for i in range(int(max(values["train"])) + 1)]
-        for split, vals in values.items():
-            bad = sorted({int(v) for v in vals if not 0 <= int(v) < len(names)})
-            if bad:
-                raise ValueError(
-                    f"Label id(s) {bad[:5]} in the {split} split are out of range for {len(names)} labels "
-                    f"({names}): fix the data or data.class_names."
-                )
-    if len(set(values["train"])) < 2:
-        raise ValueError(
-            f"The train split has a single class ({names[int(values['train'][0])]!r}): classification needs at least two."
-        )
-    return splits, names
 
 
 def _check_not_empty(ids: list[list[int]], special: set[int], split: str) -> None:
