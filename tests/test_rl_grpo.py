@@ -134,6 +134,14 @@ def test_clear_errors_before_step_one(tiny_gpt2_dir, tmp_path):
                     processing_class=tokenizer, reward_funcs=reward)
     with pytest.raises(ValueError, match="No reward"):
         RLOOTrainer(model, make_args("rloo", tmp_path), prompts_dataset(), processing_class=tokenizer)
+    with pytest.raises(ValueError, match="has 2 values for 1 rewards"):
+        GRPOTrainer(model, make_args("grpo", tmp_path, reward_weights=[1.0, 2.0]), prompts_dataset(),
+                    processing_class=tokenizer, reward_funcs=reward)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, 10**6]
+    with pytest.raises(ValueError, match="lie outside the policy's vocabulary"):
+        GRPOTrainer(model, make_args("grpo", tmp_path), prompts_dataset(), processing_class=tokenizer,
+                    reward_funcs=reward)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
     with pytest.raises(ValueError, match="critic-free"):
         RLOOTrainer(model, make_args("rloo", tmp_path), prompts_dataset(), processing_class=tokenizer,
                     reward_funcs=reward, value_model=model)
@@ -142,7 +150,8 @@ def test_clear_errors_before_step_one(tiny_gpt2_dir, tmp_path):
     # In-memory model (no folder to reload the reference from) with a KL penalty: say what to do.
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    fresh = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=64))
+    fresh = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=64,
+                                       bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
     with pytest.raises(ValueError, match="save_pretrained"):
         RLOOTrainer(fresh, make_args("rloo", tmp_path, kl_coef=0.1), prompts_dataset(), processing_class=tokenizer,
                     reward_funcs=reward)

@@ -213,7 +213,8 @@ def test_lora_keeps_base_and_reference_is_adapter_disabled_base(tmp_path, tok_an
     model = tiny_policy(config)
     original = tiny_policy(config).eval()  # same seed: same weights, never trained
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
-    args = ppo_args(tmp_path, max_steps=3, value_model="shared", whiten_rewards=True, max_prompt_length=2)
+    args = ppo_args(tmp_path, max_steps=3, value_model="shared", whiten_rewards=True, max_prompt_length=2,
+                    truncate_prompts=True)
     trainer = PPOTrainer(model, args, prompt_dataset(), processing_class=tokenizer,
                          reward_funcs=target_token_reward(tokenizer), peft_config=lora)
     policy = trainer.policy
@@ -369,6 +370,11 @@ def test_clear_errors_before_step_one(tmp_path, tok_and_config):
         ppo_args(tmp_path, value_model="critic")
     with pytest.raises(ValueError, match="not supported by PPO"):
         ppo_args(tmp_path, gradient_checkpointing=True)
+    with pytest.raises(ValueError, match=r"train_dataset row \d+ has \d+ prompt tokens > max_prompt_length=2"):
+        PPOTrainer(tiny_policy(config), ppo_args(tmp_path, max_prompt_length=2), prompt_dataset(4),
+                   processing_class=tokenizer, reward_funcs=reward)
+    with pytest.raises(ValueError, match="truncate_prompts needs max_prompt_length"):
+        ppo_args(tmp_path, truncate_prompts=True)
     with pytest.raises(ValueError, match="stop_strings"):
         ppo_args(tmp_path, stop_strings=[""])
     model = tiny_policy(config)

@@ -164,8 +164,7 @@ def test_kl_is_zero_at_step_one_with_a_carried_adapter(method, tmp_path, tiny_gp
         "reward": {"reward_funcs": ["length:4:chars"], "evaluate_before_training": False},
         "training": {"output_dir": str(tmp_path / method), "max_steps": 1, "learning_rate": 1e-3,
                      "per_device_train_batch_size": 4, "max_completion_length": 6, "kl_coef": 0.1,
-                     "logging_steps": 1, "save_strategy": "no", "report_to": "none", "use_cpu": True, "seed": 0,
-                     **({"disable_dropout": True} if method != "ppo" else {})},
+                     "logging_steps": 1, "save_strategy": "no", "report_to": "none", "use_cpu": True, "seed": 0},
     }
     run_recipe(load_recipe(write_recipe(tmp_path / "r.yaml", recipe)))
     history = json.loads((tmp_path / method / "trainer_state.json").read_text())["log_history"]

@@ -35,7 +35,7 @@ def toy_recipe(tmp_path, tiny_gpt2_dir, method, **training):
     recipe = {
         "method": method,
         "model": {"model_name_or_path": tiny_gpt2_dir},
-        "data": {"dataset": str(data), "validation_size": 0.25, "use_chat_template": True},
+        "data": {"dataset": str(data), "validation_size": 0.25},
         "reward": {"reward_funcs": ["length:4:chars", "regex:team"], "reward_weights": [1.0, 0.5],
                    "eval_metrics": ["exact_match:answer"]},
         "training": {"output_dir": str(tmp_path / method), "max_steps": 2, "learning_rate": 1e-3,
@@ -74,6 +74,15 @@ def test_lora_run_saves_only_the_adapter(tmp_path, tiny_gpt2_dir):
     assert 0 < metrics["trainable_parameters"]
 
 
+def test_ppo_lora_run_reports_policy_and_critic_trainable_parameters(tmp_path, tiny_gpt2_dir):
+    path = toy_recipe(tmp_path, tiny_gpt2_dir, "ppo")
+    data = yaml.safe_load(Path(path).read_text())
+    data["lora"] = {"lora_r": 4, "lora_target_modules": ["c_attn"]}
+    metrics = run_recipe(load_recipe(write_recipe(tmp_path / "lora.yaml", data)))
+    # 2 layers x c_attn (32 -> 96) at r=4: (32 + 96) * 4 per layer, plus the value head (32 + 1): no critic backbone.
+    assert metrics["trainable_parameters"] == 2 * (32 + 96) * 4 + 33
+
+
 def test_errors_before_step_one(tmp_path, tiny_gpt2_dir, capsys):
     path = toy_recipe(tmp_path, tiny_gpt2_dir, "grpo")
     assert main(["train", path, "--prompt_column", "question"]) == 2
@@ -82,6 +91,10 @@ def test_errors_before_step_one(tmp_path, tiny_gpt2_dir, capsys):
     assert "needs the dataset column 'gold'" in capsys.readouterr().err
     assert main(["train", path, "--reward_funcs", "length:4", "--reward_weights", "1", "2"]) == 2
     assert "2 values for 1 rewards" in capsys.readouterr().err
+    assert main(["train", path, "--use_chat_template", "true"]) == 2  # the tiny tokenizer has no template
+    assert "has no chat template" in capsys.readouterr().err
+    assert main(["train", path, "--max_prompt_length", "2"]) == 2
+    assert "prompt tokens > max_prompt_length=2" in capsys.readouterr().err
     assert not (tmp_path / "grpo" / "metrics.json").exists()
 
 

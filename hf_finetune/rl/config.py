@@ -13,6 +13,11 @@ from typing import ClassVar
 
 from ..config import REPORT_TO_HELP, DataArguments, default_report_to
 
+MAX_PROMPT_LENGTH_HELP = ("Most tokens a prompt may have: a longer one fails before training, naming its row (or, "
+                          "with truncate_prompts, is cut from the left). None: no limit.")
+TRUNCATE_PROMPTS_HELP = ("Cut prompts longer than max_prompt_length from the left (keeping their end, next to the "
+                         "response) instead of failing.")
+
 
 @dataclass
 class RLDataArguments(DataArguments):
@@ -22,15 +27,16 @@ class RLDataArguments(DataArguments):
     column (e.g. ``answer``) reaches the reward functions as a keyword argument.
 
     Example:
-        >>> RLDataArguments(dataset="recipes/rl/data/arithmetic.jsonl").use_chat_template
+        >>> RLDataArguments(dataset="recipes/rl/data/arithmetic.jsonl").use_chat_template is None
         True
     """
 
-    use_chat_template: bool = field(
-        default=True,
+    use_chat_template: bool | None = field(
+        default=None,
         metadata={
-            "help": "Wrap each prompt as a user message with the tokenizer's chat template (with the generation "
-            "prompt) when the tokenizer has one; false: feed the raw prompt text."
+            "help": "true: wrap each prompt as a user message with the tokenizer's chat template (with the "
+            "generation prompt), and fail before training when the tokenizer has none; false: feed the raw prompt "
+            "text; null (default): the template when the tokenizer has one, else the raw text."
         },
     )
     system_prompt: str | None = field(
@@ -119,13 +125,19 @@ class GroupRLArguments:
     CPU-safe defaults: listed before the TRL config in the bases, these fields override TRL's."""
 
     prompt_column: str = field(default="prompt", metadata={"help": "Dataset column holding the prompt text."})
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Fail before training when a prompt has more tokens than this. None: no check."}
-    )
+    max_prompt_length: int | None = field(default=None, metadata={"help": MAX_PROMPT_LENGTH_HELP})
+    truncate_prompts: bool = field(default=False, metadata={"help": TRUNCATE_PROMPTS_HELP})
     kl_coef: float | None = field(
         default=None,
         metadata={"help": "KL penalty coefficient under PPO's name; when set it overrides beta (so recipes switch "
-                  "between ppo, grpo and rloo unchanged)."},
+                  "between ppo, grpo and rloo unchanged). GRPO adds beta * k3 KL per token to the loss; RLOO "
+                  "subtracts beta * (sum of per-token log-ratios) from each completion's reward."},
+    )
+    # TRL keeps dropout on (train mode): then even the first step's ratio and KL are noise, not 1 and 0.
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "Turn dropout off in the policy (and reference), so the KL at step 0 is exactly 0 and "
+                  "the ratio exactly 1, as in PPO (TRL's default: false)."},
     )
     num_sample_generations: int = field(
         default=8, metadata={"help": "Evaluation generations written to the samples table (samples/eval_step*.jsonl and .md)."}
@@ -144,6 +156,13 @@ class GroupRLArguments:
     # (reward_weights); Python users pass them here as to TRL's configs.
     recipe_shared_fields: ClassVar[tuple[str, ...]] = ("trust_remote_code", "reward_weights")
 
+    def to_dict(self):
+        # TRL derives generation_batch_size from steps_per_generation (or the reverse) and refuses both:
+        # the resolved recipe keeps steps_per_generation alone, so recipe.yaml parses again (eval, push).
+        data = super().to_dict()
+        data.pop("generation_batch_size", None)
+        return data
+
     def __post_init__(self):
         super().__post_init__()
         if self.kl_coef is not None:
@@ -154,6 +173,8 @@ class GroupRLArguments:
             raise ValueError("training.prompt_column is empty: name the dataset column that holds the prompts.")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ValueError("training.max_prompt_length must be >= 1 (or null).")
+        if self.truncate_prompts and self.max_prompt_length is None:
+            raise ValueError("training.truncate_prompts needs training.max_prompt_length (the length to cut to).")
         if self.max_completion_length < 1:
             raise ValueError("training.max_completion_length must be >= 1.")
         if self.num_generations < 2:

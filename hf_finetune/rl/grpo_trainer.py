@@ -111,13 +111,27 @@ class GroupTrainerMixin(RunTrainerMixin):
             if "prompt" in dataset.column_names:
                 dataset = dataset.remove_columns("prompt")
             dataset = dataset.rename_column(column, "prompt")
+        if any(isinstance(p, list) for p in dataset["prompt"]):  # chat messages, as PPO and TRL accept them
+            if not getattr(tokenizer, "chat_template", None):
+                raise ValueError(f"{where} holds chat-message prompts but the tokenizer has no chat template.")
+            dataset = dataset.map(lambda row: {"prompt": tokenizer.apply_chat_template(
+                row["prompt"], tokenize=False, add_generation_prompt=True)})
         if not all(isinstance(p, str) and p for p in dataset["prompt"]):
-            raise ValueError(f"{where}: every prompt must be a non-empty string (render chat prompts with the template).")
+            raise ValueError(f"{where}: every prompt must be a non-empty string or a list of chat messages.")
         if args.max_prompt_length is not None:
-            sizes = [len(ids) for ids in tokenizer(list(dataset["prompt"]), add_special_tokens=False)["input_ids"]]
-            if max(sizes) > args.max_prompt_length:
-                raise ValueError(f"{where}: a prompt has {max(sizes)} tokens > max_prompt_length="
-                                 f"{args.max_prompt_length}: raise it or shorten the prompts.")
+            ids = tokenizer(list(dataset["prompt"]), add_special_tokens=False)["input_ids"]
+            longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+            if args.truncate_prompts:
+                # TRL 1.16 has no prompt truncation: cut the text to its last max_prompt_length tokens here.
+                cut = {i: tokenizer.decode(row[-args.max_prompt_length:]) for i, row in enumerate(ids)
+                       if len(row) > args.max_prompt_length}
+                if cut:
+                    dataset = dataset.map(lambda row, i: {"prompt": cut.get(i, row["prompt"])}, with_indices=True)
+            elif len(ids[longest]) > args.max_prompt_length:
+                raise ValueError(
+                    f"{where} row {longest} has {len(ids[longest])} prompt tokens > max_prompt_length="
+                    f"{args.max_prompt_length} ({dataset[longest]['prompt'][:60]!r}...): raise max_prompt_length, "
+                    "shorten the prompt, or set truncate_prompts to cut prompts from the left.")
         return dataset
 
     def _generate_single_turn(self, *args, **kwargs):

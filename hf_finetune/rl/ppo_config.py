@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..config import REPORT_TO_HELP, CheckedRanges, default_report_to
+from .config import MAX_PROMPT_LENGTH_HELP, TRUNCATE_PROMPTS_HELP
 
 
 @dataclass
@@ -35,9 +36,8 @@ class PPOConfig(CheckedRanges, TrainingArguments):
 
     # --- rollout ---------------------------------------------------------------------------------
     prompt_column: str = field(default="prompt", metadata={"help": "Dataset column holding the prompt (text or chat messages)."})
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Prompts longer than this many tokens are cut from the left. None: no cut."}
-    )
+    max_prompt_length: int | None = field(default=None, metadata={"help": MAX_PROMPT_LENGTH_HELP})
+    truncate_prompts: bool = field(default=False, metadata={"help": TRUNCATE_PROMPTS_HELP})
     max_completion_length: int = field(default=64, metadata={"help": "Most tokens generated per response."})
     stop_strings: list[str] | None = field(
         default=None,
@@ -127,6 +127,8 @@ class PPOConfig(CheckedRanges, TrainingArguments):
             raise ValueError("stop_strings must be non-empty strings.")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ValueError("max_prompt_length must be >= 1 (or None).")
+        if self.truncate_prompts and self.max_prompt_length is None:
+            raise ValueError("truncate_prompts needs max_prompt_length (the length to cut to).")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator={self.kl_estimator!r}: use 'k1' or 'k3'.")
         if self.max_completion_length < 1:

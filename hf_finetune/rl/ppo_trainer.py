@@ -203,6 +203,9 @@ class PPOTrainer(RunTrainerMixin, Trainer):
             callbacks=callbacks,
         )
         self._train_batch_size = args.rollout_batch_size
+        for dataset, name in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
+            if dataset is not None and args.max_prompt_length is not None and not args.truncate_prompts:
+                self._check_prompt_lengths(dataset, name)
         self.kl_ctl = AdaptiveKLController(args.kl_coef, args.adaptive_kl_target, args.kl_horizon)
         for frozen in (self.ref_model, reward_model):
             if frozen is not None:
@@ -231,6 +234,17 @@ class PPOTrainer(RunTrainerMixin, Trainer):
         if columns is not None and args.prompt_column not in columns:
             raise ValueError(f"{name} has no '{args.prompt_column}' column (columns: {columns}): set prompt_column.")
 
+    def _check_prompt_lengths(self, dataset, name: str) -> None:
+        texts = self._prompt_texts([dataset[i] for i in range(len(dataset))])
+        sizes = [len(ids) for ids in self.processing_class(texts, add_special_tokens=False)["input_ids"]]
+        longest = max(range(len(sizes)), key=sizes.__getitem__)
+        if sizes[longest] > self.args.max_prompt_length:
+            raise ValueError(
+                f"{name} row {longest} has {sizes[longest]} prompt tokens > max_prompt_length="
+                f"{self.args.max_prompt_length} ({texts[longest][:60]!r}...): raise max_prompt_length, shorten the "
+                "prompt, or set truncate_prompts=True to cut prompts from the left."
+            )
+
     # -- prompts and rollouts ----------------------------------------------------------------------
 
     def _prompt_texts(self, rows: list[dict]) -> list[str]:
@@ -255,7 +269,7 @@ class PPOTrainer(RunTrainerMixin, Trainer):
         prompts = self._prompt_texts(rows)
         enc = tok(
             prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-            truncation=args.max_prompt_length is not None, max_length=args.max_prompt_length,
+            truncation=args.truncate_prompts, max_length=args.max_prompt_length if args.truncate_prompts else None,
         ).to(args.device)
         policy = self._unwrapped().policy
         with exact_sampling(policy):  # samples from softmax(logits / T), as the log-probs below assume

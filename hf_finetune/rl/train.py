@@ -63,9 +63,14 @@ def render_prompts(dataset, tokenizer, column: str, data: RLDataArguments):
     available, else the raw text. A column of chat messages is always rendered with the template."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
 
+    if data.use_chat_template and not has_template:
+        raise ValueError("data.use_chat_template is true but the policy's tokenizer has no chat template: set it to "
+                         "false (raw prompt text) or null (the template only when there is one).")
+    use_template = has_template if data.use_chat_template is None else data.use_chat_template
+
     def render(row):
         prompt = row[column]
-        if isinstance(prompt, str) and not (data.use_chat_template and has_template):
+        if isinstance(prompt, str) and not use_template:
             return {column: prompt}
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
@@ -150,7 +155,6 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
         model.config.pad_token_id = tokenizer.pad_token_id
         if recipe.lora.use_lora:
             model = apply_lora(model, recipe.lora, task_type="CAUSAL_LM")
-        run_.log_trainable(model)
 
         trainer = trainer_class(
             model=model,
@@ -163,6 +167,8 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
             eval_metrics=task_metrics,
             callbacks=run_.callbacks(guard=False),
         )
+        # After the trainer is built: PPO's count includes its critic (a full backbone unless it shares the policy's).
+        run_.log_trainable(trainer.model, f"{recipe.method} (policy{' + critic' if recipe.method == 'ppo' else ''}): ")
         metrics: dict[str, float] = {}
         if recipe.reward.evaluate_before_training and not args.resume_from_checkpoint:
             metrics.update(trainer.evaluate(metric_key_prefix="before_eval"))
