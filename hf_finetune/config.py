@@ -328,9 +328,14 @@ def _block_to_dict(obj: Any) -> dict[str, Any]:
     to_dict = getattr(obj, "to_dict", None)
     data = to_dict() if callable(to_dict) else dataclasses.asdict(obj)
     clean = {}
+    shared = set(getattr(type(obj), "recipe_shared_fields", ()))  # stated in another block of the recipe
     for key, value in data.items():
-        if key in _SECRET_FIELDS or key.startswith("_"):
+        if key in _SECRET_FIELDS or key in shared or key.startswith("_"):
             continue
+        if key.endswith("_token") and isinstance(value, str) and value == f"<{key.upper()}>":
+            # TrainingArguments.to_dict masks every *_token field; only the secrets above are secret
+            # (TRL's eos_token / pad_token are vocabulary entries the run needs again).
+            value = getattr(obj, key)
         clean[key] = json.loads(json.dumps(value, default=str))
     return clean
 

@@ -155,3 +155,44 @@ def write_recipe(path, recipe: dict) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(recipe, f, sort_keys=False)
     return str(path)
+
+
+def tiny_recipe(model_dir, data, out, **training):
+    """A supervised recipe over a tiny model and toy data: 30 steps, no checkpoints, no logging backends."""
+    recipe = {
+        "method": "supervised",
+        "model": {"model_name_or_path": model_dir},
+        "data": {"dataset": data, "max_length": 32, "validation_size": 0.25},
+        "training": {
+            "output_dir": str(out),
+            "max_steps": 30,
+            "per_device_train_batch_size": 8,
+            "per_device_eval_batch_size": 32,
+            "learning_rate": 1e-2,
+            "logging_steps": 5,
+            "save_strategy": "no",
+            "report_to": "none",
+            "seed": 0,
+            **training,
+        },
+    }
+    return recipe
+
+
+
+
+def run_dict(recipe: dict, tmp_path, overrides=None, callbacks=None):
+    """Write ``recipe`` to ``tmp_path/recipe.yaml`` and run it through the recipe loader, as the CLI does."""
+    from hf_finetune.recipe import load_recipe, run_recipe
+
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    return run_recipe(load_recipe(path, overrides or []), callbacks=callbacks)
+
+
+def write_csv(path, rows, fields=("text", "label")) -> str:
+    """Write rows as a CSV file and return its path."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)

@@ -124,6 +124,7 @@ def evaluate(recipe: Recipe, run_dir: str) -> dict:
     trainer = InstructionSFTTrainer(
         model=load_trained(run_dir, AutoModelForCausalLM),
         args=args,
+        train_dataset=splits["validation"],  # not trained on: TRL's SFTTrainer requires one
         eval_dataset=splits["validation"],
         processing_class=tokenizer,
     )
