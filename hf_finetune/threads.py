@@ -7,8 +7,9 @@ policies: 8x576 @ 576x1536) tens of times slower than one thread (bench/bench_th
 
 * each process gets the cores it may use (``os.sched_getaffinity``) divided by the processes of
   its launch on this machine (``LOCAL_WORLD_SIZE``, which torchrun and accelerate set);
-* a phase of small matmuls runs under :func:`small_matmul_threads`, which times that phase's
-  kind of matmul with that count and with one thread, and keeps whichever is faster;
+* a phase of small matmuls runs under :func:`small_matmul_threads`, and training under
+  :func:`thread_policy_callback`: each times its kind of matmul with that count and with one
+  thread, keeps whichever is faster, and measures again every minute;
 * ``HF_FINETUNE_NUM_THREADS`` or an explicit ``OMP_NUM_THREADS`` overrides the count (and the
   small-matmul measurement, which then uses that count too); the choice is logged once.
 
@@ -29,8 +30,9 @@ import time
 logger = logging.getLogger(__name__)
 
 ENV_THREADS = "HF_FINETUNE_NUM_THREADS"
+REMEASURE_S = 60.0
 _applied: int | None = None
-_small_choice: dict[tuple[int, int], int] = {}
+_choice: dict[tuple[int, int, int], tuple[int, float]] = {}  # shape -> (threads, when measured)
 
 
 def usable_cores() -> int:
@@ -86,58 +88,99 @@ def apply_thread_policy(threads: int | None = None) -> int:
     return n
 
 
-def _time_matmul(rows: int, hidden: int, threads: int, seconds: float) -> float:
-    """Seconds per matmul of (rows x hidden) @ (hidden x 4*hidden) with ``threads``, over ~``seconds``."""
+def _time_matmul(rows: int, hidden: int, out: int, threads: int, seconds: float) -> float:
+    """Seconds per (rows x hidden) @ (hidden x out) matmul with ``threads``, over ~``seconds`` (>= 2 runs)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(rows, hidden), torch.randn(hidden, 4 * hidden)
-    for _ in range(3):
-        a @ b
+    a, b = torch.randn(rows, hidden), torch.randn(hidden, out)
+    a @ b  # the first call after a thread-count change starts the threads
     count, start = 0, time.perf_counter()
     while True:
         a @ b
         count += 1
         elapsed = time.perf_counter() - start
-        if elapsed >= seconds or count >= 2000:
+        if (elapsed >= seconds and count >= 2) or count >= 2000:
             return elapsed / count
 
 
-def fastest_small_matmul_threads(rows: int = 8, hidden: int = 576, seconds: float = 0.05) -> int:
-    """The thread count (policy's or 1) that runs this phase's matmul faster right now; cached.
+def fastest_threads(rows: int, hidden: int, out: int | None = None, seconds: float = 0.05,
+                    max_age_s: float = REMEASURE_S) -> int:
+    """The thread count (the policy's or 1) that runs this matmul shape faster right now.
 
-    Measured in the process itself (~0.1-0.2 s), because whether extra threads help depends on
-    what else is running: on an idle machine they do, beside a busy process they spin-wait.
+    Measured in the process itself (~0.1-0.5 s), because whether extra threads help depends on what
+    else runs: alone they do, beside a busy process they spin-wait for its core. The answer is kept
+    for ``max_age_s`` seconds, then measured again (load changes during a run). With an override
+    (``HF_FINETUNE_NUM_THREADS``/``OMP_NUM_THREADS``) nothing is measured: the override is used.
     """
     import torch
 
-    key = (rows, hidden)
-    if key in _small_choice:
-        return _small_choice[key]
+    out = out or 4 * hidden
+    key = (rows, hidden, out)
     policy, _ = policy_threads()
+    if policy == 1 or _override()[0] is not None:
+        return policy
+    cached = _choice.get(key)
+    if cached is not None and time.monotonic() - cached[1] < max_age_s:
+        return cached[0]
     previous = torch.get_num_threads()
-    choice = 1
-    if policy > 1 and _override()[0] is None:
-        one = _time_matmul(rows, hidden, 1, seconds)
-        many = _time_matmul(rows, hidden, policy, seconds)
-        choice = policy if many < one else 1
-        logger.info("Small matmuls (%dx%d @ %dx%d): %d thread(s) (%.0f us with 1, %.0f us with %d).", rows, hidden,
-                    hidden, 4 * hidden, choice, one * 1e6, many * 1e6, policy)
-    elif policy > 1:
-        choice = policy
-    torch.set_num_threads(previous)
-    _small_choice[key] = choice
+    try:
+        one = _time_matmul(rows, hidden, out, 1, seconds)
+        many = _time_matmul(rows, hidden, out, policy, seconds)
+    finally:
+        torch.set_num_threads(previous)
+    choice = policy if many < one else 1
+    if cached is None or cached[0] != choice:
+        logger.info("Matmuls of %dx%d @ %dx%d: %d thread(s) measured fastest (%.0f us with 1, %.0f us with %d).",
+                    rows, hidden, hidden, out, choice, one * 1e6, many * 1e6, policy)
+    _choice[key] = (choice, time.monotonic())
     return choice
 
 
 @contextlib.contextmanager
 def small_matmul_threads(rows: int = 8, hidden: int = 576):
-    """Run the block with the thread count that measured fastest for small matmuls, then restore."""
+    """Run the block (decoding, SB3 rollouts) with the thread count that measures fastest, then restore."""
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(fastest_small_matmul_threads(rows, hidden))
+    torch.set_num_threads(fastest_threads(rows, hidden))
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def thread_policy_callback(every_s: float = REMEASURE_S):
+    """A ``TrainerCallback`` that applies the policy at the start of training and keeps the faster count.
+
+    It times a matmul of the step's size (batch x length rows, the model's hidden width) with the
+    policy's count and with one thread at the start and every ``every_s`` seconds. The class is
+    built on first use so that importing this module does not import transformers.
+    """
+    from transformers import TrainerCallback
+
+    class ThreadPolicyCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.shape: tuple[int, int] | None = None
+            self.checked = 0.0
+
+        def _choose(self, force: bool = False) -> None:
+            import torch
+
+            if self.shape is None or (not force and time.monotonic() - self.checked < every_s):
+                return
+            self.checked = time.monotonic()
+            torch.set_num_threads(fastest_threads(*self.shape, seconds=0.1, max_age_s=every_s))
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            apply_thread_policy()
+            config = getattr(model, "config", None)
+            hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or 384
+            rows = max(1, args.per_device_train_batch_size) * 128
+            self.shape = (min(rows, 4096), int(hidden))
+            self._choose(force=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._choose()
+
+    return ThreadPolicyCallback()

@@ -1,0 +1,118 @@
+"""Threads per process: 1 thread vs PyTorch's default vs hf_finetune.threads, alone and beside a busy process.
+
+Each setting runs in a fresh process (OpenMP reads its environment once, at load), timing two
+matmuls: the small one of decoding and SB3 policies (8x576 @ 576x1536, SmolLM2's MLP on one token
+per sequence of a batch of 8) and a training-sized one (2048x384 @ 384x1536, MiniLM's MLP at batch
+16 x 128 tokens). "busy" starts one process spinning on a core beside it (a second job, a notebook
+kernel, the other rank of a 2-process run).
+
+    .venv/bin/python bench/bench_threads.py                 # ~2-4 min on 2 cores
+    .venv/bin/python bench/bench_threads.py --rounds 1      # quicker
+
+Prints seconds per 1,000 matmuls (median over rounds, settings interleaved within each round) and
+each setting's ratio to 1 thread; the load average is printed as the confounder it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = {"small 8x576@576x1536": (8, 576, 1536, 300), "train 2048x384@384x1536": (2048, 384, 1536, 20)}
+SETTINGS = {
+    "1 thread": {"threads": "1"},
+    "torch default (all cores)": {},
+    "hf_finetune.threads policy": {"policy": "1"},
+    "all cores, OMP_WAIT_POLICY=PASSIVE": {"env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+}
+
+
+def worker(shape: str, threads: str | None, policy: bool) -> None:
+    import torch
+
+    rows, hidden, out, reps = SHAPES[shape]
+    start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(int(threads))
+    if policy:  # what a run does: the policy's count, then the faster of it and 1 for this matmul
+        from hf_finetune.threads import apply_thread_policy, fastest_threads
+
+        apply_thread_policy()
+        torch.set_num_threads(fastest_threads(rows, hidden, out))
+    a, b = torch.randn(rows, hidden), torch.randn(hidden, out)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    elapsed = time.perf_counter() - t0
+    total = time.perf_counter() - start  # includes the policy's own measurement
+    print(json.dumps({"per_1000": elapsed / reps * 1000, "with_choice_per_1000": total / reps * 1000,
+                      "threads": torch.get_num_threads()}))
+
+
+def run_setting(shape: str, setting: dict, busy: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env.update(setting.get("env", {}))
+    cmd = [sys.executable, __file__, "--worker", shape]
+    if setting.get("threads"):
+        cmd += ["--threads", setting["threads"]]
+    if setting.get("policy"):
+        cmd += ["--policy"]
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        time.sleep(0.2 if busy else 0)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", choices=list(SHAPES))
+    parser.add_argument("--threads")
+    parser.add_argument("--policy", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.worker:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        worker(args.worker, args.threads, args.policy)
+        return
+
+    cores = len(os.sched_getaffinity(0))
+    print(f"usable cores: {cores}; load average before: {os.getloadavg()[0]:.2f} "
+          "(a load above 0 means other jobs shared the machine: absolute times are not clean, compare ratios)")
+    results: dict = {}
+    for round_index in range(args.rounds):
+        for busy in (False, True):
+            for shape in SHAPES:
+                names = list(SETTINGS)
+                if round_index % 2:
+                    names.reverse()
+                for name in names:
+                    r = run_setting(shape, SETTINGS[name], busy)
+                    results.setdefault((busy, shape, name), []).append(r)
+    print(f"rounds: {args.rounds}; load average after: {os.getloadavg()[0]:.2f}")
+    print(f"{'condition':<22}{'matmul':<26}{'setting':<30}{'s/1000':>9}{'incl. choice':>14}{'threads':>9}{'vs 1 thr':>10}")
+    for busy in (False, True):
+        for shape in SHAPES:
+            base = statistics.median(r["per_1000"] for r in results[(busy, shape, "1 thread")])
+            for name in SETTINGS:
+                rs = results[(busy, shape, name)]
+                med = statistics.median(r["per_1000"] for r in rs)
+                incl = statistics.median(r["with_choice_per_1000"] for r in rs)
+                threads = "/".join(str(r["threads"]) for r in rs)
+                cond = "beside a busy process" if busy else "alone"
+                print(f"{cond:<22}{shape:<26}{name:<30}{med:>9.3f}{incl:>14.3f}{threads:>9}{med / base:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
