@@ -110,7 +110,7 @@ def main() -> None:
     shared = frozen_encoders(cached.policy)[0]
     roll = rollout_rate(cached, env, args.rollout_steps)
     hit_rollout = shared.hit_rate
-    shared.cache.clear()
+    shared.clear()
     shared.reset_stats()
     rows.append(("MiniLM frozen + cache", roll, learn_rate(cached, args.steps), shared.hit_rate))
     print(f"(cache hit rate in the rollout-only timing: {hit_rollout:.3f}; entries after learn: {len(shared.cache)})")

@@ -149,3 +149,42 @@ def test_ortho_init_leaves_a_trained_encoder_pretrained(tiny_bert_dir):
     encoder = model.policy.features_extractor.encoder.state_dict()
     checked = [k for k in encoder if not k.startswith("pooler.")]  # the pooler is not in the checkpoint: random
     assert len(checked) > 20 and all(torch.equal(encoder[k], pretrained[k]) for k in checked)
+
+
+def test_sentence_mode_caches_sentences_and_encodes_only_new_ones(tiny_bert_dir):
+    from hf_finetune.config import ModelArguments
+    from hf_finetune.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_bert_dir))
+
+    def ids(text):
+        row = tokenizer(text, padding="max_length", max_length=24)["input_ids"]
+        return torch.tensor([row], dtype=torch.float32)
+
+    extractor = LMFeaturesExtractor(_ids_space(len(tokenizer), 24), encoder=tiny_bert_dir, features_dim=8,
+                                    sentence_separator=".")
+    shared = extractor.frozen
+    shared.clear()
+    shared.reset_stats()
+    hidden = shared.model.config.hidden_size
+    assert shared.width == 2 * hidden and extractor.project[0].in_features == 2 * hidden
+    first = extractor.token_ids(ids("goal match. chip code. the cup."))
+    vector = shared.embed(first)[0]
+    alone = [shared.forward(extractor.token_ids(ids(s)))[0] for s in ("goal match.", "chip code.", "the cup.")]
+    assert torch.allclose(vector[:hidden], alone[0], atol=1e-5)  # the first sentence, encoded on its own
+    assert torch.allclose(vector[hidden:], (alone[1] + alone[2]) / 2, atol=1e-5)  # the mean of the others
+    assert shared.sentences_encoded == 3
+    # A new text made of sentences already seen costs no encoder pass; one new sentence costs one.
+    shared.embed(extractor.token_ids(ids("goal match. the cup.")))
+    assert shared.sentences_encoded == 3 and len(shared.cache) == 2
+    shared.embed(extractor.token_ids(ids("goal match. bank shares.")))
+    assert shared.sentences_encoded == 4
+    one = shared.embed(extractor.token_ids(ids("goal match.")))[0]  # one sentence: the rest is zeros
+    assert torch.allclose(one[:hidden], alone[0], atol=1e-5) and not one[hidden:].any()
+
+
+def test_sentence_mode_errors(tiny_bert_dir):
+    with pytest.raises(ValueError, match="needs encoder_mode='frozen'"):
+        LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, encoder_mode="full", sentence_separator=".")
+    with pytest.raises(ValueError, match="is 2 tokens for this tokenizer"):
+        LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, sentence_separator="goal match")

@@ -143,6 +143,13 @@ class AgentConfig:
     standardize_steps: int = field(
         default=2048, metadata={"help": "Random-policy env steps whose views fit standardize_embeddings."}
     )
+    sentence_separator: str | None = field(
+        default=None,
+        metadata={"help": "Encode each sentence of a text on its own, ending at this token (e.g. '.'), and cache "
+                  "sentence embeddings: the first sentence (a BabyAI mission) + the mean of the others. Frozen "
+                  "encoder only; far fewer encoder passes on BabyAI-Text, where views reuse a small set of "
+                  "sentences."},
+    )
     progress_bar: bool = field(default=True, metadata={"help": "Show SB3's progress bar (steps, speed, ETA)."})
     eval_freq: int = field(
         default=2_000, metadata={"help": "Evaluate every this many environment steps (all envs together); 0: only at the end."}
@@ -176,6 +183,9 @@ class AgentConfig:
             raise ValueError(f"agent.torch_threads={self.torch_threads}: use a positive number (or leave it out).")
         if self.standardize_embeddings and self.standardize_steps < 2:
             raise ValueError(f"agent.standardize_steps={self.standardize_steps}: use at least 2 (e.g. 2048).")
+        if self.sentence_separator and self.encoder_mode != "frozen":
+            raise ValueError(f"agent.sentence_separator={self.sentence_separator!r} needs encoder_mode: frozen "
+                             "(sentence embeddings are cached); remove it for a trained encoder.")
         if self.n_eval_episodes < 1:
             raise ValueError(f"agent.n_eval_episodes={self.n_eval_episodes}: use at least 1.")
         for name in ("policy", "env", "seed", "device", "verbose", "policy_kwargs", "tensorboard_log"):

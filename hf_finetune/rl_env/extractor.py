@@ -46,6 +46,18 @@ def _load_encoder(encoder: str, revision: str | None = None):
     return load_model(ModelArguments(model_name_or_path=encoder, revision=revision), AutoModel)
 
 
+def _token_ids_of(encoder: str, revision: str | None, text: str) -> tuple[int, ...]:
+    """The ids the encoder's tokenizer gives ``text`` (no special tokens)."""
+    from ..config import ModelArguments
+    from ..models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=encoder, revision=revision))
+    ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if len(ids) != 1:
+        raise ValueError(f"sentence_separator={text!r} is {len(ids)} tokens for this tokenizer: use one token, e.g. '.'.")
+    return ids
+
+
 def _is_token_box(space: gym.Space) -> bool:
     return isinstance(space, spaces.Box) and len(space.shape) == 1 and np.issubdtype(space.dtype, np.integer)
 
@@ -71,6 +83,13 @@ class FrozenEncoder:
         pad_token_id: Id that marks padding.
         pooling: ``"cls"`` or ``"mean"``.
         cache_size: Embeddings kept (LRU); 0 disables the cache.
+        sentence_ids: Token ids that end a sentence (e.g. the id of ``"."``). When given, each sentence
+            of a row is encoded on its own (between the row's first and last special tokens) and cached
+            by its ids; a row's embedding is the first sentence's (a BabyAI mission) concatenated with
+            the mean of the others' (``2 * hidden`` wide). A BabyAI-Text view is a few sentences drawn
+            from a small set, so after a few thousand steps nearly every sentence is cached and new
+            views cost no forward pass (all-MiniLM-L6-v2 is a sentence-embedding model, trained on
+            single sentences).
 
     Example:
         >>> shared = FrozenEncoder(AutoModel.from_pretrained(path), pad_token_id=0, pooling="mean")  # doctest: +SKIP
@@ -80,19 +99,31 @@ class FrozenEncoder:
 
     _shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
-    def __init__(self, model: nn.Module, pad_token_id: int, pooling: str = "mean", cache_size: int = 100_000):
+    def __init__(self, model: nn.Module, pad_token_id: int, pooling: str = "mean", cache_size: int = 100_000,
+                 sentence_ids: tuple[int, ...] | None = None):
         self.model = model.eval().requires_grad_(False)
         self.pad_token_id, self.pooling, self.cache_size = pad_token_id, pooling, cache_size
+        self.sentence_ids = tuple(sentence_ids) if sentence_ids else None
         self.cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.sentence_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self.hits = self.misses = 0
+        self.sentences_encoded = 0
+
+    @property
+    def width(self) -> int:
+        """Size of a row's embedding."""
+        return self.model.config.hidden_size * (2 if self.sentence_ids else 1)
 
     @classmethod
-    def get(cls, encoder: str, revision: str | None, pad_token_id: int, pooling: str, cache_size: int) -> FrozenEncoder:
-        """The live shared instance for these settings, or a new one."""
-        key = (encoder, revision, pad_token_id, pooling, cache_size)
+    def get(cls, encoder: str, revision: str | None, pad_token_id: int, pooling: str, cache_size: int,
+            sentence_ids: tuple[int, ...] | None = None) -> FrozenEncoder:
+        """The live shared instance for these settings, or a new one (sharing the model of a live one)."""
+        key = (encoder, revision, pad_token_id, pooling, cache_size, sentence_ids)
         found = cls._shared.get(key)
         if found is None:
-            found = cls(_load_encoder(encoder, revision), pad_token_id, pooling, cache_size)
+            same_model = next((e.model for k, e in list(cls._shared.items()) if k[:2] == (encoder, revision)), None)
+            found = cls(same_model if same_model is not None else _load_encoder(encoder, revision), pad_token_id,
+                        pooling, cache_size, sentence_ids)
             cls._shared[key] = found
         return found
 
@@ -103,6 +134,12 @@ class FrozenEncoder:
 
     def reset_stats(self) -> None:
         self.hits = self.misses = 0
+        self.sentences_encoded = 0
+
+    def clear(self) -> None:
+        """Empty both caches."""
+        self.cache.clear()
+        self.sentence_cache.clear()
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -117,11 +154,59 @@ class FrozenEncoder:
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return pool(hidden, mask, self.pooling)
 
+    def _split(self, row: np.ndarray) -> list[np.ndarray]:
+        """The sentences of an id row, each wrapped in the row's first and last special tokens."""
+        row = row[row != self.pad_token_id]
+        if len(row) < 3:
+            return [row]
+        first, body, last = row[:1], row[1:-1], row[-1:]
+        ends = np.flatnonzero(np.isin(body, self.sentence_ids)) + 1
+        parts = [part for part in np.split(body, ends) if len(part)]
+        return [np.concatenate([first, part, last]) for part in parts] or [row]
+
+    def _embed_sentences(self, rows: np.ndarray) -> torch.Tensor:
+        """Row embeddings from cached sentence embeddings; new sentences of all rows go in one forward pass."""
+        split = [self._split(row) for row in rows]
+        new: dict[bytes, np.ndarray] = {}
+        for parts in split:
+            for part in parts:
+                key = part.tobytes()
+                if key not in self.sentence_cache:
+                    new[key] = part
+        if new:
+            width = max(len(p) for p in new.values())
+            batch = np.full((len(new), width), self.pad_token_id, dtype=np.int64)
+            for i, part in enumerate(new.values()):
+                batch[i, : len(part)] = part
+            for key, vector in zip(new, self.forward(torch.from_numpy(batch))):
+                self.sentence_cache[key] = vector.clone()
+            self.sentences_encoded += len(new)
+            while len(self.sentence_cache) > max(self.cache_size, 1):
+                self.sentence_cache.popitem(last=False)
+        out = []
+        for parts in split:
+            vectors = [self.sentence_cache.get(p.tobytes()) for p in parts]
+            if any(v is None for v in vectors):  # evicted within this call (tiny cache): encode directly
+                batch = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(p) for p in parts], batch_first=True,
+                                                        padding_value=self.pad_token_id)
+                vectors = list(self.forward(batch))
+            rest = torch.stack(vectors[1:]).mean(0) if len(vectors) > 1 else torch.zeros_like(vectors[0])
+            out.append(torch.cat([vectors[0], rest]))
+        return torch.stack(out)
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings through the cache (misses are encoded together in one batch)."""
+        if self.sentence_ids:
+            return self._embed_rows(ids, lambda rows: self._embed_sentences(rows.cpu().numpy()))
         if self.cache_size <= 0:
             self.misses += len(ids)
             return self.forward(ids)
+        return self._embed_rows(ids, self.forward)
+
+    def _embed_rows(self, ids: torch.Tensor, compute) -> torch.Tensor:
+        if self.cache_size <= 0:
+            self.misses += len(ids)
+            return compute(ids).to(ids.device)
         rows = ids.cpu().numpy()
         keys = [row.tobytes() for row in rows]
         out: list[torch.Tensor | None] = [None] * len(keys)
@@ -136,7 +221,7 @@ class FrozenEncoder:
                 missing.setdefault(key, []).append(i)
         if missing:
             first = [positions[0] for positions in missing.values()]
-            fresh = self.forward(ids[first])
+            fresh = compute(ids[first])
             for (key, positions), vector in zip(missing.items(), fresh):
                 vector = vector.clone()
                 self.cache[key] = vector
@@ -180,7 +265,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
     def __init__(self, observation_space: gym.Space, encoder: str = DEFAULT_ENCODER, encoder_mode: str = "frozen",
                  pooling: str = "mean", features_dim: int = 256, pad_token_id: int | None = None,
                  text_key: str = "text", cache_size: int = 100_000, lora: dict[str, Any] | None = None,
-                 revision: str | None = None, standardize: bool = False):
+                 revision: str | None = None, standardize: bool = False, sentence_separator: str | None = None):
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder_mode={encoder_mode!r}: use one of {ENCODER_MODES}.")
         if pooling not in POOLINGS:
@@ -192,6 +277,9 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             )
         if features_dim < 1:
             raise ValueError(f"features_dim={features_dim}: use a positive size, e.g. 256.")
+        if sentence_separator and encoder_mode != "frozen":
+            raise ValueError(f"sentence_separator={sentence_separator!r} needs encoder_mode='frozen' (sentence "
+                             "embeddings are cached); a trained encoder reads the whole text.")
         extra_spaces = self._split_space(observation_space, text_key)
         super().__init__(observation_space, features_dim)
         self.text_key = text_key if isinstance(observation_space, spaces.Dict) else None
@@ -208,7 +296,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             config = AutoConfig.from_pretrained(model_source(ModelArguments(model_name_or_path=encoder)),
                                                 revision=revision)
             pad = pad_token_id if pad_token_id is not None else (getattr(config, "pad_token_id", None) or 0)
-            shared = FrozenEncoder.get(encoder, revision, pad, pooling, cache_size)
+            sentence_ids = _token_ids_of(encoder, revision, sentence_separator) if sentence_separator else None
+            shared = FrozenEncoder.get(encoder, revision, pad, pooling, cache_size, sentence_ids)
             # object.__setattr__ keeps the shared encoder out of this module's children (see module doc).
             object.__setattr__(self, "frozen", shared)
             self.encoder = None
@@ -230,7 +319,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         self.pad_token_id = pad
         embeddings = model.get_input_embeddings()
         self.vocab_size = embeddings.num_embeddings
-        hidden = model.config.hidden_size
+        hidden = self.frozen.width if self.frozen is not None else model.config.hidden_size
         limit = getattr(model.config, "max_position_embeddings", None)
         length = self._text_space(observation_space, text_key).shape[0]
         if limit is not None and length > limit:

@@ -101,6 +101,7 @@ def policy_kwargs(recipe: Recipe, learning_rate: float) -> dict[str, Any]:
         "cache_size": agent.cache_size,
         "revision": recipe.model.revision,
         "standardize": agent.standardize_embeddings,
+        "sentence_separator": agent.sentence_separator,
     }
     lora = _lora_settings(recipe)
     if lora is not None:
@@ -450,7 +451,7 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
         model = build_agent(recipe, train_env)
         for shared in frozen_encoders(model.policy):
             # The frozen encoder is shared process-wide: start each run cold, so runs are reproducible.
-            shared.cache.clear()
+            shared.clear()
             shared.reset_stats()
         model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"] if agent.verbose else ["csv", "tensorboard"]))
         fit_standardization(model, recipe)  # before resuming: a checkpoint then restores its own statistics
