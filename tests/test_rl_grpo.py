@@ -155,3 +155,17 @@ def test_clear_errors_before_step_one(tiny_gpt2_dir, tmp_path):
     with pytest.raises(ValueError, match="save_pretrained"):
         RLOOTrainer(fresh, make_args("rloo", tmp_path, kl_coef=0.1), prompts_dataset(), processing_class=tokenizer,
                     reward_funcs=reward)
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_configs_accept_every_argument_of_their_trl_parent(method, tmp_path):
+    import dataclasses
+
+    import trl
+
+    ours, parent = METHODS[method][0], {"grpo": trl.GRPOConfig, "rloo": trl.RLOOConfig}[method]
+    init = {f.name for f in dataclasses.fields(ours) if f.init}
+    assert {f.name for f in dataclasses.fields(parent) if f.init} <= init
+    args = ours(output_dir=str(tmp_path), reward_weights=[1.0, 0.5], trust_remote_code=False, use_cpu=True,
+                report_to="none")
+    assert args.reward_weights == [1.0, 0.5]

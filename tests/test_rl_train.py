@@ -118,6 +118,7 @@ def test_classifier_run_dir_as_reward_model(tmp_path, tiny_gpt2_dir, tiny_bert_d
     metrics = run_recipe(load_recipe(write_recipe(tmp_path / "rm.yaml", data)))
     assert 0 < metrics["eval_reward"] < 1 and "eval_reward/reward_model_sport" in metrics
     data["reward"]["reward_model_label"] = "weather"
+    data["training"]["output_dir"] = str(tmp_path / "rloo-weather")
     with pytest.raises(ValueError, match="not one of the model's labels"):
         run_recipe(load_recipe(write_recipe(tmp_path / "rm2.yaml", data)))
 

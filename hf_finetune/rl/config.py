@@ -8,8 +8,11 @@ With the ``model``, ``data``, ``lora`` and ``reward`` blocks identical for the t
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..config import REPORT_TO_HELP, DataArguments, default_report_to
 
@@ -17,6 +20,28 @@ MAX_PROMPT_LENGTH_HELP = ("Most tokens a prompt may have: a longer one fails bef
                           "with truncate_prompts, is cut from the left). None: no limit.")
 TRUNCATE_PROMPTS_HELP = ("Cut prompts longer than max_prompt_length from the left (keeping their end, next to the "
                          "response) instead of failing.")
+
+
+def check_reward_weights(weights: Sequence[float] | None, rewards: Sequence[Any] | int,
+                         where: str = "reward_weights") -> list[float] | None:
+    """One weight per reward (reward functions first, then the reward model), as floats; None stays None.
+
+    The one check the recipe block, PPO and GRPO/RLOO share. ``rewards`` is the list of rewards or their count.
+    """
+    if weights is None:
+        return None
+    count = rewards if isinstance(rewards, int) else len(rewards)
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+        raise ValueError(f"{where} must be a list of numbers, one per reward; got {weights!r}.")
+    if len(weights) != count:
+        raise ValueError(f"{where} has {len(weights)} values for {count} rewards (reward functions, then the reward "
+                         "model): give one weight each.")
+    out = []
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(float(w)):
+            raise ValueError(f"{where} holds {w!r}: every weight must be a finite number.")
+        out.append(float(w))
+    return out
 
 
 @dataclass
@@ -108,11 +133,7 @@ class RewardArguments:
                 "The reward block names no reward: set reward.reward_funcs (e.g. [exact_match]) and/or "
                 "reward.reward_model (e.g. outputs/quickstart with reward_model_label: sport)."
             )
-        if self.reward_weights is not None and len(self.reward_weights) != self.num_rewards:
-            raise ValueError(
-                f"reward.reward_weights has {len(self.reward_weights)} values for {self.num_rewards} rewards "
-                "(reward_funcs, then reward_model): give one weight each."
-            )
+        self.reward_weights = check_reward_weights(self.reward_weights, self.num_rewards, "reward.reward_weights")
         if self.reward_model_output not in ("prob", "logit"):
             raise ValueError(f"reward.reward_model_output={self.reward_model_output!r}: use 'prob' or 'logit'.")
         if self.reward_model_batch_size < 1:

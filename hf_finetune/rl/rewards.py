@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .config import check_reward_weights
 from .sampling import cut_at_stop, exact_sampling, response_ends
 from .sampling import eos_token_ids as all_eos_ids
 
@@ -67,28 +68,6 @@ def _named(fn: Callable, name: str) -> Callable:
 # ---------------------------------------------------------------------------------------------
 # Validation and combination
 # ---------------------------------------------------------------------------------------------
-
-
-def check_reward_weights(weights: Sequence[float] | None, rewards: Sequence[Any] | int,
-                         where: str = "reward_weights") -> list[float] | None:
-    """One weight per reward (reward functions first, then the reward model), as floats; None stays None.
-
-    The one check the recipe block, PPO and GRPO/RLOO share. ``rewards`` is the list of rewards or their count.
-    """
-    if weights is None:
-        return None
-    count = rewards if isinstance(rewards, int) else len(rewards)
-    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
-        raise ValueError(f"{where} must be a list of numbers, one per reward; got {weights!r}.")
-    if len(weights) != count:
-        raise ValueError(f"{where} has {len(weights)} values for {count} rewards (reward functions, then the reward "
-                         "model): give one weight each.")
-    out = []
-    for w in weights:
-        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(float(w)):
-            raise ValueError(f"{where} holds {w!r}: every weight must be a finite number.")
-        out.append(float(w))
-    return out
 
 
 def weighted_sum(scores: torch.Tensor, weights: Sequence[float] | None, all_none: str = "nan") -> torch.Tensor:
