@@ -1,20 +1,22 @@
-"""Environment steps per second on BabyAI-Text with a frozen all-MiniLM-L6-v2 encoder, side by side.
+"""Environment steps per second on BabyAI-Text: LM-encoder PPO vs symbolic PPO, side by side in one run.
 
-Three agents run PPO with the same settings (4 envs, n_steps 128, batch 64, 4 epochs) on
-``BabyAI-GoToObj-v0`` for the same number of steps:
+Every agent runs SB3 PPO with the recipe's settings (n_steps 128, batch 64, 4 epochs, net_arch
+[64]) on ``BabyAI-GoToObj-v0`` for the same number of ``learn()`` steps, one after the other in
+this process (same machine state, torch threads set once):
 
-* LM encoder, frozen, with the embedding cache (``cache_size`` 100k);
-* LM encoder, frozen, without the cache (``cache_size`` 0): every rollout step and every PPO
-  minibatch runs MiniLM;
-* SB3's own ``MultiInputPolicy`` (CombinedExtractor: a flatten of the 7x7x3 view + one-hot direction)
-  on the symbolic observation, no text at all.
+* ``symbolic``: SB3's ``MultiInputPolicy`` on the 7x7 symbolic view + direction, no text at all;
+* ``lm-rows``: frozen all-MiniLM-L6-v2, embeddings cached per tokenised view (an id row);
+* ``lm-sentences``: the same encoder with ``sentence_separator='.'``: each sentence of a view is
+  encoded once and cached, new views made of seen sentences cost no encoder pass;
+* ``lm-sentences-subproc``: as ``lm-sentences`` with the envs in subprocesses (``SubprocVecEnv``);
+* ``lm-nocache`` (only with ``--uncached-steps``): every rollout step and minibatch runs MiniLM.
 
-It also times the rollout alone (``predict`` + ``env.step``), where only the encoder's forward pass
-differs. Figures are steps/s; ratios are measured in the same run.
+The rate is reported over all steps and over the second half (warm caches: what most of a
+50,000-step run looks like). Ratios to the symbolic agent are measured in the same run.
 
 Usage:
-    python bench/bench_agents_throughput.py             # the numbers in BENCHMARKS.md (~10 min on 2 busy shared cores)
-    python bench/bench_agents_throughput.py --steps 512 --rollout-steps 128 --uncached-steps 0   # smoke run
+    python bench/bench_agents_throughput.py --steps 16384           # BENCHMARKS.md
+    python bench/bench_agents_throughput.py --steps 1024 --agents symbolic lm-sentences   # smoke run
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LEVEL = "BabyAI-GoToObj-v0"
+ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 PPO_KWARGS = {"n_steps": 128, "batch_size": 64, "n_epochs": 4, "seed": 0, "device": "cpu"}
+AGENTS = ("symbolic", "lm-rows", "lm-sentences", "lm-sentences-subproc")
 
 
-def text_envs(n_envs: int):
+def text_envs(n_envs: int, subprocess: bool = False):
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     from hf_finetune.rl_env.envs import make_env
 
-    kwargs = {"env_id": "hf_finetune/BabyAI-Text-v0", "level": LEVEL, "max_length": 96,
-              "tokenizer": "sentence-transformers/all-MiniLM-L6-v2"}
-    return make_vec_env(make_env, n_envs=n_envs, seed=0, env_kwargs=kwargs)
+    kwargs = {"env_id": "hf_finetune/BabyAI-Text-v0", "level": LEVEL, "max_length": 96, "tokenizer": ENCODER}
+    return make_vec_env(make_env, n_envs=n_envs, seed=0, env_kwargs=kwargs,
+                        vec_env_cls=SubprocVecEnv if subprocess else DummyVecEnv)
 
 
 def symbolic_envs(n_envs: int):
@@ -60,38 +65,41 @@ def symbolic_envs(n_envs: int):
     return make_vec_env(make, n_envs=n_envs, seed=0)
 
 
-def lm_ppo(env, cache_size: int):
+def lm_ppo(env, cache_size: int = 100_000, sentences: bool = False):
     from stable_baselines3 import PPO
 
-    from hf_finetune.rl_env.extractor import LMFeaturesExtractor
+    from hf_finetune.rl_env.extractor import LMFeaturesExtractor, frozen_encoders
 
-    kwargs = {"features_extractor_class": LMFeaturesExtractor,
-              "features_extractor_kwargs": {"encoder": "sentence-transformers/all-MiniLM-L6-v2",
-                                            "encoder_mode": "frozen", "cache_size": cache_size, "features_dim": 256}}
-    return PPO("MlpPolicy", env, policy_kwargs=kwargs, **PPO_KWARGS)
+    extractor = {"encoder": ENCODER, "encoder_mode": "frozen", "cache_size": cache_size, "features_dim": 128,
+                 "sentence_separator": "." if sentences else None}
+    model = PPO("MlpPolicy", env, policy_kwargs={"features_extractor_class": LMFeaturesExtractor,
+                                                 "features_extractor_kwargs": extractor, "net_arch": [64]},
+                **PPO_KWARGS)
+    for shared in frozen_encoders(model.policy):  # shared process-wide: every agent starts cold
+        shared.clear()
+        shared.reset_stats()
+    return model
 
 
-def rollout_rate(model, env, steps: int) -> float:
-    obs = env.reset()
+def timed_learn(model, steps: int) -> tuple[float, float]:
+    """(steps/s over all ``steps``, steps/s over the second half)."""
+    half = max(steps // 2, 512)
     start = time.perf_counter()
-    for _ in range(steps // env.num_envs):
-        action, _ = model.predict(obs)
-        obs, *_ = env.step(action)
-    return steps / (time.perf_counter() - start)
-
-
-def learn_rate(model, steps: int) -> float:
-    start = time.perf_counter()
-    model.learn(steps)
-    return model.num_timesteps / (time.perf_counter() - start)
+    model.learn(half)
+    middle = time.perf_counter()
+    model.learn(steps - half, reset_num_timesteps=False)
+    end = time.perf_counter()
+    second = model.num_timesteps - half
+    return model.num_timesteps / (end - start), second / (end - middle)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=2048, help="PPO steps per agent (multiple of 512)")
-    parser.add_argument("--rollout-steps", type=int, default=1024, help="steps of the rollout-only timing")
-    parser.add_argument("--uncached-steps", type=int, default=512, help="learn() steps without the cache (slow)")
+    parser.add_argument("--steps", type=int, default=16384, help="learn() steps per agent")
+    parser.add_argument("--n-envs", type=int, default=4)
+    parser.add_argument("--uncached-steps", type=int, default=0, help="also time lm-nocache for this many steps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fairest on a shared machine)")
+    parser.add_argument("--agents", nargs="*", default=list(AGENTS), choices=AGENTS)
     args = parser.parse_args()
     import torch
     from stable_baselines3 import PPO
@@ -100,39 +108,38 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     rows = []
-    env = symbolic_envs(4)
-    sym = PPO("MultiInputPolicy", env, **PPO_KWARGS)
-    rows.append(("SB3 MultiInputPolicy, symbolic view", rollout_rate(sym, env, args.rollout_steps),
-                 learn_rate(sym, args.steps), None))
+    for name in args.agents:
+        if name == "symbolic":
+            model = PPO("MultiInputPolicy", symbolic_envs(args.n_envs), policy_kwargs={"net_arch": [64]}, **PPO_KWARGS)
+        else:
+            env = text_envs(args.n_envs, subprocess=name.endswith("subproc"))
+            model = lm_ppo(env, sentences="sentences" in name)
+        overall, warm = timed_learn(model, args.steps)
+        shared = frozen_encoders(model.policy)
+        note = ""
+        if shared:
+            s = shared[0]
+            note = f"view hit rate {s.hit_rate:.3f}, {len(s.cache)} views" + (
+                f", {s.sentences_encoded} sentences encoded" if s.sentence_ids else "")
+        rows.append((name, args.steps, overall, warm, note))
+        print(f"{name}: {overall:.0f} steps/s overall, {warm:.0f} second half ({note})", flush=True)
+        model.get_env().close()
+    if args.uncached_steps:
+        model = lm_ppo(text_envs(args.n_envs), cache_size=0)
+        start = time.perf_counter()
+        model.learn(args.uncached_steps)
+        rate = model.num_timesteps / (time.perf_counter() - start)
+        rows.append(("lm-nocache", args.uncached_steps, rate, None, "no cache"))
 
-    env = text_envs(4)
-    cached = lm_ppo(env, cache_size=100_000)
-    shared = frozen_encoders(cached.policy)[0]
-    roll = rollout_rate(cached, env, args.rollout_steps)
-    hit_rollout = shared.hit_rate
-    shared.clear()
-    shared.reset_stats()
-    rows.append(("MiniLM frozen + cache", roll, learn_rate(cached, args.steps), shared.hit_rate))
-    print(f"(cache hit rate in the rollout-only timing: {hit_rollout:.3f}; entries after learn: {len(shared.cache)})")
-    del cached, shared
-
-    uncached = lm_ppo(text_envs(4), cache_size=0)
-    roll = rollout_rate(uncached, uncached.get_env(), args.rollout_steps)
-    learn = learn_rate(uncached, args.uncached_steps) if args.uncached_steps else None
-    rows.append(("MiniLM frozen, no cache", roll, learn, None))
-
-    print(f"\nPPO on {LEVEL}, 4 envs, {args.steps} learn() steps ({args.uncached_steps} without cache), "
-          f"{args.rollout_steps} rollout-only steps, "
-          f"torch threads {torch.get_num_threads()}\n")
-    print("| agent | rollout-only steps/s | learn() steps/s | cache hit rate |\n|---|---|---|---|")
-    for name, roll, learn, hit in rows:
-        learn_s = f"{learn:.0f}" if learn else "-"
-        hit_s = f"{hit:.3f}" if hit is not None else "-"
-        print(f"| {name} | {roll:.0f} | {learn_s} | {hit_s} |")
-    by = {name: (roll, learn) for name, roll, learn, _ in rows}
-    c, n, s = by["MiniLM frozen + cache"], by["MiniLM frozen, no cache"], by["SB3 MultiInputPolicy, symbolic view"]
-    print(f"\ncache speed-up: rollout-only {c[0] / n[0]:.1f}x" + (f", learn() {c[1] / n[1]:.1f}x" if n[1] else ""))
-    print(f"symbolic MLP vs cached MiniLM: rollout-only {s[0] / c[0]:.1f}x, learn() {s[1] / c[1]:.1f}x faster")
+    print(f"\nPPO on {LEVEL}, {args.n_envs} envs, torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| agent | learn() steps | steps/s overall | steps/s second half | symbolic / this (second half) | notes |")
+    print("|---|---|---|---|---|---|")
+    sym = next((r for r in rows if r[0] == "symbolic"), None)
+    for name, steps, overall, warm, note in rows:
+        ratio = f"{sym[3] / warm:.1f}x" if sym and warm else "-"
+        warm_s = f"{warm:.0f}" if warm else "-"
+        print(f"| {name} | {steps} | {overall:.0f} | {warm_s} | {ratio} | {note} |")
 
 
 if __name__ == "__main__":

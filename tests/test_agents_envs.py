@@ -120,3 +120,26 @@ def test_unregistered_env_id_lists_the_registered_ones():
 def test_unknown_babyai_level():
     with pytest.raises(ValueError, match="Unknown BabyAI level"):
         BabyAITextEnv("BabyAI-NoSuchLevel-v0")
+
+
+def test_goal_split_holds_out_exactly_the_named_goals():
+    from hf_finetune.rl_env.envs import mission_goal
+
+    held_out = ["red ball", "green key", "blue box"]
+    seen = {}
+    for split in ("train", "held_out"):
+        env = BabyAITextEnv("BabyAI-GoToLocalS6N2-v0", held_out_goals=held_out, goal_split=split)
+        goals = set()
+        env.reset(seed=0)
+        for _ in range(60):
+            goals.add(mission_goal(env.env))
+            env.reset()
+        seen[split] = goals
+    assert seen["held_out"] <= set(held_out) and len(seen["held_out"]) >= 2
+    assert not seen["train"] & set(held_out) and len(seen["train"]) >= 6
+    # every colour and type of a held-out goal still occurs in training, in other combinations
+    assert {"red", "green", "blue"} <= {g.split()[0] for g in seen["train"]}
+    with pytest.raises(ValueError, match="No episode with a held-out goal.*'colour type'"):
+        BabyAITextEnv("BabyAI-GoToLocalS6N2-v0", held_out_goals=["red dragon"], goal_split="held_out").reset(seed=0)
+    with pytest.raises(ValueError, match="goal_split='test': use 'train' or 'held_out'"):
+        BabyAITextEnv("BabyAI-GoToLocalS6N2-v0", held_out_goals=["red ball"], goal_split="test")

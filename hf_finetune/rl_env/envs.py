@@ -217,6 +217,58 @@ def check_level(level: str) -> None:
                      f"{', '.join(levels[:6])} (list them: hf_finetune.rl_env.envs.babyai_levels()).")
 
 
+def mission_goal(env: gym.Env) -> str | None:
+    """The object a BabyAI mission names, as ``"colour type"`` (``"red ball"``) or ``"type"`` when no colour.
+
+    ``None`` for missions that name no single object (sequences, "and" missions).
+    """
+    desc = getattr(getattr(env.unwrapped, "instrs", None), "desc", None)
+    if desc is None:
+        return None
+    return f"{desc.color} {desc.type}" if desc.color else str(desc.type)
+
+
+class GoalSplitWrapper(gym.Wrapper):
+    """Keep only episodes whose mission names a held-out goal, or only those that name none.
+
+    Compositional generalisation: train with some colour/object combinations never asked for
+    (``split="train"``), evaluate on exactly those (``split="held_out"``). Each colour and each object
+    type still occurs in training, in other combinations. Episodes are redrawn from the level's own
+    RNG after the first seeded reset, so a seed still gives a fixed sequence of episodes.
+
+    Args:
+        env: A minigrid BabyAI env.
+        held_out: Goals as :func:`mission_goal` writes them, e.g. ``["red ball", "green key"]``.
+        split: ``"train"`` (never a held-out goal) or ``"held_out"`` (only held-out goals).
+        max_draws: Episodes drawn before giving up with an error.
+
+    Example:
+        >>> env = GoalSplitWrapper(gym.make("BabyAI-GoToLocalS6N2-v0"), ["red ball"], split="held_out")  # doctest: +SKIP
+    """
+
+    def __init__(self, env: gym.Env, held_out: list[str], split: str = "train", max_draws: int = 1000):
+        super().__init__(env)
+        if split not in ("train", "held_out"):
+            raise ValueError(f"goal_split={split!r}: use 'train' or 'held_out'.")
+        if not held_out:
+            raise ValueError("held_out_goals is empty: name the goals to hold out, e.g. ['red ball', 'green key'].")
+        self.held_out, self.split, self.max_draws = {str(g).lower() for g in held_out}, split, max_draws
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        for _ in range(self.max_draws):
+            goal = mission_goal(self.env)
+            if goal is None:
+                raise ValueError(f"held_out_goals: the missions of {self.env.spec.id if self.env.spec else self.env} "
+                                 f"name no single object ({self.env.unwrapped.mission!r}); use a GoTo/Pickup/Open level.")
+            if (goal in self.held_out) == (self.split == "held_out"):
+                return obs, info
+            obs, info = self.env.reset(options=options)
+        raise ValueError(f"No episode with a {'held-out' if self.split == 'held_out' else 'training'} goal in "
+                         f"{self.max_draws} draws (held out: {sorted(self.held_out)}): check the goal names "
+                         "('colour type', e.g. 'red ball').")
+
+
 class BabyAITextEnv(gym.Env):
     """A BabyAI level from ``minigrid`` with its observation given as text.
 
@@ -228,6 +280,8 @@ class BabyAITextEnv(gym.Env):
         level: A registered minigrid/BabyAI env id, e.g. ``"BabyAI-GoToObj-v0"``.
         max_chars: Maximum length of the text observation (for the ``Text`` space).
         symbolic: Also return the raw 7x7 view and direction in a ``Dict`` (``text``, ``image``, ``direction``).
+        held_out_goals: Mission goals (``"red ball"``) held out of training; see :class:`GoalSplitWrapper`.
+        goal_split: ``"train"`` (default: no held-out goal) or ``"held_out"`` (only held-out goals).
 
     Example:
         >>> env = BabyAITextEnv("BabyAI-GoToObj-v0")
@@ -238,10 +292,13 @@ class BabyAITextEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, level: str = "BabyAI-GoToObj-v0", max_chars: int = 2048, symbolic: bool = False):
+    def __init__(self, level: str = "BabyAI-GoToObj-v0", max_chars: int = 2048, symbolic: bool = False,
+                 held_out_goals: list[str] | None = None, goal_split: str = "train"):
         check_level(level)
         self.level = level
         self.env = gym.make(level)
+        if held_out_goals:
+            self.env = GoalSplitWrapper(self.env, held_out_goals, goal_split)
         self.action_space = self.env.action_space
         text_space = spaces.Text(max_length=max_chars, charset=_CHARSET)
         self.symbolic = symbolic
@@ -378,9 +435,10 @@ def load_bandit_data(dataset: str, split: str = "train", text_column: str = "tex
 
 
 def make_babyai_text(tokenizer: Any = "sentence-transformers/all-MiniLM-L6-v2", level: str = "BabyAI-GoToObj-v0",
-                     max_length: int = 96, truncation: bool = True, symbolic: bool = False) -> gym.Env:
+                     max_length: int = 96, truncation: bool = True, symbolic: bool = False,
+                     held_out_goals: list[str] | None = None, goal_split: str = "train") -> gym.Env:
     """BabyAI-Text with token-id observations (the entry point of ``hf_finetune/BabyAI-Text-v0``)."""
-    env = BabyAITextEnv(level, symbolic=symbolic)
+    env = BabyAITextEnv(level, symbolic=symbolic, held_out_goals=held_out_goals, goal_split=goal_split)
     return TextObservationWrapper(env, tokenizer, max_length=max_length, truncation=truncation)
 
 

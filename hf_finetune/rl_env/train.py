@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,8 @@ class EncoderStatsCallback(BaseCallback):
             suffix = f"_{i}" if i else ""
             self.logger.record(f"encoder/cache_hit_rate{suffix}", shared.hit_rate)
             self.logger.record(f"encoder/cache_entries{suffix}", len(shared.cache))
+            if shared.sentence_ids:
+                self.logger.record(f"encoder/sentences_encoded{suffix}", shared.sentences_encoded)
         for name, param in self.model.policy.named_parameters():
             if not torch.isfinite(param).all():
                 raise NonFiniteLossError(
@@ -470,12 +473,16 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
                                           name_prefix="agent"))
         remaining = max(agent.total_timesteps - done, 0)
         if remaining:
-            model.learn(remaining, callback=CallbackList(run_.callbacks(*own, guard=False)),
-                        reset_num_timesteps=not done, log_interval=1, progress_bar=agent.progress_bar)
+            with warnings.catch_warnings():  # SB3's bar is tqdm.rich, which warns that it is experimental
+                warnings.filterwarnings("ignore", message="rich is experimental")
+                model.learn(remaining, callback=CallbackList(run_.callbacks(*own, guard=False)),
+                            reset_num_timesteps=not done, log_interval=1, progress_bar=agent.progress_bar)
 
         metrics: dict[str, Any] = evaluate_agent(model, eval_env, recipe)
         for i, shared in enumerate(frozen_encoders(model.policy)):
             metrics[f"cache_hit_rate{'_' + str(i) if i else ''}"] = float(shared.hit_rate)
+            if shared.sentence_ids:
+                metrics[f"sentences_encoded{'_' + str(i) if i else ''}"] = int(shared.sentences_encoded)
         metrics["trainable_parameters"] = sum(p.numel() for p in model.policy.parameters() if p.requires_grad)
         metrics["num_timesteps"] = int(model.num_timesteps)
         save_agent(model, run_dir)
