@@ -202,3 +202,17 @@ def test_a_reward_that_raises_is_named_with_its_row():
 
     with pytest.raises(ValueError, match=r"'picky' raised ZeroDivisionError.*on row 1 \(prompt 'b'"):
         score_per_function([picky], ["a", "b", "c"], ["x", "", "z"])
+
+
+def test_reward_model_reads_the_prompt_in_its_own_chat_format(tiny_classifier):
+    model, tokenizer = tiny_classifier
+    scorer = RewardModelScorer(model, tokenizer, label="sport", include_prompt=True)
+    policy_text = "<|im_start|>user\nWrite about football<|im_end|>\n<|im_start|>assistant\n"
+    # Without a chat template: the dataset's own prompt + completion, never the policy's template text.
+    assert scorer.texts([policy_text], [" the team won"], raw_prompt=["Write about football"]) == [
+        "Write about football the team won"]
+    tokenizer.chat_template = "{% for m in messages %}[{{ m.role }}] {{ m.content }} {% endfor %}"
+    assert scorer.texts([policy_text], ["the team won"], raw_prompt=["Write about football"]) == [
+        "[user] Write about football [assistant] the team won "]
+    assert scorer([policy_text], ["the team won"], raw_prompt=["Write about football"])[0] > 0
+    assert RewardModelScorer(model, tokenizer, label="sport").texts([policy_text], ["x"]) == ["x"]

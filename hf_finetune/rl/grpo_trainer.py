@@ -46,6 +46,9 @@ class GroupTrainerMixin(RunTrainerMixin):
         super().__init__(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
                          peft_config=peft_config)
+        for scorer in funcs:  # TRL moves reward *models*; our scorers wrap one, so put it on the training device
+            if isinstance(scorer, RewardModelScorer):
+                scorer.to(self.args.device)
 
     def _setup_rl(self, model, args, train_dataset, eval_dataset, processing_class, reward_funcs, reward_weights,
                   reward_model, reward_processing_class, peft_config, eval_metrics, callbacks):

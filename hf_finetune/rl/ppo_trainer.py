@@ -207,9 +207,11 @@ class PPOTrainer(RunTrainerMixin, Trainer):
             if dataset is not None and args.max_prompt_length is not None and not args.truncate_prompts:
                 self._check_prompt_lengths(dataset, name)
         self.kl_ctl = AdaptiveKLController(args.kl_coef, args.adaptive_kl_target, args.kl_horizon)
-        for frozen in (self.ref_model, reward_model):
-            if frozen is not None:
-                frozen.to(self.args.device)
+        if self.ref_model is not None:
+            self.ref_model.to(self.args.device)
+        for scorer in self.reward_funcs:  # reward models score on the training device
+            if isinstance(scorer, RewardModelScorer):
+                scorer.to(self.args.device)
         self.generation_config = rollout_generation_config(
             args.max_completion_length, args.temperature, self.eos_token_ids, tokenizer.pad_token_id, args.stop_strings)
 

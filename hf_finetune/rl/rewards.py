@@ -358,7 +358,10 @@ class RewardModelScorer:
         output: ``"prob"`` or ``"logit"``.
         batch_size: Texts scored per forward pass.
         max_length: Truncation length of the scored text.
-        include_prompt: Score ``prompt + completion`` instead of the completion alone.
+        include_prompt: Score the prompt with the completion, in the reward model's own format: its chat
+            template (user prompt, assistant completion) when its tokenizer has one, else ``prompt + completion``.
+            The prompt is the one the dataset gave (column ``raw_prompt`` when the recipe runner rendered it with
+            the *policy's* chat template), never the policy's template text.
         name: Name in logs (default ``reward_model`` or ``reward_model_<label>``).
 
     Example:
@@ -416,9 +419,29 @@ class RewardModelScorer:
             raise ValueError(f"Reward label id {label_id} is out of range for a model with {num_labels} labels.")
         return label_id
 
+    def texts(self, prompts: list, completions: list[str], raw_prompt: list | None = None) -> list[str]:
+        """What the reward model reads for each completion (see ``include_prompt``)."""
+        if not self.include_prompt:
+            return list(completions)
+        out = []
+        for prompt, completion in zip(raw_prompt if raw_prompt is not None else prompts, completions):
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            if getattr(self.tokenizer, "chat_template", None):
+                out.append(self.tokenizer.apply_chat_template(
+                    [*messages, {"role": "assistant", "content": completion}], tokenize=False))
+            else:
+                out.append("\n".join(m["content"] for m in messages) if isinstance(prompt, list) else prompt)
+                out[-1] += completion
+        return out
+
+    def to(self, device) -> RewardModelScorer:
+        """Move the reward model (the trainers put it on their training device)."""
+        self.model.to(device)
+        return self
+
     @torch.no_grad()
-    def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        texts = [p + c for p, c in zip(prompts, completions)] if self.include_prompt else list(completions)
+    def __call__(self, prompts: list, completions: list[str], raw_prompt: list | None = None, **_: Any) -> list[float]:
+        texts = self.texts(prompts, completions, raw_prompt)
         device = next(self.model.parameters()).device
         scores: list[float] = []
         for start in range(0, len(texts), self.batch_size):

@@ -71,7 +71,7 @@ def render_prompts(dataset, tokenizer, column: str, data: RLDataArguments):
     def render(row):
         prompt = row[column]
         if isinstance(prompt, str) and not use_template:
-            return {column: prompt}
+            return {column: prompt, "raw_prompt": prompt}
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
         if not has_template:
@@ -79,7 +79,8 @@ def render_prompts(dataset, tokenizer, column: str, data: RLDataArguments):
         if data.system_prompt and prompt[0].get("role") != "system":
             prompt = [{"role": "system", "content": data.system_prompt}, *prompt]
         text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        return {column: text}
+        # The prompt as the dataset gave it: a reward model that reads the prompt formats it its own way.
+        return {column: text, "raw_prompt": row[column]}
 
     return dataset.map(render, desc="rendering prompts")
 
