@@ -14,11 +14,13 @@ import sys
 from .callbacks import NonFiniteLossError
 from .config import build_parser, read_recipe_yaml
 from .hub import HubPushError, push_run
-from .recipe import METHODS, evaluate_run, load_recipe, method_entry, run_recipe
+from .recipe import METHODS, evaluate_run, load_recipe, method_entry, predict_run, run_recipe
 
 USAGE = """hf-finetune train RECIPE.yaml [--key value ...]   train as the recipe says (CLI values override YAML)
 hf-finetune train [RECIPE.yaml] --help            every recipe field with its help text
 hf-finetune eval RUN_DIR [--data PATH]             re-evaluate a saved run (on other data with --data)
+hf-finetune predict RUN_DIR --data PATH [--output FILE.jsonl|.csv]
+                                                  predict new data with a saved run (stdout: JSON lines)
 hf-finetune push RUN_DIR --repo-id ORG/NAME [--private] [--revision BRANCH]
                                                   upload a run with a generated model card (token: HF_TOKEN or `hf auth login`)
 
@@ -43,6 +45,14 @@ def _eval_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _predict_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-finetune predict", description="Predict new data with a saved run.")
+    parser.add_argument("run_dir", help="a run's output_dir (holds recipe.yaml and the model or adapter)")
+    parser.add_argument("--data", required=True, help="a file or folder with the recipe's text column")
+    parser.add_argument("--output", help="write the predictions to this .jsonl or .csv file (default: stdout)")
+    return parser
+
+
 def _push_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-finetune push",
@@ -63,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Fine-tune pretrained language models: supervised, self-supervised and RL.",
         usage=USAGE.format(methods=", ".join(sorted(METHODS))),
     )
-    top.add_argument("command", choices=["train", "eval", "push"], help="what to do")
+    top.add_argument("command", choices=["train", "eval", "predict", "push"], help="what to do")
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
@@ -83,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
             opts = _eval_parser().parse_args(rest)
             metrics = evaluate_run(opts.run_dir, data=opts.data)
             print(json.dumps(metrics, indent=2, sort_keys=True))
+            return 0
+        if command == "predict":
+            opts = _predict_parser().parse_args(rest)
+            rows = predict_run(opts.run_dir, opts.data, opts.output)
+            if opts.output:
+                print(f"[hf-finetune] {len(rows)} predictions written to {opts.output}")
+            else:
+                for row in rows:
+                    print(json.dumps(row))
             return 0
         if command == "push":
             opts = _push_parser().parse_args(rest)

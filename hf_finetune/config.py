@@ -182,6 +182,13 @@ class DataArguments:
         default=None,
         metadata={"help": "A separate evaluation file or folder. Without it, eval_split or a seeded split is used."},
     )
+    test_dataset: str | None = field(
+        default=None,
+        metadata={"help": "A test file or folder, scored once at the end of the run (test_* metrics)."},
+    )
+    test_split: str | None = field(
+        default=None, metadata={"help": "Existing split of data.dataset scored once at the end (e.g. 'test')."}
+    )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(
         default=None,
@@ -303,6 +310,7 @@ class MethodEntry:
         blocks: returns ``{block name: dataclass}``; a function so heavy config imports (TRL) wait until used.
         run: ``run(recipe, callbacks=None) -> metrics``; ``callbacks`` are extra Trainer (or SB3) callbacks.
         evaluate: ``evaluate(recipe, run_dir) -> metrics`` re-scores a saved run, or ``None``.
+        predict: ``predict(recipe, run_dir, data) -> rows`` (one dict per input row) for new data, or ``None``.
         card_details: ``card_details(recipe_dict, metrics) -> dict`` of model-card fields (keys of
             :func:`hf_finetune.hub.model_card`: ``task_type``, ``library_name``, ``tags``, ...).
         args_block: the block holding ``output_dir``, seed and the other run settings.
@@ -317,6 +325,7 @@ class MethodEntry:
     blocks: Callable[[], dict[str, type]]
     run: Callable[..., dict]
     evaluate: Callable[[Any, str], dict] | None = None
+    predict: Callable[[Any, str, str], list[dict]] | None = None
     card_details: Callable[[dict, dict], dict] | None = None
     args_block: str = "training"
 

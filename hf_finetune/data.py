@@ -303,7 +303,16 @@ def load_splits(args: DataArguments, label_column: str | None = None) -> Dataset
         train = sample_per_class(train, label_column, args.samples_per_class, args.split_seed)
     train = sample_rows(train, args.max_train_samples, args.split_seed)
     evaluation = sample_rows(evaluation, args.max_eval_samples, args.split_seed)
-    return DatasetDict({"train": train, "validation": evaluation})
+    splits = {"train": train, "validation": evaluation}
+    if getattr(args, "test_dataset", None) is not None:
+        splits["test"] = _integral_float_labels(load_source(args.test_dataset)["train"], label_column)
+    elif getattr(args, "test_split", None) is not None:
+        if args.test_split not in raw:
+            raise ValueError(f"data.test_split={args.test_split!r} not in {args.dataset} (splits: {list(raw)}).")
+        splits["test"] = _integral_float_labels(raw[args.test_split], label_column)
+    if "test" in splits:
+        require_rows(splits["test"], "The test split")
+    return DatasetDict(splits)
 
 
 def encode_labels(splits: DatasetDict, column: str, names: list[str] | None) -> tuple[DatasetDict, list[str]]:

@@ -148,6 +148,20 @@ def run_metadata(run_dir: str | Path) -> dict[str, Any]:
         "versions": versions or library_versions(),
         "curves": "curves.png" if (run_dir / "curves.png").is_file() else None,
     }
+    from .models import bundle_note, task_config_dir
+
+    note = bundle_note(model.get("model_name_or_path"))
+    if note and note.get("dequantized_from_gguf"):
+        meta["weights_note"] = (
+            f"The base weights were dequantized to float32 from the 4-bit GGUF `{note['dequantized_from_gguf']}` "
+            f"({note.get('source', 'a bundled package')}), not the Hub's own weights of `{note.get('repo_id')}`."
+        )
+    meta["local_path"] = training.get("output_dir")
+    config_dir = task_config_dir(run_dir)
+    if config_dir is not None:
+        id2label = (_read(config_dir / "config.json", json.loads) or {}).get("id2label")
+        if id2label and not all(v == f"LABEL_{k}" for k, v in id2label.items()):
+            meta["id2label"] = {int(k): v for k, v in id2label.items()}
     if recipe:
         from .recipe import method_entry
 
@@ -201,6 +215,26 @@ def _schedule(h: dict[str, Any]) -> str:
     )
 
 
+def _usage(meta: dict[str, Any], task_type: str) -> list[str]:
+    """"How to use" lines for classifiers: the plain transformers/PEFT calls, labels included for adapters."""
+    if task_type not in ("text-classification", "token-classification"):
+        return []
+    where = meta.get("repo_id") or meta.get("local_path") or meta.get("model_name") or "RUN_DIR"
+    if not meta.get("adapter"):
+        code = [f'classify = pipeline("{task_type}", model="{where}")']
+        head = "from transformers import pipeline"
+    else:
+        # PEFT rebuilds the base from its Hub config (2 labels by default): the labels go with the call.
+        labels = meta.get("id2label") or {}
+        code = [f"id2label = {labels!r}",
+                f'classify = pipeline("{task_type}", model="{where}", model_kwargs={{"id2label": id2label}})',
+                "# or: model = AutoPeftModelFor" + ("TokenClassification" if task_type == "token-classification"
+                                                    else "SequenceClassification")
+                + f'.from_pretrained("{where}", id2label=id2label)']
+        head = "from transformers import pipeline"
+    return ["## How to use", "", "```python", head, *code, "```", ""]
+
+
 def model_card(meta: dict[str, Any]):
     """Build a ``huggingface_hub.ModelCard`` from run metadata (see :func:`run_metadata` for the keys).
 
@@ -247,8 +281,11 @@ def model_card(meta: dict[str, Any]):
         f"(method `{method}`{', task `' + meta['task'] + '`' if meta.get('task') else ''}) on `{dataset_label}`.",
         "",
     ]
+    if meta.get("weights_note"):
+        lines += [meta["weights_note"], ""]
     if meta.get("description"):
         lines += [meta["description"], ""]
+    lines += _usage(meta, task_type)
     results = [(k, v) for k, v in sorted((meta.get("metrics") or {}).items()) if isinstance(v, (int, float))]
     if results:
         lines += ["## Results", "", "| metric | value |", "|---|---|"]
@@ -309,7 +346,7 @@ def push_run(
     run_dir = check_run_dir(run_dir)
     token = require_token()
     api = HfApi(token=token)
-    meta = {**run_metadata(run_dir), "model_name": repo_id.split("/")[-1], **(card_extra or {})}
+    meta = {**run_metadata(run_dir), "model_name": repo_id.split("/")[-1], "repo_id": repo_id, **(card_extra or {})}
     card = model_card(meta)
     step = "creating the repository"
     try:

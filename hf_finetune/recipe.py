@@ -97,3 +97,53 @@ def evaluate_run(run_dir: str | Path, data: str | None = None) -> dict:
         if data:
             overrides += ["--eval_dataset", data]
         return entry.evaluate(load_recipe(str(recipe_path), overrides), str(run_dir))
+
+
+def predict_run(run_dir: str | Path, data: str, output: str | Path | None = None) -> list[dict]:
+    """Predict every row of ``data`` with a saved run; write them to ``output`` (``.jsonl`` or ``.csv``) when given.
+
+    The run's ``recipe.yaml`` says which columns hold the text and how long inputs are; its method
+    does the predicting (:attr:`MethodEntry.predict`).
+
+    Example:
+        >>> rows = predict_run("outputs/quickstart", "new.csv", "predictions.csv")  # doctest: +SKIP
+        >>> rows[0]["label"], rows[0]["score"]  # doctest: +SKIP
+        ('sport', 0.98)
+    """
+    recipe_path = Path(run_dir) / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise ValueError(f"{run_dir} has no recipe.yaml: give the output_dir of a run trained with hf-finetune.")
+    method = read_recipe_yaml(recipe_path)["method"]
+    entry = method_entry(method)
+    if entry.predict is None:
+        supported = sorted(m for m in METHODS if method_entry(m).predict is not None)
+        raise ValueError(f"hf-finetune predict supports {supported} runs; {run_dir} is a {method!r} run.")
+    if output is not None and Path(output).suffix not in (".jsonl", ".csv"):
+        raise ValueError(f"--output {output}: name a .jsonl or .csv file.")
+    with tempfile.TemporaryDirectory() as scratch:
+        recipe = load_recipe(str(recipe_path), ["--output_dir", scratch, "--report_to", "none", "--push_to_hub", "false"])
+        rows = entry.predict(recipe, str(run_dir), data)
+    if output is not None:
+        write_rows(rows, output)
+    return rows
+
+
+def write_rows(rows: list[dict], path: str | Path) -> Path:
+    """Rows as JSON lines (``.jsonl``) or CSV (``.csv``; lists and dicts become JSON text in their cell)."""
+    import csv
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+    else:
+        with open(path, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    return path

@@ -159,7 +159,13 @@ class TrainingRun:
         """The run's callbacks: the non-finite guard (Trainer methods), the method's ``own``, then the caller's."""
         from .callbacks import NonFiniteGuardCallback
 
-        return [*([NonFiniteGuardCallback()] if guard else []), *own, *self.extra_callbacks]
+        early = []
+        patience = getattr(self.args, "early_stopping_patience", None)
+        if patience is not None:  # the field and its checks: supervised.config.EarlyStoppingArguments
+            from transformers import EarlyStoppingCallback
+
+            early = [EarlyStoppingCallback(patience, getattr(self.args, "early_stopping_threshold", 0.0))]
+        return [*([NonFiniteGuardCallback()] if guard else []), *own, *early, *self.extra_callbacks]
 
     def log_trainable(self, model: Any, what: str = "") -> int:
         """Log and remember how many parameters train (``metrics['trainable_parameters']``)."""
@@ -206,6 +212,7 @@ class TrainingRun:
             return metrics
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        write_results_files(self.run_dir, metrics)
         plot_curves(log_history or [], self.run_dir / "curves.png", keys=curve_keys)
         from .hub import write_card
 
@@ -224,9 +231,43 @@ class TrainingRun:
         return metrics
 
 
+def write_results_files(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """``train_results.json``, ``eval_results.json``, ``test_results.json`` and ``all_results.json``.
+
+    Where ``run_glue.py``/``run_ner.py`` users look (``Trainer.save_metrics`` writes the same files);
+    ``metrics.json`` keeps everything, run facts included.
+    """
+    combined = {}
+    for split in ("train", "eval", "test"):
+        part = {k: v for k, v in metrics.items() if k.startswith(f"{split}_")}
+        if part:
+            (run_dir / f"{split}_results.json").write_text(json.dumps(part, indent=4, sort_keys=True))
+            combined.update(part)
+    if combined:
+        (run_dir / "all_results.json").write_text(json.dumps(combined, indent=4, sort_keys=True))
+
+
+def check_report_to(args: Any) -> None:
+    """Fail before the model loads when ``report_to`` names a logger that is not installed."""
+    wanted = getattr(args, "report_to", None) or []
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    if not wanted or wanted in (["none"], ["all"]):
+        return
+    from transformers.integrations import get_available_reporting_integrations
+
+    missing = sorted(set(wanted) - set(get_available_reporting_integrations()) - {"none", "all"})
+    if missing:
+        extras = {"wandb": "pip install 'hf-finetune[wandb]' (or pip install wandb)",
+                  "tensorboard": "pip install 'hf-finetune[logging]' (or pip install tensorboard)"}
+        how = "; ".join(extras.get(name, f"pip install {name}") for name in missing)
+        raise ValueError(f"training.report_to names {missing}, not installed here: {how}, "
+                         "or set training.report_to: none.")
+
+
 def start_run(recipe: Recipe) -> float:
     """Checks, seeds and ``recipe.yaml``/``versions.json`` of a run (what entering :class:`TrainingRun` does)."""
     training = _args_of(recipe)
+    check_report_to(training)
     if getattr(training, "hub_token", None):
         raise ValueError(
             "training.hub_token is set: tokens do not belong in recipes (they end up in files and shell history). "

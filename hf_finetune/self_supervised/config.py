@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..config import REPORT_TO_HELP, CheckedRanges, default_report_to
+from ..supervised.config import EarlyStoppingArguments
 
 OBJECTIVES = ("mlm", "whole_word", "span", "clm", "fim")
 MASKED_OBJECTIVES = ("mlm", "whole_word", "span")
@@ -50,7 +51,7 @@ class TextArguments:
 
 
 @dataclass
-class SelfSupervisedConfig(CheckedRanges, TrainingArguments):
+class SelfSupervisedConfig(CheckedRanges, EarlyStoppingArguments, TrainingArguments):
     """Training arguments of the ``self_supervised`` method: the objective and its masking settings.
 
     Example:

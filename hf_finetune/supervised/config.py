@@ -141,7 +141,45 @@ class StageArguments:
 
 
 @dataclass
-class SupervisedConfig(CheckedRanges, StageArguments, TrainingArguments):
+class EarlyStoppingArguments:
+    """``early_stopping_patience``: transformers' ``EarlyStoppingCallback`` from a recipe field.
+
+    The run adds the callback (:meth:`hf_finetune.runs.TrainingRun.callbacks`); ``metric_for_best_model``
+    defaults to the eval loss. List it just before the ``TrainingArguments`` base.
+
+    Example:
+        >>> SupervisedConfig(output_dir="o", eval_strategy="steps", early_stopping_patience=3).metric_for_best_model
+        'loss'
+    """
+
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many evaluations without improvement of metric_for_best_model (default: eval "
+            "loss) by more than early_stopping_threshold. Needs eval_strategy steps or epoch; with "
+            "load_best_model_at_end (and matching save steps) the best checkpoint is the one exported."
+        },
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "How much metric_for_best_model must improve to count as an improvement."}
+    )
+
+    def __post_init__(self):
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ValueError(f"training.early_stopping_patience={self.early_stopping_patience}: use 1 or more.")
+            if str(getattr(self.eval_strategy, "value", self.eval_strategy)) == "no":
+                raise ValueError(
+                    "training.early_stopping_patience needs evaluations during training: set training.eval_strategy "
+                    "to steps (with eval_steps) or epoch."
+                )
+            if self.metric_for_best_model is None:
+                self.metric_for_best_model = "loss"
+        super().__post_init__()
+
+
+@dataclass
+class SupervisedConfig(CheckedRanges, StageArguments, EarlyStoppingArguments, TrainingArguments):
     """Training arguments of the ``supervised`` method (the recipe's ``training`` block).
 
     Example:

@@ -8,11 +8,11 @@ from typing import ClassVar
 import trl
 
 from ..config import REPORT_TO_HELP, CheckedRanges, default_report_to
-from .config import StageArguments
+from .config import EarlyStoppingArguments, StageArguments
 
 
 @dataclass
-class InstructionSFTConfig(CheckedRanges, StageArguments, trl.SFTConfig):
+class InstructionSFTConfig(CheckedRanges, StageArguments, EarlyStoppingArguments, trl.SFTConfig):
     """The ``training`` block of the ``sft`` method: ``trl.SFTConfig`` plus stages / LLRD.
 
     Differences from ``trl.SFTConfig``: ``bf16`` and ``gradient_checkpointing`` default to False (TRL

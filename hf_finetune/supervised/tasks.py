@@ -33,8 +33,34 @@ def prepare_classification(splits: DatasetDict, tokenizer, data: DataArguments) 
     columns = [data.text_column, data.text_pair_column, data.label_column]
     for split, ds in splits.items():
         require_columns(ds, columns, f"the {split} split")
+    splits = _label_names_to_ids(splits, data.label_column)
     splits, names = encode_labels(splits, data.label_column, data.class_names)
     return _tokenize_sequences(splits, tokenizer, data), names
+
+
+def _label_names_to_ids(splits: DatasetDict, column: str) -> DatasetDict:
+    """Give other splits the train split's class ids when they carry label *names* and train ids.
+
+    A seeded split of a csv (or a label folder) has ``ClassLabel`` ids; an evaluation or test file
+    given beside it (``hf-finetune eval RUN --data new.csv``) holds the names themselves.
+    """
+    feature = splits["train"].features[column]
+    if not isinstance(feature, ClassLabel):
+        return splits
+    out = DatasetDict()
+    for split, ds in splits.items():
+        values = ds[column] if split != "train" and column in ds.column_names else []
+        if values and all(isinstance(v, str) for v in values):
+            unknown = sorted(set(values) - set(feature.names))
+            if unknown:
+                raise ValueError(
+                    f"Unknown label(s) {unknown[:5]} in the {split} split: the model knows {feature.names}. "
+                    "Fix the labels in that file (names or ids, as in training)."
+                )
+            ds = ds.map(lambda batch: {column: [feature.str2int(v) for v in batch[column]]}, batched=True)
+            ds = ds.cast_column(column, feature)
+        out[split] = ds
+    return out
 
 
 def classification_metrics(label_names: list[str]) -> Callable:

@@ -82,6 +82,9 @@ def build_classifier(recipe: Recipe):
     """
     model_args, data, lora = recipe.model, recipe.data, recipe.lora
     task = getattr(recipe.training, "task", "classification")
+    if getattr(recipe.training, "do_predict", False) and not (data.test_dataset or data.test_split):
+        raise ValueError("training.do_predict scores a test set at the end: give data.test_dataset (a file or "
+                         "folder) or data.test_split (a split of data.dataset).")
     tokenizer = load_tokenizer(model_args)
     splits, tokenized, names, auto_class, head = prepare_task_data(recipe, tokenizer)
     model = load_model(model_args, auto_class, **_label_config(names), **head)
@@ -111,6 +114,64 @@ def evaluate(recipe: Recipe, run_dir: str) -> dict:
         processing_class=tokenizer,
     )
     return trainer.evaluate(metric_key_prefix="eval")
+
+
+def predict(recipe: Recipe, run_dir: str, data: str) -> list[dict]:
+    """Predictions of the model (or adapter) in ``run_dir`` for every row of ``data``, in the task's terms.
+
+    ``data`` is a file or folder as ``data.dataset`` takes; it needs the recipe's text column (a label
+    column, when there, is copied as ``reference``). Rows come back in file order: ``label`` and
+    ``score`` (classification, as ``pipeline("text-classification")`` gives them), ``labels``
+    (multi-label, at ``multi_label_threshold``), ``prediction`` (regression) or ``tags`` per word
+    (token classification; a text cell is split on whitespace).
+    """
+    import torch
+
+    from ..data import load_source, require_columns
+
+    args, data_args = recipe.training, recipe.data
+    task = args.task
+    auto_class = AutoModelForTokenClassification if task == "token_classification" else AutoModelForSequenceClassification
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    model = load_trained(run_dir, auto_class).eval()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    names = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    rows_in = load_source(data)["train"]
+    require_columns(rows_in, [data_args.text_column, data_args.text_pair_column], f"{data}")
+    has_reference = data_args.label_column in rows_in.column_names
+    out: list[dict] = []
+    batch_size = args.per_device_eval_batch_size
+    for start in range(0, len(rows_in), batch_size):
+        batch = rows_in[start:start + batch_size]
+        texts = batch[data_args.text_column]
+        if task == "token_classification":
+            words = [t.split() if isinstance(t, str) else list(t) for t in texts]
+            encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=data_args.max_length,
+                                padding=True, return_tensors="pt")
+        else:
+            pairs = batch[data_args.text_pair_column] if data_args.text_pair_column else None
+            encoded = tokenizer([t or "" for t in texts], pairs, truncation=True, max_length=data_args.max_length,
+                                padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**encoded).logits.float()
+        for i, text in enumerate(texts):
+            row: dict = {"text": text}
+            if task == "token_classification":
+                row = {"tokens": words[i], "tags": word_predictions(logits[i:i + 1].numpy(), [words[i]], tokenizer,
+                                                                     data_args.max_length, names)[0]}
+            elif task == "multi_label":
+                probs = torch.sigmoid(logits[i])
+                row["labels"] = [names[j] for j in range(len(names)) if probs[j] >= args.multi_label_threshold]
+                row["scores"] = {names[j]: round(float(probs[j]), 6) for j in range(len(names))}
+            elif task == "regression":
+                row["prediction"] = float(logits[i].reshape(-1)[0])
+            else:
+                probs = torch.softmax(logits[i], dim=-1)
+                row["label"], row["score"] = names[int(probs.argmax())], round(float(probs.max()), 6)
+            if has_reference:
+                row["reference"] = batch[data_args.label_column][i]
+            out.append(row)
+    return out
 
 
 def write_predictions(path: Path, recipe: Recipe, raw, output, names: list[str], tokenizer) -> None:
@@ -168,6 +229,10 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
         train_output = run_.train(trainer)
         output = trainer.predict(tokenized["validation"], metric_key_prefix="eval")
         metrics = {"train_loss": train_output.training_loss, **output.metrics}
+        test = None
+        if "test" in tokenized:  # data.test_dataset / test_split: scored once, at the end
+            test = trainer.predict(tokenized["test"], metric_key_prefix="test")
+            metrics.update(test.metrics)
         run_dir = Path(args.output_dir)
         export_model(trainer.model, tokenizer, run_dir, merge_lora=recipe.lora.lora_merge_on_export)
         if trainer.is_world_process_zero():
@@ -177,6 +242,8 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
                 plot_confusion(matrix, names, run_dir / "confusion_matrix.png")
             if args.predictions_file:
                 write_predictions(run_dir / "predictions.jsonl", recipe, raw["validation"], output, names, tokenizer)
+                if test is not None:
+                    write_predictions(run_dir / "test_predictions.jsonl", recipe, raw["test"], test, names, tokenizer)
         trainer.log_metrics("eval", metrics)
         return run_.finish(metrics, HEADLINES[args.task], trainer=trainer)
 
@@ -211,4 +278,5 @@ def card_details(recipe: dict, metrics: dict) -> dict:
     return {"task_type": kind, "task": task}
 
 
-ENTRY = MethodEntry("supervised", blocks=lambda: BLOCKS, run=run, evaluate=evaluate, card_details=card_details)
+ENTRY = MethodEntry("supervised", blocks=lambda: BLOCKS, run=run, evaluate=evaluate, predict=predict,
+                    card_details=card_details)

