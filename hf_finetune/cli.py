@@ -6,6 +6,7 @@ What the commands do lives in :mod:`hf_finetune.recipe` (train, eval) and :mod:`
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
@@ -39,14 +40,14 @@ def _train_help(argv: list[str]) -> None:
 
 
 def _eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-finetune eval", description="Re-evaluate a saved run.")
+    parser = _Parser(prog="hf-finetune eval", description="Re-evaluate a saved run.")
     parser.add_argument("run_dir", help="a run's output_dir (holds recipe.yaml and the model or adapter)")
     parser.add_argument("--data", help="evaluate on this file or folder instead of the run's validation split")
     return parser
 
 
 def _predict_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-finetune predict", description="Predict new data with a saved run.")
+    parser = _Parser(prog="hf-finetune predict", description="Predict new data with a saved run.")
     parser.add_argument("run_dir", help="a run's output_dir (holds recipe.yaml and the model or adapter)")
     parser.add_argument("--data", required=True, help="a file or folder with the recipe's text column")
     parser.add_argument("--output", help="write the predictions to this .jsonl or .csv file (default: stdout)")
@@ -54,7 +55,7 @@ def _predict_parser() -> argparse.ArgumentParser:
 
 
 def _push_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hf-finetune push",
         description="Upload a run (model or adapter, tokenizer, recipe, metrics, curves) with a generated model "
         "card. The token comes from HF_TOKEN or `hf auth login`, never from a file.",
@@ -66,7 +67,64 @@ def _push_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ``ValueError`` (one line, with "did you mean") instead of printing usage and exiting."""
+
+    def error(self, message):  # noqa: D102 - argparse hook
+        unknown = message.split("unrecognized arguments: ", 1)
+        if len(unknown) == 2:
+            options = [o for a in self._actions for o in a.option_strings]
+            flags = [w for w in unknown[1].split() if w.startswith("-")]
+            hint = difflib.get_close_matches(flags[0].split("=")[0], options, n=1) if flags else []
+            if hint:
+                message += f" (did you mean {hint[0]}?)"
+        raise ValueError(f"{self.prog}: {message}. See `{self.prog} --help`.")
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _describe(err: BaseException) -> tuple[str, int]:
+    """``(message, exit code)`` for an error of a run: what went wrong and how to fix it, on one line."""
+    if isinstance(err, KeyboardInterrupt):
+        return ("interrupted — a finished run in output_dir is untouched; this run's checkpoints are in "
+                "<output_dir>.partial: add --resume_from_checkpoint last to continue it", 130)
+    if isinstance(err, HubPushError):  # training (if any) finished; the upload did not
+        return _one_line(err), 1
+    if isinstance(err, (ValueError, NonFiniteLossError)):
+        return _one_line(err), 2
+    if isinstance(err, ImportError):
+        name = getattr(err, "name", None) or "a package"
+        return _one_line(f"{err} — install {name} (pip install 'hf-finetune[all]' installs every extra)"), 2
+    if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
+        return _one_line(f"out of memory ({err}) — lower per_device_train_batch_size or max_length, or use lora"), 2
+    if isinstance(err, OSError):
+        what = err.strerror or str(err)
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        fix = ("check the path, its permissions and free disk space; for a Hub id check the name, your network "
+               "(HF_HUB_OFFLINE=1 allows only local and cached files) and `hf auth login` for gated repos")
+        return _one_line(f"{type(err).__name__}: {what}{where} — {fix}"), 2
+    if type(err).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3", "huggingface_hub"):
+        return _one_line(f"network: {err} — check the connection, HF_ENDPOINT and the repo id"), 2
+    return (_one_line(f"{type(err).__name__}: {err} — unexpected; rerun with HF_FINETUNE_DEBUG=1 for the traceback "
+                      "and report it"), 1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for a user error, 130 for Ctrl-C)."""
+    try:
+        return _main(argv)
+    except BaseException as err:
+        if isinstance(err, SystemExit) or os.environ.get("HF_FINETUNE_DEBUG"):
+            raise
+        message, code = _describe(err)
+        print(f"hf-finetune: error: {message}", file=sys.stderr)
+        return code
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(
         prog="hf-finetune",
@@ -80,44 +138,36 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("hf_finetune").setLevel(logging.INFO)
-    try:
-        if command == "train":
-            if "-h" in rest or "--help" in rest:
-                _train_help(rest)
-                return 0
-            if not rest or rest[0].startswith("-"):
-                raise ValueError("train needs a recipe: hf-finetune train RECIPE.yaml [--key value ...]")
-            run_recipe(load_recipe(rest[0], rest[1:]))
+    if command == "train":
+        if "-h" in rest or "--help" in rest:
+            _train_help(rest)
             return 0
-        if command == "eval":
-            opts = _eval_parser().parse_args(rest)
-            metrics = evaluate_run(opts.run_dir, data=opts.data)
-            print(json.dumps(metrics, indent=2, sort_keys=True))
-            return 0
-        if command == "predict":
-            opts = _predict_parser().parse_args(rest)
-            rows = predict_run(opts.run_dir, opts.data, opts.output)
-            if opts.output:
-                print(f"[hf-finetune] {len(rows)} predictions written to {opts.output}")
-            else:
-                for row in rows:
-                    print(json.dumps(row))
-            return 0
-        if command == "push":
-            opts = _push_parser().parse_args(rest)
-            url = push_run(opts.run_dir, opts.repo_id, private=opts.private or None, revision=opts.revision)
-            print(f"[hf-finetune] pushed {opts.run_dir} to {url}")
-            return 0
-        top.error(f"unknown command {command!r}")
-    except HubPushError as err:  # training (if any) finished; the upload did not
-        print(f"hf-finetune: error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, NonFiniteLossError) as err:
-        if os.environ.get("HF_FINETUNE_DEBUG"):
-            raise
-        print(f"hf-finetune: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        if not rest or rest[0].startswith("-"):
+            raise ValueError("train needs a recipe: hf-finetune train RECIPE.yaml [--key value ...]")
+        run_recipe(load_recipe(rest[0], rest[1:]))
+        return 0
+    if command == "eval":
+        opts = _eval_parser().parse_args(rest)
+        metrics = evaluate_run(opts.run_dir, data=opts.data)
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+        return 0
+    if command == "predict":
+        opts = _predict_parser().parse_args(rest)
+        rows = predict_run(opts.run_dir, opts.data, opts.output)
+        if opts.output:
+            print(f"[hf-finetune] {len(rows)} predictions written to {opts.output}")
+        else:
+            for row in rows:
+                print(json.dumps(row))
+        return 0
+    if command == "push":
+        opts = _push_parser().parse_args(rest)
+        url = push_run(opts.run_dir, opts.repo_id, private=opts.private or None, revision=opts.revision)
+        print(f"[hf-finetune] pushed {opts.run_dir} to {url}")
+        return 0
+    hint = difflib.get_close_matches(command, ["train", "eval", "predict", "push"], n=1)
+    raise ValueError(f"unknown command {command!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}: "
+                     "use train, eval, predict or push (hf-finetune --help).")
 
 
 def __getattr__(name: str):

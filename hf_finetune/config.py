@@ -103,11 +103,13 @@ def check_ranges(obj: Any, block: str = "training") -> None:
         raise bad("max_steps", "use a positive number of steps, or -1 to train for num_train_epochs.")
 
 
+@dataclass
 class CheckedRanges:
     """Mixin for a method's config: numbers are range-checked (:func:`check_ranges`) before the parent's checks.
 
     List it before the library base, e.g. ``class PPOConfig(CheckedRanges, TrainingArguments)``; the
-    config's own ``__post_init__`` calls ``super().__post_init__()`` as usual.
+    config's own ``__post_init__`` calls ``super().__post_init__()`` as usual. It also carries
+    ``overwrite_output_dir`` (transformers 5 dropped it; :class:`hf_finetune.runs.TrainingRun` reads it).
 
     Example:
         >>> @dataclass
@@ -115,6 +117,12 @@ class CheckedRanges:
         >>> MyConfig(output_dir="out", num_train_epochs=-3)  # doctest: +SKIP
         ValueError: training.num_train_epochs=-3: use a number > 0.
     """
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace a finished run in output_dir. The new run trains in <output_dir>.partial and "
+                  "replaces the old one only when it has finished; without it, a finished run there is an error."},
+    )
 
     def __post_init__(self) -> None:
         check_ranges(self, "training")

@@ -287,17 +287,19 @@ def load_splits(args: DataArguments, label_column: str | None = None) -> Dataset
             raise ValueError(f"data.eval_split={args.eval_split!r} not in {args.dataset} (splits: {list(raw)}).")
         evaluation = _integral_float_labels(raw[args.eval_split], label_column)
     else:
-        stratify = None
+        stratify, keyed = None, train
         if args.stratify and label_column in train.column_names:
             feature = train.features[label_column]
-            # datasets 5 reads csv/json/parquet strings as large_string: both are class names.
+            # datasets 5 reads csv/json/parquet strings as large_string: both are class names. They are
+            # class-encoded only to stratify; the splits keep the label values the file has.
             if _is_string(feature) and None not in train[label_column]:
-                train = train.class_encode_column(label_column)  # string labels -> ClassLabel (sorted names)
-            if isinstance(train.features[label_column], ClassLabel):
-                _check_stratifiable(train, label_column, args.validation_size)
+                keyed = train.select_columns([label_column]).class_encode_column(label_column)
+            if isinstance(keyed.features[label_column], ClassLabel):
+                _check_stratifiable(keyed, label_column, args.validation_size)
                 stratify = label_column
-        parts = train.train_test_split(test_size=args.validation_size, seed=args.split_seed, stratify_by_column=stratify)
-        train, evaluation = parts["train"], parts["test"]
+        keyed = keyed.add_column("__row__", list(range(len(keyed))))
+        parts = keyed.train_test_split(test_size=args.validation_size, seed=args.split_seed, stratify_by_column=stratify)
+        train, evaluation = train.select(parts["train"]["__row__"]), train.select(parts["test"]["__row__"])
     require_rows(evaluation, f"The evaluation split of {args.dataset}")
     if args.samples_per_class is not None and label_column:
         train = sample_per_class(train, label_column, args.samples_per_class, args.split_seed)
@@ -318,8 +320,11 @@ def load_splits(args: DataArguments, label_column: str | None = None) -> Dataset
 def encode_labels(splits: DatasetDict, column: str, names: list[str] | None) -> tuple[DatasetDict, list[str]]:
     """Turn the label column into class ids and return the names in id order.
 
-    ``ClassLabel`` features keep their names; string labels are sorted; integer labels take
-    ``names`` (or ``"0".."n-1"``). Labels unseen in train or outside the range are errors.
+    The names come from the train split: ``ClassLabel`` names, else the sorted string labels, else
+    ``names`` (``data.class_names``) or ``"0".."n-1"`` for integer labels. Every split may then give
+    its labels as names or as ids (an evaluation file written with names for a run trained on a
+    label folder, or with ids for one trained on strings). Unknown names, ids out of range and a
+    single class in train are errors.
     """
     feature = splits["train"].features[column]
     if isinstance(feature, ClassLabel):
@@ -327,29 +332,33 @@ def encode_labels(splits: DatasetDict, column: str, names: list[str] | None) -> 
     values = {split: ds[column] for split, ds in splits.items()}
     if any(v is None for vals in values.values() for v in vals):
         raise ValueError(f"Some rows have no value in label column '{column}': fill or drop them.")
-    if isinstance(values["train"][0], str):
-        names = names or sorted(set(values["train"]))
-        lookup = {name: i for i, name in enumerate(names)}
-        for split, vals in values.items():
+    if not names:
+        train = values["train"]
+        names = sorted(set(train)) if isinstance(train[0], str) else [str(i) for i in range(int(max(train)) + 1)]
+    lookup = {name: i for i, name in enumerate(names)}
+    ids = {}
+    for split, vals in values.items():
+        if vals and isinstance(vals[0], str):
             unknown = sorted(set(vals) - set(lookup))
             if unknown:
                 raise ValueError(
                     f"Unknown label(s) {unknown[:5]} in the {split} split: known labels are {names}. "
                     "Add them to data.class_names or fix the data."
                 )
-        splits = DatasetDict({s: ds.cast_column(column, ClassLabel(names=names)) for s, ds in splits.items()})
-        values = {split: [lookup[v] for v in vals] for split, vals in values.items()}
-    else:
-        names = names or [str(i) for i in range(int(max(values["train"])) + 1)]
-        for split, vals in values.items():
+            ids[split] = [lookup[v] for v in vals]
+        else:
             bad = sorted({int(v) for v in vals if not 0 <= int(v) < len(names)})
             if bad:
                 raise ValueError(
                     f"Label id(s) {bad[:5]} in the {split} split are out of range for {len(names)} labels "
                     f"({names}): fix the data or data.class_names."
                 )
-    if len(set(values["train"])) < 2:
+            ids[split] = [int(v) for v in vals]
+    if len(set(ids["train"])) < 2:
         raise ValueError(
-            f"The train split has a single class ({names[int(values['train'][0])]!r}): classification needs at least two."
+            f"The train split has a single class ({names[ids['train'][0]]!r}): classification needs at least two."
         )
+    label = ClassLabel(names=names)  # casting maps names and ids alike (checked above)
+    splits = DatasetDict({split: ds if ds.features[column] == label else ds.cast_column(column, label)
+                          for split, ds in splits.items()})
     return splits, names

@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,178 @@ class RunTrainerMixin:
         if self.args.should_save:
             save_task_config(self.accelerator.unwrap_model(self.model), output_dir)
 
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # Trainer writes checkpoint-N in place, so a kill while saving leaves a folder that looks like
+        # the latest checkpoint but cannot be loaded. Write it under <output_dir>/.saving, then rename.
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        real_root = Path(super()._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:  # what a killed save left behind
+            shutil.rmtree(real_root / ".saving", ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._checkpoint_root = real_root / ".saving"
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_root = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            written, target = real_root / ".saving" / name, real_root / name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(written, target)
+            (real_root / ".saving").rmdir()
+            best = self.state.best_model_checkpoint
+            if best and Path(best).parent == real_root / ".saving":
+                self.state.best_model_checkpoint = str(real_root / Path(best).name)
+                self.state.save_to_json(str(target / "trainer_state.json"))
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(output_dir=str(real_root), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    # --- optimizer, scheduler and RNG state without pickles -------------------------------------
+    # Trainer stores them with torch.save (optimizer.pt, scheduler.pt, rng_state.pth). We write
+    # tensors as safetensors and the rest as JSON, and read them back on resume; the pickles stay
+    # only where we cannot (DeepSpeed, FSDP, XLA/SageMaker, non-JSON state), as Trainer writes them.
+
+    def _plain_checkpoints(self) -> bool:
+        return not (getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False)
+                    or getattr(self, "is_fsdp_xla_v1_enabled", False))
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if not (self._plain_checkpoints() and self.args.should_save):
+            return
+        folder = Path(output_dir)
+        try:
+            tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
+            scheduler = json.dumps(self.lr_scheduler.state_dict()) if self.lr_scheduler is not None else None
+        except (TypeError, ValueError) as err:
+            logger.warning("Optimizer/scheduler state is not plain tensors and numbers (%s): kept as .pt files.", err)
+            return
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(folder / OPTIMIZER_TENSORS))
+        (folder / OPTIMIZER_META).write_text(meta)
+        if scheduler is not None:
+            (folder / SCHEDULER_JSON).write_text(scheduler)
+        for name in ("optimizer.pt", "scheduler.pt"):
+            (folder / name).unlink(missing_ok=True)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)  # old checkpoints (.pt) and the staged plan checks
+        if checkpoint is None or not (Path(checkpoint) / OPTIMIZER_TENSORS).is_file():
+            return
+        stage_file = Path(checkpoint) / "stage.json"
+        if stage_file.is_file() and json.loads(stage_file.read_text()).get("stage_index") != getattr(
+            self, "_stage_index", None
+        ):
+            return  # the staged trainer starts a new stage with a fresh optimizer (StagedMixin's rule)
+        from safetensors.torch import load_file
+
+        folder = Path(checkpoint)
+        state = _unflatten_optimizer(load_file(str(folder / OPTIMIZER_TENSORS)), (folder / OPTIMIZER_META).read_text())
+        self.optimizer.load_state_dict(state)
+        if self.lr_scheduler is not None and (folder / SCHEDULER_JSON).is_file():
+            self.lr_scheduler.load_state_dict(json.loads((folder / SCHEDULER_JSON).read_text()))
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        import random
+
+        import numpy as np
+        import torch
+        from safetensors.torch import save_file
+
+        if not self._plain_checkpoints() or any(check() for check in _other_accelerators()):
+            return super()._save_rng_state(output_dir)
+        tensors = {"cpu": torch.random.get_rng_state()}
+        if torch.cuda.is_available():
+            for i, state in enumerate(torch.cuda.random.get_rng_state_all()):
+                tensors[f"cuda.{i}"] = state
+        version, internal, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        meta = {"python": [version, list(internal), gauss],
+                "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+        folder = Path(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = "rng_state" if self.args.world_size <= 1 else f"rng_state_{self.args.process_index}"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"{stem}.safetensors"))
+        (folder / f"{stem}.json").write_text(json.dumps(meta))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        import random
+
+        import numpy as np
+        import torch
+        from safetensors.torch import load_file
+
+        stem = "rng_state" if self.args.world_size <= 1 else f"rng_state_{self.args.process_index}"
+        if checkpoint is None or not (Path(checkpoint) / f"{stem}.safetensors").is_file():
+            return super()._load_rng_state(checkpoint)
+        tensors = load_file(str(Path(checkpoint) / f"{stem}.safetensors"))
+        meta = json.loads((Path(checkpoint) / f"{stem}.json").read_text())
+        version, internal, gauss = meta["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = meta["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.random.set_rng_state(tensors["cpu"])
+        cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors)) if f"cuda.{i}" in tensors]
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.random.set_rng_state_all(cuda)
+
+    def _get_output_dir(self, trial: Any) -> str:
+        root = getattr(self, "_checkpoint_root", None)
+        return str(root) if root is not None else super()._get_output_dir(trial=trial)
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # Trainer's mid-run push pickles the arguments into output_dir/training_args.bin and uploads
         # that pickle. With push_to_hub, runs.finish_run pushes the finished run (model, card,
         # metrics) in one commit instead, so checkpoints are not pushed mid-run.
         return None
+
+
+OPTIMIZER_TENSORS, OPTIMIZER_META, SCHEDULER_JSON = "optimizer.safetensors", "optimizer.json", "scheduler.json"
+
+
+def _other_accelerators() -> list:
+    from transformers.utils import (
+        is_torch_hpu_available,
+        is_torch_mlu_available,
+        is_torch_musa_available,
+        is_torch_npu_available,
+        is_torch_xla_available,
+    )
+
+    return [is_torch_xla_available, is_torch_npu_available, is_torch_hpu_available, is_torch_mlu_available,
+            is_torch_musa_available]
+
+
+def _flatten_optimizer(state_dict: dict) -> tuple[dict, str]:
+    """An optimizer ``state_dict`` as safetensors tensors plus JSON (``TypeError`` for anything else)."""
+    import torch
+
+    tensors, scalars = {}, {}
+    for index, entries in state_dict["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    meta = json.dumps({"param_groups": state_dict["param_groups"], "scalars": scalars,
+                       "indices": [str(i) for i in state_dict["state"]]})
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict, meta: str) -> dict:
+    data = json.loads(meta)
+    state: dict = {int(i): dict(data["scalars"].get(i, {})) for i in data["indices"]}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state[int(index)][name] = value
+    return {"state": state, "param_groups": data["param_groups"]}
 
 
 def loss_uses_num_items(model: Any) -> bool:
@@ -143,17 +311,76 @@ class TrainingRun:
     def __init__(self, recipe: Recipe, callbacks: list | None = None) -> None:
         self.recipe = recipe
         self.args = _args_of(recipe)
-        self.run_dir = Path(self.args.output_dir)
+        self.final_dir = Path(self.args.output_dir)
+        self.staging_dir = staging_dir(self.final_dir)
+        self.run_dir = self.final_dir  # the staging folder while the run is entered
         self.extra_callbacks = list(callbacks or [])
         self.started = time.time()
         self.trainable: int | None = None
+        self.resume_from: str | None = None
+        self.committed = False
 
     def __enter__(self) -> TrainingRun:
-        self.started = start_run(self.recipe)
+        resuming = _resume_value(getattr(self.args, "resume_from_checkpoint", None)) is not None
+        check_output_dir(self.final_dir, overwrite=bool(getattr(self.args, "overwrite_output_dir", False)),
+                         resuming=resuming, main=_is_main_process(self.args))
+        if _is_main_process(self.args):
+            prepare_staging(self.staging_dir, keep=resuming)
+        self.run_dir = self.staging_dir
+        self.args.output_dir = str(self.staging_dir)
+        try:
+            self.started = start_run(self.recipe, self.staging_dir, recorded_output_dir=str(self.final_dir))
+            self.resume_from = self._resolve_resume()
+        except BaseException:
+            self.args.output_dir = str(self.final_dir)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        return False  # errors propagate; what a failed run leaves behind is decided in start_run/finish
+        # A failed or interrupted run leaves its staging folder (resumable checkpoints in it) and never
+        # touches the finished run at output_dir; a run that ends without finish() still commits.
+        if exc_type is None and not self.committed:
+            self.commit()
+        self.args.output_dir = str(self.final_dir)
+        if exc_type is KeyboardInterrupt and _is_main_process(self.args):
+            logger.warning("Interrupted: checkpoints so far are in %s; add --resume_from_checkpoint last to continue.",
+                           self.staging_dir)
+        return False
+
+    def commit(self) -> None:
+        """Make the staging folder the run at ``output_dir`` (replacing a finished run only now)."""
+        _barrier()
+        if _is_main_process(self.args) and self.staging_dir.is_dir():
+            replace_dir(self.staging_dir, self.final_dir)
+        _barrier()
+        self.committed = True
+        self.run_dir = self.final_dir
+        self.args.output_dir = str(self.final_dir)
+
+    def _resolve_resume(self) -> str | None:
+        """``resume_from_checkpoint``: true/last/latest -> the newest complete checkpoint; a path must exist."""
+        value = _resume_value(getattr(self.args, "resume_from_checkpoint", None))
+        if value is None:
+            return None
+        agents = "agent" in self.recipe.blocks and "training" not in self.recipe.blocks
+        field = f"{'agent' if agents else 'training'}.resume_from_checkpoint"
+        if value is True:
+            found = None
+            for folder in (self.staging_dir, self.final_dir):
+                found = latest_agent_checkpoint(folder) if agents else latest_checkpoint(folder)
+                if found is not None:
+                    break
+            if found is None:
+                raise ValueError(
+                    f"{field}={self.args.resume_from_checkpoint}: no complete checkpoint in {self.final_dir} or "
+                    f"{self.staging_dir}: train without it, or give a checkpoint folder."
+                )
+            value = str(found)
+        elif not Path(value).exists():
+            raise ValueError(f"{field}={value}: no such checkpoint; give a checkpoint-N folder or 'last'.")
+        if agents:  # the SB3 runner reads its own field
+            self.args.resume_from_checkpoint = value
+        return value
 
     def callbacks(self, *own: Any, guard: bool = True) -> list:
         """The run's callbacks: the non-finite guard (Trainer methods), the method's ``own``, then the caller's."""
@@ -178,7 +405,7 @@ class TrainingRun:
 
     def train(self, trainer: Any):
         """``trainer.train``, resuming from ``resume_from_checkpoint`` when the recipe says so."""
-        return trainer.train(resume_from_checkpoint=getattr(self.args, "resume_from_checkpoint", None))
+        return trainer.train(resume_from_checkpoint=self.resume_from)
 
     def finish(
         self,
@@ -209,14 +436,19 @@ class TrainingRun:
             log_history = trainer.state.log_history
             main = trainer.is_world_process_zero()
         if not main:
+            self.commit()
             return metrics
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         write_results_files(self.run_dir, metrics)
-        plot_curves(log_history or [], self.run_dir / "curves.png", keys=curve_keys)
+        try:  # optional artefacts: a failed plot must not cost the run
+            plot_curves(log_history or [], self.run_dir / "curves.png", keys=curve_keys)
+        except Exception as err:  # noqa: BLE001
+            logger.warning("curves.png not written: %s", err)
         from .hub import write_card
 
         write_card(self.run_dir)
+        self.commit()
         shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in headline if isinstance(metrics.get(k), float))
         print(f"[hf-finetune] done in {metrics['train_runtime_s']:.0f}s: {shown or 'no metrics'} | run saved to {self.run_dir}")
         if getattr(self.args, "push_to_hub", False):
@@ -264,8 +496,12 @@ def check_report_to(args: Any) -> None:
                          "or set training.report_to: none.")
 
 
-def start_run(recipe: Recipe) -> float:
-    """Checks, seeds and ``recipe.yaml``/``versions.json`` of a run (what entering :class:`TrainingRun` does)."""
+def start_run(recipe: Recipe, run_dir: str | Path | None = None, recorded_output_dir: str | None = None) -> float:
+    """Checks, seeds and ``recipe.yaml``/``versions.json`` of a run (what entering :class:`TrainingRun` does).
+
+    ``run_dir`` is where the files go (default ``output_dir``); ``recorded_output_dir`` is the
+    ``output_dir`` written into ``recipe.yaml`` (the finished run's place, not the staging folder).
+    """
     training = _args_of(recipe)
     check_report_to(training)
     if getattr(training, "hub_token", None):
@@ -286,14 +522,124 @@ def start_run(recipe: Recipe) -> float:
 
         check_push_ready(getattr(training, "hub_model_id", None) or Path(training.output_dir).name)
     set_seed(training.seed, deterministic=getattr(training, "full_determinism", False))
-    run_dir = Path(training.output_dir)
+    run_dir = Path(run_dir or training.output_dir)
     if _is_main_process(training):
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        resolved = recipe.to_dict()
+        block = "training" if "training" in resolved else "agent"
+        if recorded_output_dir is not None and block in resolved:
+            resolved[block]["output_dir"] = recorded_output_dir
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         from .hub import library_versions
 
         (run_dir / "versions.json").write_text(json.dumps(library_versions(), indent=2))
     return time.time()
+
+
+# --- run directories and checkpoints --------------------------------------------------------------
+
+
+def staging_dir(output_dir: str | Path) -> Path:
+    """Where a run into ``output_dir`` writes until it has finished: ``<output_dir>.partial``."""
+    path = Path(output_dir)
+    return path.with_name(path.name + ".partial")
+
+
+def _resume_value(value: Any) -> str | bool | None:
+    """``resume_from_checkpoint`` as given: True for true/last/latest, None for unset/false, else a path."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return True
+    text = str(value).strip()
+    if text.lower() in ("", "false", "none", "no", "0"):
+        return None
+    if text.lower() in ("true", "last", "latest", "yes", "1"):
+        return True
+    return text
+
+
+def check_output_dir(final: Path, overwrite: bool, resuming: bool, main: bool = True) -> None:
+    """Refuse an ``output_dir`` that is a file, or that holds a run the new one would silently replace."""
+    if final.exists() and not final.is_dir():
+        raise ValueError(f"output_dir {final} is a file, not a folder: choose another --output_dir.")
+    if final.is_dir() and (Path.cwd().resolve() == final.resolve() or final.resolve() in Path.cwd().resolve().parents):
+        raise ValueError(f"output_dir {final} is the current folder or holds it: give the run its own folder.")
+    if final.is_dir() and any(final.iterdir()) and not _looks_like_run(final):
+        raise ValueError(
+            f"output_dir {final} holds files that are not an hf-finetune run, which the run would replace: "
+            "choose a new or empty folder."
+        )
+    if final.is_dir() and any(final.iterdir()) and not (overwrite or resuming):
+        raise ValueError(
+            f"output_dir {final} already holds a run: add --overwrite_output_dir true to replace it when the new run "
+            "finishes, --resume_from_checkpoint last to continue it, or choose another --output_dir."
+        )
+    if main:
+        parent = final.parent if str(final.parent) else Path(".")
+        probe = parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe.exists() and (not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK)):
+            raise ValueError(f"output_dir {final}: {probe} is not a writable folder: choose another --output_dir.")
+
+
+def _looks_like_run(folder: Path) -> bool:
+    markers = ("recipe.yaml", "metrics.json", "training_args.json", "trainer_state.json", "versions.json")
+    return any((folder / m).exists() for m in markers) or any(folder.glob("checkpoint-*"))
+
+
+def prepare_staging(staging: Path, keep: bool) -> None:
+    """A fresh staging folder (stale files never survive), or the one a resumed run continues in."""
+    try:
+        if staging.exists() and not keep:
+            shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"Cannot create the run folder {staging}: {err.strerror or err}. Choose another --output_dir.") from None
+
+
+def replace_dir(staging: Path, final: Path) -> None:
+    """Move ``staging`` to ``final``; a previous ``final`` is moved aside first and deleted last."""
+    previous = None
+    if final.exists():
+        previous = final.with_name(f"{final.name}.replaced-{os.getpid()}")
+        os.replace(final, previous)
+    os.replace(staging, final)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` in ``folder`` (complete: it has ``trainer_state.json``, written last)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        suffix = path.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+        if path.is_dir() and suffix.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(suffix), path))
+    return max(found)[1] if found else None
+
+
+def latest_agent_checkpoint(folder: str | Path) -> Path | None:
+    """The newest SB3 checkpoint ``checkpoints/agent_<steps>_steps.zip`` in a run folder."""
+    found = []
+    for path in Path(folder, "checkpoints").glob("agent_*_steps.zip"):
+        steps = path.stem.split("_")[-2]
+        if steps.isdigit():
+            found.append((int(steps), path))
+    return max(found)[1] if found else None
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def plot_curves(log_history: list[dict], path: str | Path, keys: tuple[str, ...] = ("loss", "eval_loss")) -> Path | None:

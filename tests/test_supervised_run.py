@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from hf_finetune.callbacks import NonFiniteLossError
 from hf_finetune.metrics import ClassificationMetric, load_metric
 from hf_finetune.recipe import load_recipe, run_recipe
+from hf_finetune.runs import staging_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,11 +57,12 @@ def test_resume_is_bitwise_identical(tiny_bert_dir, topic_csv, tmp_path):
     path = write_recipe(tmp_path / "killed.yaml", tiny_recipe(tiny_bert_dir, topic_csv, killed, **common))
     with pytest.raises(KeyboardInterrupt):
         run_recipe(load_recipe(path), callbacks=[_stop_after_first_save()])
-    assert (killed / "checkpoint-5").is_dir() and not (killed / "checkpoint-10").exists()
-    assert not list((killed / "checkpoint-5").glob("training_args.bin"))
-    assert (killed / "checkpoint-5" / "training_args.json").is_file()
+    partial = staging_dir(killed)  # an unfinished run lives beside output_dir until it finishes
+    assert (partial / "checkpoint-5").is_dir() and not (partial / "checkpoint-10").exists() and not killed.exists()
+    assert not list((partial / "checkpoint-5").glob("training_args.bin"))
+    assert (partial / "checkpoint-5" / "training_args.json").is_file()
 
-    resumed = tiny_recipe(tiny_bert_dir, topic_csv, killed, resume_from_checkpoint=str(killed / "checkpoint-5"), **common)
+    resumed = tiny_recipe(tiny_bert_dir, topic_csv, killed, resume_from_checkpoint=str(partial / "checkpoint-5"), **common)
     run_dict(resumed, tmp_path)
     a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
     assert a.keys() == b.keys()
@@ -81,7 +83,8 @@ def test_non_finite_loss_stops_before_the_update(tiny_bert_dir, topic_csv, tmp_p
     loaded = load_recipe(write_recipe(tmp_path / "nan.yaml", recipe))
     with pytest.raises(NonFiniteLossError, match="at step 3"):
         run_recipe(loaded, callbacks=[Poison()])
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert sorted(p.name for p in staging_dir(out).glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert not out.exists()
 
 
 def test_classification_metric_by_hand():

@@ -6,6 +6,7 @@ encoder with a fresh task head: domain- or task-adaptive pretraining followed by
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -170,7 +171,45 @@ def load_finetune_recipe(recipe: Recipe):
         if recipe.model.gguf_file:
             overrides["gguf_file"] = recipe.model.gguf_file
     overrides.update(args.finetune_overrides or {})
+    forwarded = command_line_overrides(recipe)
+    if forwarded:
+        logger.info("Command-line values also applied to the fine-tune: %s", forwarded)
+    overrides.update(forwarded)
     return parse_recipe(data, supervised_entry.BLOCKS, overrides, source=str(args.finetune))
+
+
+# Set on the command line of a TAPT recipe, these stay with the pretraining phase: the fine-tune has
+# its own data, model, optimizer settings and place (and is never pushed under the TAPT run's name).
+PHASE_OWN_FIELDS = frozenset({
+    "output_dir", "model_name_or_path", "tokenizer_name_or_path", "revision", "gguf_file", "dataset",
+    "dataset_config", "eval_dataset", "train_split", "eval_split", "test_dataset", "test_split", "text_column",
+    "text_pair_column", "label_column", "class_names", "validation_size", "learning_rate", "weight_decay",
+    "warmup_steps", "warmup_ratio", "lr_scheduler_type", "resume_from_checkpoint", "run_name", "logging_dir",
+    "push_to_hub", "hub_model_id", "hub_revision", "hub_private_repo", "use_lora", "lora_adapter_path",
+})
+
+
+def command_line_overrides(recipe: Recipe) -> dict:
+    """Values of a loaded recipe that differ from its YAML file alone: what the command line changed.
+
+    A smoke run (``--max_steps 2 --max_train_samples 32``) of a TAPT recipe means the whole chain;
+    these values go on to the fine-tune too (those the supervised recipe takes, except
+    :data:`PHASE_OWN_FIELDS`). A recipe built in Python (no file) forwards nothing.
+    """
+    if not recipe.source or not Path(recipe.source).is_file():
+        return {}
+    baseline = parse_recipe(read_recipe_yaml(recipe.source), BLOCKS, None, source=recipe.source)
+    accepted = {f.name for cls in supervised_entry.BLOCKS.values() for f in dataclasses.fields(cls)}
+    changed = {}
+    for name, block in recipe.blocks.items():
+        for field in dataclasses.fields(block):
+            key = field.name
+            if key not in accepted or key in PHASE_OWN_FIELDS or not field.init:
+                continue
+            value, before = getattr(block, key, None), getattr(baseline.blocks[name], key, None)
+            if value != before:
+                changed[key] = getattr(value, "value", value)  # enums (eval_strategy, ...) as their words
+    return changed
 
 
 def export_encoder(model, tokenizer, model_args: ModelArguments, directory: Path) -> None:
@@ -252,7 +291,7 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
         metrics = run_.finish(metrics, ("eval_loss", "eval_perplexity"), trainer=trainer)
     if args.finetune and trainer.is_world_process_zero():
         if not carries_adapter(recipe):  # a carried adapter keeps the base model unchanged
-            export_encoder(final, tokenizer, recipe.model, run_dir / "encoder")
+            export_encoder(final, tokenizer, recipe.model, Path(args.output_dir) / "encoder")  # the committed run
         finetuned = supervised_entry.run(load_finetune_recipe(recipe))
         metrics.update({f"finetune_{k}": v for k, v in finetuned.items()})
     return metrics

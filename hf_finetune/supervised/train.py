@@ -238,8 +238,7 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
         if trainer.is_world_process_zero():
             if args.task == "classification":
                 logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-                matrix = confusion_matrix(np.argmax(logits, axis=-1), output.label_ids, len(names))
-                plot_confusion(matrix, names, run_dir / "confusion_matrix.png")
+                plot_confusion_of(np.argmax(logits, axis=-1), output.label_ids, names, run_dir / "confusion_matrix.png")
             if args.predictions_file:
                 write_predictions(run_dir / "predictions.jsonl", recipe, raw["validation"], output, names, tokenizer)
                 if test is not None:
@@ -248,7 +247,35 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
         return run_.finish(metrics, HEADLINES[args.task], trainer=trainer)
 
 
-def plot_confusion(matrix, label_names: list[str], path: str | Path) -> Path:
+MAX_CONFUSION_CLASSES = 20  # a bigger matrix is unreadable, and its n^2 cell labels took > 5 GB at 600 classes
+
+
+def plot_confusion_of(predictions, references, names: list[str], path: str | Path) -> Path | None:
+    """The confusion-matrix PNG of a run; beyond :data:`MAX_CONFUSION_CLASSES` classes, the most confused ones.
+
+    An optional artefact: the full matrix is never built for many classes (10,000 classes would be
+    800 MB), and a failure only logs a warning, so the run still ends with its metrics.
+    """
+    try:
+        predictions, references = np.asarray(predictions).reshape(-1), np.asarray(references).reshape(-1)
+        n = len(names)
+        if n <= MAX_CONFUSION_CLASSES:
+            return plot_confusion(confusion_matrix(predictions, references, n), names, path)
+        wrong = predictions != references
+        errors = np.bincount(references[wrong], minlength=n) + np.bincount(predictions[wrong], minlength=n)
+        keep = np.argsort(-errors, kind="stable")[:MAX_CONFUSION_CLASSES]
+        index = np.full(n, -1, dtype=np.int64)
+        index[keep] = np.arange(len(keep))
+        both = (index[references] >= 0) & (index[predictions] >= 0)
+        matrix = confusion_matrix(index[predictions[both]], index[references[both]], len(keep))
+        title = f"the {len(keep)} most confused of {n} classes"
+        return plot_confusion(matrix, [names[i] for i in keep], path, title=title)
+    except Exception as err:  # noqa: BLE001 - optional artefact
+        logging.getLogger(__name__).warning("confusion_matrix.png not written: %s", err)
+        return None
+
+
+def plot_confusion(matrix, label_names: list[str], path: str | Path, title: str | None = None) -> Path:
     """Save a confusion matrix (rows: true label, columns: prediction) as a PNG."""
     import matplotlib
 
@@ -256,7 +283,9 @@ def plot_confusion(matrix, label_names: list[str], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     n = len(label_names)
-    fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.2 * n + 1.5))
+    fig, ax = plt.subplots(figsize=(min(1.2 * n + 2, 14), min(1.2 * n + 1.5, 14)))
+    if title:
+        ax.set_title(title)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), label_names, rotation=45, ha="right")
     ax.set_yticks(range(n), label_names)
@@ -264,7 +293,7 @@ def plot_confusion(matrix, label_names: list[str], path: str | Path) -> Path:
     ax.set_ylabel("true")
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, int(matrix[i][j]), ha="center", va="center")
+            ax.text(j, i, int(matrix[i][j]), ha="center", va="center", fontsize=10 if n <= 10 else 7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,120 @@
+"""A failed run never harms a finished one: staging folders, overwrite rules, complete checkpoints, no pickles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from conftest import run_dict, tiny_recipe
+from safetensors.torch import load_file
+
+from hf_finetune.runs import latest_checkpoint, staging_dir
+
+
+def snapshot(folder) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_bert_dir, topic_csv, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("finished")
+    out = tmp / "run"
+    run_dict(tiny_recipe(tiny_bert_dir, topic_csv, out, max_steps=2), tmp)
+    return out
+
+
+def test_rerun_into_a_finished_run_needs_overwrite(finished, tiny_bert_dir, topic_csv, tmp_path):
+    before = snapshot(finished)
+    with pytest.raises(ValueError, match=r"already holds a run: add --overwrite_output_dir true.*--resume_from_checkpoint"):
+        run_dict(tiny_recipe(tiny_bert_dir, topic_csv, finished, max_steps=2), tmp_path)
+    assert snapshot(finished) == before
+
+
+def test_failed_rerun_with_overwrite_leaves_the_finished_run(finished, tiny_bert_dir, topic_csv, tmp_path):
+    before = snapshot(finished)
+    bad = tiny_recipe(tiny_bert_dir, topic_csv, finished, max_steps=2, overwrite_output_dir=True)
+    bad["data"]["text_column"] = "no_such_column"  # fails after the run started (data are read inside it)
+    with pytest.raises(ValueError, match="no_such_column"):
+        run_dict(bad, tmp_path)
+    assert snapshot(finished) == before
+    assert yaml_output_dir(finished) == str(finished)
+
+
+def yaml_output_dir(run) -> str:
+    import yaml
+
+    return yaml.safe_load((run / "recipe.yaml").read_text())["training"]["output_dir"]
+
+
+def test_overwrite_replaces_only_when_finished_and_drops_stale_files(tiny_bert_dir, topic_csv, tmp_path):
+    out = tmp_path / "run"
+    run_dict(tiny_recipe(tiny_bert_dir, topic_csv, out, max_steps=2), tmp_path)
+    (out / "stale.txt").write_text("from another run")
+    run_dict(tiny_recipe(tiny_bert_dir, topic_csv, out, max_steps=3, overwrite_output_dir=True), tmp_path)
+    assert not (out / "stale.txt").exists() and not staging_dir(out).exists()
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+    assert yaml_output_dir(out) == str(out)
+
+
+def test_output_dir_that_is_not_a_run_is_never_replaced(tiny_bert_dir, topic_csv, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(ValueError, match="holds files that are not an hf-finetune run"):
+        run_dict(tiny_recipe(tiny_bert_dir, topic_csv, out, overwrite_output_dir=True), tmp_path)
+    assert (out / "notes.txt").read_text() == "precious"
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        run_dict(tiny_recipe(tiny_bert_dir, topic_csv, afile), tmp_path)
+    with pytest.raises(ValueError, match="is not a writable folder"):
+        run_dict(tiny_recipe(tiny_bert_dir, topic_csv, afile / "run"), tmp_path)
+
+
+def _interrupt_after_first_save():
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt
+
+    return Stop()
+
+
+def test_interrupt_then_resume_last_is_bitwise_exact_and_pickle_free(tiny_bert_dir, topic_csv, tmp_path):
+    common = dict(max_steps=6, save_strategy="steps", save_steps=3, full_determinism=True, learning_rate=1e-3)
+    straight = tmp_path / "straight"
+    run_dict(tiny_recipe(tiny_bert_dir, topic_csv, straight, **common), tmp_path)
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_dict(tiny_recipe(tiny_bert_dir, topic_csv, out, **common), tmp_path, callbacks=[_interrupt_after_first_save()])
+    assert not out.exists()  # nothing is visible at output_dir until the run finished
+    checkpoint = staging_dir(out) / "checkpoint-3"
+    assert latest_checkpoint(staging_dir(out)) == checkpoint
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {"optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_state.safetensors"} <= names
+    assert not [n for n in names if n.endswith((".pt", ".pth", ".bin"))], names
+
+    run_dict(tiny_recipe(tiny_bert_dir, topic_csv, out, resume_from_checkpoint="last", **common), tmp_path)
+    a, b = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not staging_dir(out).exists()
+
+
+def test_a_cut_checkpoint_is_never_the_latest(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-4").mkdir()  # killed while saving: no trainer_state.json
+    (tmp_path / "checkpoint-4" / "model.safetensors").write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
+def test_resume_true_without_checkpoints_is_one_line(tiny_bert_dir, topic_csv, tmp_path):
+    with pytest.raises(ValueError, match=r"resume_from_checkpoint=true: no complete checkpoint"):
+        run_dict(tiny_recipe(tiny_bert_dir, topic_csv, tmp_path / "new", resume_from_checkpoint="true"), tmp_path)
+    with pytest.raises(ValueError, match=r"resume_from_checkpoint=/no/such: no such checkpoint"):
+        run_dict(tiny_recipe(tiny_bert_dir, topic_csv, tmp_path / "new", resume_from_checkpoint="/no/such"), tmp_path)
