@@ -3,7 +3,7 @@ PYTHON ?= .venv/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install quickstart test test-slow lint
+.PHONY: install quickstart test test-all test-slow lint
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -19,6 +19,9 @@ quickstart: install
 
 test:
 	$(PYTHON) -m pytest -q
+
+test-all:
+	$(PYTHON) -m pytest -q -m "slow or not slow"
 
 test-slow:
 	$(PYTHON) -m pytest -q -m slow

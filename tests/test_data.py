@@ -96,3 +96,16 @@ def test_encode_labels_strings_ints_and_names():
         encode_labels(ints, "label", ["neg", "pos"])
     with pytest.raises(ValueError, match="single class"):
         encode_labels(DatasetDict({"train": Dataset.from_dict({"label": ["a", "a"]})}), "label", None)
+
+
+def test_eval_labels_given_as_names_or_ids_both_work():
+    # A run trained on a label folder (ids with names) evaluated on a file of names, and the reverse.
+    folder_like = DatasetDict({
+        "train": Dataset.from_dict({"label": [0, 1, 1]}).cast_column("label", ClassLabel(names=["business", "sports"])),
+        "validation": Dataset.from_dict({"label": ["sports", "business"]}),
+    })
+    encoded, names = encode_labels(folder_like, "label", None)
+    assert names == ["business", "sports"] and encoded["validation"]["label"] == [1, 0]
+    strings = DatasetDict({"train": Dataset.from_dict({"label": ["b", "a"]}), "validation": Dataset.from_dict({"label": [1, 0]})})
+    encoded, names = encode_labels(strings, "label", None)
+    assert encoded["validation"]["label"] == [1, 0] and encoded["validation"].features["label"].names == ["a", "b"]

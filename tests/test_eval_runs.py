@@ -82,3 +82,25 @@ def test_rl_env_eval_reproduces_the_run(tmp_path, tiny_bert_dir, capsys):
     assert "library_name: stable-baselines3" in card and "hf_finetune/TextBandit-v0" in card
     assert "mean_reward" in card and "load_agent" in card
     assert (out / "versions.json").is_file()
+
+
+def test_supervised_eval_reproduces_the_run_and_takes_other_data(tmp_path, tiny_bert_dir, topic_csv, capsys):
+    from conftest import tiny_recipe
+
+    from hf_finetune.data import load_splits
+    from hf_finetune.recipe import evaluate_run, load_recipe
+
+    out = tmp_path / "sup"
+    metrics = run_dict(tiny_recipe(tiny_bert_dir, topic_csv, out, max_steps=6), tmp_path)
+    again = _eval_cli(out, capsys)
+    for key in ("eval_accuracy", "eval_f1_macro", "eval_loss"):
+        assert again[key] == pytest.approx(metrics[key], abs=2e-6), key
+    # --data: the same validation rows from a file, with the labels as names, give the same metrics.
+    recipe = load_recipe(str(out / "recipe.yaml"), ["--output_dir", str(tmp_path / "scratch")])
+    validation = load_splits(recipe.data, label_column="label")["validation"]
+    feature = validation.features["label"]
+    labels = [feature.int2str(y) if hasattr(feature, "int2str") else y for y in validation["label"]]
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(validation["text"], labels)))
+    with_data = evaluate_run(str(out), data=str(held_out))
+    assert with_data["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=2e-6)

@@ -86,6 +86,7 @@ def canary_run(tmp_path_factory, tiny_bert_dir, topic_csv):
     return {"tmp": tmp, "run_dir": run_dir, "hub": hub, "logs": logs}
 
 
+@pytest.mark.slow  # the canary run trains and pushes in a subprocess (~40 s)
 def test_train_and_push_arrives_byte_for_byte(canary_run):
     hub, run_dir = canary_run["hub"], canary_run["run_dir"]
     pushed = hub.files("my-org/canary-model")
@@ -107,6 +108,7 @@ def test_train_and_push_arrives_byte_for_byte(canary_run):
     assert not any(name.startswith("checkpoint-") or name.endswith(".bin") for name in last["files"])
 
 
+@pytest.mark.slow  # the canary run trains and pushes in a subprocess (~40 s)
 def test_canary_token_is_used_but_never_written(canary_run):
     hub, tmp = canary_run["hub"], canary_run["tmp"]
     # The token did reach the server (so the search below looks for something that existed)...
@@ -122,6 +124,7 @@ def test_canary_token_is_used_but_never_written(canary_run):
     assert hits == []
 
 
+@pytest.mark.slow  # the canary run trains and pushes in a subprocess (~40 s)
 def test_eval_reproduces_training_metrics(canary_run, capsys):
     from hf_finetune.cli import main
 
@@ -239,6 +242,7 @@ ERROR_CASES = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # the canary run trains and pushes in a subprocess (~40 s)
 def test_push_errors_adapter_and_agent(tmp_path, canary_run, lora_run):
     """One subprocess (start-up is the cost) runs every push case against one fake Hub."""
     empty = tmp_path / "empty"

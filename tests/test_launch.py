@@ -127,6 +127,7 @@ def check_two_vs_one(two: list[dict], one: list[dict], rel: float) -> None:
     assert losses(two[1]) == got  # both ranks log the same (reduced) values
 
 
+@pytest.mark.slow  # two gloo processes: ~15-20 s each, more on a shared machine
 def test_two_cpu_processes_supervised_match_one_process(tmp_path, no_dropout_bert, topic_csv, monkeypatch):
     recipe = {
         "method": "supervised",
@@ -155,6 +156,7 @@ def test_two_cpu_processes_supervised_match_one_process(tmp_path, no_dropout_ber
     assert two[0]["sha256"] != two[0]["initial_sha256"], "training did not change the weights"
 
 
+@pytest.mark.slow  # two gloo processes: ~15-20 s each, more on a shared machine
 def test_two_cpu_processes_masked_lm_match_one_process(tmp_path, no_dropout_bert, topic_csv, monkeypatch):
     import csv
 
