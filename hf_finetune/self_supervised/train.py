@@ -45,7 +45,7 @@ from ..supervised import train as supervised_entry
 from .collators import FIM_TOKENS, _require_mask_token, add_fim_tokens
 from .config import MASKED_OBJECTIVES, SelfSupervisedConfig, TextArguments
 from .text import split_corpus, tokenize_corpus
-from .trainer import SelfSupervisedTrainer, make_collator
+from .trainer import SET_BY_TRAINER, SelfSupervisedTrainer, make_collator
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def command_line_overrides(recipe: Recipe) -> dict:
     for name, block in recipe.blocks.items():
         for field in dataclasses.fields(block):
             key = field.name
-            if key not in accepted or key in PHASE_OWN_FIELDS or not field.init:
+            if key not in accepted or key in PHASE_OWN_FIELDS or key in SET_BY_TRAINER or not field.init:
                 continue
             value, before = getattr(block, key, None), getattr(baseline.blocks[name], key, None)
             if value != before:

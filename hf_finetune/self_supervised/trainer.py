@@ -19,6 +19,11 @@ from .collators import (
 )
 from .config import SelfSupervisedConfig
 
+# Arguments the trainer sets on the config it is given: the collators read special_tokens_mask /
+# offset_mapping, which Trainer would drop as unused; only the loss is evaluated (gathering
+# batch x length x vocab logits would cost gigabytes).
+SET_BY_TRAINER = {"remove_unused_columns": False, "prediction_loss_only": True}
+
 
 class SelfSupervisedTrainer(RunTrainerMixin, Trainer):
     """The ``self_supervised`` method's ``Trainer``: the objective's collator, fresh masks per epoch, fixed eval masks.
@@ -36,10 +41,8 @@ class SelfSupervisedTrainer(RunTrainerMixin, Trainer):
 
     def __init__(self, model=None, args=None, data_collator=None, *pos, callbacks=None, **kwargs):
         if args is not None and getattr(args, "objective", None) is not None:
-            # The collators read special_tokens_mask / offset_mapping, which Trainer would drop as unused;
-            # only the loss is evaluated (gathering batch x length x vocab logits would cost gigabytes).
-            args.remove_unused_columns = False
-            args.prediction_loss_only = True
+            for name, value in SET_BY_TRAINER.items():
+                setattr(args, name, value)
             if data_collator is None and kwargs.get("processing_class") is not None:
                 data_collator = make_collator(args, kwargs["processing_class"])
         callbacks = list(callbacks or [])
