@@ -80,23 +80,32 @@ def evaluate_run(run_dir: str | Path, data: str | None = None) -> dict:
     Returns:
         The metrics under the same ``eval_*`` names as the run's ``metrics.json``.
     """
+    recipe_path, entry = _saved_run(run_dir, "evaluate", "eval")
+    if data and entry.args_block != "training":
+        raise ValueError(f"--data does not apply to {entry.name!r} runs: they are scored on held-out episodes of their env.")
+    with tempfile.TemporaryDirectory() as scratch:
+        overrides = _scratch_overrides(entry, scratch) + (["--eval_dataset", data] if data else [])
+        return entry.evaluate(load_recipe(str(recipe_path), overrides), str(run_dir))
+
+
+def _saved_run(run_dir: str | Path, capability: str, command: str) -> tuple[Path, MethodEntry]:
+    """A run directory's ``recipe.yaml`` and the entry of its method, which must have ``capability``."""
     recipe_path = Path(run_dir) / "recipe.yaml"
     if not recipe_path.is_file():
         raise ValueError(f"{run_dir} has no recipe.yaml: give the output_dir of a run trained with hf-finetune.")
-    method = read_recipe_yaml(recipe_path)["method"]
-    entry = method_entry(method)
-    if entry.evaluate is None:
-        supported = sorted(m for m in METHODS if method_entry(m).evaluate is not None)
-        raise ValueError(f"hf-finetune eval supports {supported} runs; {run_dir} is a {method!r} run.")
-    if data and entry.args_block != "training":
-        raise ValueError(f"--data does not apply to {method!r} runs: they are scored on held-out episodes of their env.")
-    with tempfile.TemporaryDirectory() as scratch:
-        overrides = ["--output_dir", scratch]
-        if entry.args_block == "training":
-            overrides += ["--report_to", "none", "--push_to_hub", "false"]
-        if data:
-            overrides += ["--eval_dataset", data]
-        return entry.evaluate(load_recipe(str(recipe_path), overrides), str(run_dir))
+    entry = method_entry(read_recipe_yaml(recipe_path)["method"])
+    if getattr(entry, capability) is None:
+        supported = sorted(m for m in METHODS if getattr(method_entry(m), capability) is not None)
+        raise ValueError(f"hf-finetune {command} supports {supported} runs; {run_dir} is a {entry.name!r} run.")
+    return recipe_path, entry
+
+
+def _scratch_overrides(entry: MethodEntry, scratch: str) -> list[str]:
+    # Re-loading a run's recipe must neither write into the run nor log or push anywhere.
+    overrides = ["--output_dir", scratch]
+    if entry.args_block == "training":
+        overrides += ["--report_to", "none", "--push_to_hub", "false"]
+    return overrides
 
 
 def predict_run(run_dir: str | Path, data: str, output: str | Path | None = None) -> list[dict]:
@@ -110,19 +119,11 @@ def predict_run(run_dir: str | Path, data: str, output: str | Path | None = None
         >>> rows[0]["label"], rows[0]["score"]  # doctest: +SKIP
         ('sport', 0.98)
     """
-    recipe_path = Path(run_dir) / "recipe.yaml"
-    if not recipe_path.is_file():
-        raise ValueError(f"{run_dir} has no recipe.yaml: give the output_dir of a run trained with hf-finetune.")
-    method = read_recipe_yaml(recipe_path)["method"]
-    entry = method_entry(method)
-    if entry.predict is None:
-        supported = sorted(m for m in METHODS if method_entry(m).predict is not None)
-        raise ValueError(f"hf-finetune predict supports {supported} runs; {run_dir} is a {method!r} run.")
+    recipe_path, entry = _saved_run(run_dir, "predict", "predict")
     if output is not None and Path(output).suffix not in (".jsonl", ".csv"):
         raise ValueError(f"--output {output}: name a .jsonl or .csv file.")
     with tempfile.TemporaryDirectory() as scratch:
-        recipe = load_recipe(str(recipe_path), ["--output_dir", scratch, "--report_to", "none", "--push_to_hub", "false"])
-        rows = entry.predict(recipe, str(run_dir), data)
+        rows = entry.predict(load_recipe(str(recipe_path), _scratch_overrides(entry, scratch)), str(run_dir), data)
     if output is not None:
         write_rows(rows, output)
     return rows
