@@ -392,7 +392,11 @@ class TrainingRun:
             from transformers import EarlyStoppingCallback
 
             early = [EarlyStoppingCallback(patience, getattr(self.args, "early_stopping_threshold", 0.0))]
-        return [*([NonFiniteGuardCallback()] if guard else []), *own, *early, *self.extra_callbacks]
+        from .threads import thread_policy_callback
+
+        # Trainer methods: the non-finite guard, and the faster of the policy's thread count and 1.
+        trainer_own = [NonFiniteGuardCallback(), thread_policy_callback()] if guard else []
+        return [*trainer_own, *own, *early, *self.extra_callbacks]
 
     def log_trainable(self, model: Any, what: str = "") -> int:
         """Log and remember how many parameters train (``metrics['trainable_parameters']``)."""
@@ -504,6 +508,9 @@ def start_run(recipe: Recipe, run_dir: str | Path | None = None, recorded_output
     """
     training = _args_of(recipe)
     check_report_to(training)
+    from .threads import apply_thread_policy
+
+    apply_thread_policy()  # cores / local processes (HF_FINETUNE_NUM_THREADS overrides), logged once
     if getattr(training, "hub_token", None):
         raise ValueError(
             "training.hub_token is set: tokens do not belong in recipes (they end up in files and shell history). "
