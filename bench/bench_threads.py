@@ -29,6 +29,7 @@ SETTINGS = {
     "torch default (all cores)": {},
     "hf_finetune.threads policy": {"policy": "1"},
     "all cores, OMP_WAIT_POLICY=PASSIVE": {"env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+    "policy + OMP_WAIT_POLICY=PASSIVE": {"policy": "1", "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
 }
 
 
@@ -101,7 +102,7 @@ def main() -> None:
                     r = run_setting(shape, SETTINGS[name], busy)
                     results.setdefault((busy, shape, name), []).append(r)
     print(f"rounds: {args.rounds}; load average after: {os.getloadavg()[0]:.2f}")
-    print(f"{'condition':<22}{'matmul':<26}{'setting':<30}{'s/1000':>9}{'incl. choice':>14}{'threads':>9}{'vs 1 thr':>10}")
+    print(f"{'condition':<22}{'matmul':<26}{'setting':<36}{'s/1000':>9}{'incl. choice':>14}{'threads':>9}{'vs 1 thr':>10}")
     for busy in (False, True):
         for shape in SHAPES:
             base = statistics.median(r["per_1000"] for r in results[(busy, shape, "1 thread")])
@@ -111,7 +112,7 @@ def main() -> None:
                 incl = statistics.median(r["with_choice_per_1000"] for r in rs)
                 threads = "/".join(str(r["threads"]) for r in rs)
                 cond = "beside a busy process" if busy else "alone"
-                print(f"{cond:<22}{shape:<26}{name:<30}{med:>9.3f}{incl:>14.3f}{threads:>9}{med / base:>10.2f}")
+                print(f"{cond:<22}{shape:<26}{name:<36}{med:>9.3f}{incl:>14.3f}{threads:>9}{med / base:>10.2f}")
 
 
 if __name__ == "__main__":
