@@ -195,10 +195,13 @@ def test_errors_before_step_one_name_the_fix(tiny_bert_dir, tmp_path):
 
 def test_standardized_embeddings_are_fitted_saved_and_reloaded(tiny_bert_dir, tmp_path):
     from hf_finetune.rl_env.extractor import lm_extractors
+    from hf_finetune.rl_env.train import evaluate
 
     data = bandit_recipe(tiny_bert_dir, tmp_path, "a2c", standardize_embeddings=True, standardize_steps=64)
     metrics = run(parse_recipe(data, BLOCKS))
     assert metrics["eval_success_rate"] >= 0.9, metrics
+    again = evaluate(parse_recipe(data, BLOCKS), str(tmp_path))  # `hf-finetune eval`: the saved statistics are used
+    assert again["eval_success_rate"] == metrics["eval_success_rate"]
     with safe_open(tmp_path / "policy.safetensors", "pt") as f:
         mean, std = f.get_tensor("features_extractor.embedding_mean"), f.get_tensor("features_extractor.embedding_std")
     # fitted on the six bandit texts: not the initial zeros/ones
