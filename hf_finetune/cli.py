@@ -10,6 +10,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import sys
 
 from .callbacks import NonFiniteLossError
@@ -68,7 +69,13 @@ def _push_parser() -> argparse.ArgumentParser:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises ``ValueError`` (one line, with "did you mean") instead of printing usage and exiting."""
+    """argparse that raises ``ValueError`` (one line, with "did you mean") instead of printing usage and exiting.
+
+    Prefixes of options are not accepted (``--dat`` is a typo, not ``--data``).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message):  # noqa: D102 - argparse hook
         unknown = message.split("unrecognized arguments: ", 1)
@@ -100,6 +107,11 @@ def _describe(err: BaseException) -> tuple[str, int]:
         return _one_line(f"{err} — install {name} (pip install 'hf-finetune[all]' installs every extra)"), 2
     if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
         return _one_line(f"out of memory ({err}) — lower per_device_train_batch_size or max_length, or use lora"), 2
+    if isinstance(err, OSError) and "Repo id must" in str(err):
+        # transformers tries a missing local folder as a Hub id and reports the id's syntax
+        name = re.findall(r"'([^']+)'\.?(?: Use|$)", str(err)) or re.findall(r": '([^']+)'", str(err)) or ["the model"]
+        return _one_line(f"{name[-1]}: no such local folder, and not a valid Hub id — check model.model_name_or_path "
+                         "(and tokenizer_name_or_path): a local path must exist, a Hub id is 'name' or 'org/name'"), 2
     if isinstance(err, OSError):
         what = err.strerror or str(err)
         where = f": {err.filename}" if getattr(err, "filename", None) else ""

@@ -84,8 +84,10 @@ class EnvArguments:
         if self.env_id == "hf_finetune/BabyAI-Text-v0" and "level" in self.env_kwargs:
             from .envs import check_level
 
+            level = self.env_kwargs["level"]
             try:  # before any model or env is built
-                check_level(self.env_kwargs["level"])
+                for name in [level] if isinstance(level, str) else level:
+                    check_level(name)
             except ValueError as err:
                 raise ValueError(f"env.env_kwargs.level: {err}") from None
 
@@ -167,6 +169,9 @@ class AgentConfig:
     verbose: int = field(default=0, metadata={"help": "SB3 verbosity (1 prints the training tables)."})
     push_to_hub: bool = field(default=False, metadata={"help": "Push the run with a model card to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id to push to (user/name)."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished run in output_dir once the new run has finished."}
+    )
 
     def __post_init__(self):
         self.algo_kwargs = _mapping(self.algo_kwargs, "agent.algo_kwargs")
