@@ -143,3 +143,19 @@ def test_goal_split_holds_out_exactly_the_named_goals():
         BabyAITextEnv("BabyAI-GoToLocalS6N2-v0", held_out_goals=["red dragon"], goal_split="held_out").reset(seed=0)
     with pytest.raises(ValueError, match="goal_split='test': use 'train' or 'held_out'"):
         BabyAITextEnv("BabyAI-GoToLocalS6N2-v0", held_out_goals=["red ball"], goal_split="test")
+
+
+def test_a_list_of_levels_draws_each_episode_from_one_of_them():
+    levels = ["BabyAI-GoToObj-v0", "BabyAI-GoToRedBallGrey-v0"]
+
+    def sequence(seed):
+        env = BabyAITextEnv(levels)
+        drawn = [env.reset(seed=seed)[1]["level"]]
+        drawn += [env.reset()[1]["level"] for _ in range(19)]
+        return drawn, env.reset()[0]
+
+    first, text = sequence(0)
+    assert set(first) == set(levels)
+    assert sequence(0) == (first, text)  # a seed fixes the levels and their episodes
+    with pytest.raises(ValueError, match="Did you mean BabyAI-GoToObj-v0"):
+        BabyAITextEnv(["BabyAI-GoToObj-v0", "BabyAI-GoToObject-v0"])

@@ -277,7 +277,8 @@ class BabyAITextEnv(gym.Env):
     on success); ``info["is_success"]`` at the end of each episode.
 
     Args:
-        level: A registered minigrid/BabyAI env id, e.g. ``"BabyAI-GoToObj-v0"``.
+        level: A registered minigrid/BabyAI env id, e.g. ``"BabyAI-GoToObj-v0"``, or a list of them: each
+            episode then comes from one drawn at random (a multi-level curriculum).
         max_chars: Maximum length of the text observation (for the ``Text`` space).
         symbolic: Also return the raw 7x7 view and direction in a ``Dict`` (``text``, ``image``, ``direction``).
         held_out_goals: Mission goals (``"red ball"``) held out of training; see :class:`GoalSplitWrapper`.
@@ -292,13 +293,18 @@ class BabyAITextEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, level: str = "BabyAI-GoToObj-v0", max_chars: int = 2048, symbolic: bool = False,
+    def __init__(self, level: str | list[str] = "BabyAI-GoToObj-v0", max_chars: int = 2048, symbolic: bool = False,
                  held_out_goals: list[str] | None = None, goal_split: str = "train"):
-        check_level(level)
+        levels = [level] if isinstance(level, str) else list(level)
+        if not levels:
+            raise ValueError("level: give a BabyAI level id or a non-empty list of them.")
+        for name in levels:
+            check_level(name)
         self.level = level
-        self.env = gym.make(level)
+        self.envs = [gym.make(name) for name in levels]
         if held_out_goals:
-            self.env = GoalSplitWrapper(self.env, held_out_goals, goal_split)
+            self.envs = [GoalSplitWrapper(env, held_out_goals, goal_split) for env in self.envs]
+        self.env = self.envs[0]
         self.action_space = self.env.action_space
         text_space = spaces.Text(max_length=max_chars, charset=_CHARSET)
         self.symbolic = symbolic
@@ -324,8 +330,13 @@ class BabyAITextEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        if len(self.envs) > 1:  # draw the level, and seed it, from this env's RNG: a seed fixes the sequence
+            self.env = self.envs[int(self.np_random.integers(len(self.envs)))]
+            seed = int(self.np_random.integers(2**31))
         obs, info = self.env.reset(seed=seed, options=options)
-        return self._obs(obs), dict(info)
+        info = dict(info)
+        info["level"] = self.env.spec.id if self.env.spec else str(self.level)
+        return self._obs(obs), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -335,7 +346,8 @@ class BabyAITextEnv(gym.Env):
         return self._obs(obs), float(reward), terminated, truncated, info
 
     def close(self):
-        self.env.close()
+        for env in self.envs:
+            env.close()
 
 
 # ---------------------------------------------------------------------------------------------
