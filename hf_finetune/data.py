@@ -209,6 +209,18 @@ def require_rows(ds: Dataset, where: str) -> None:
         raise ValueError(f"{where} is empty: check data.dataset and the split names.")
 
 
+def source_row(ds: Dataset, i: int) -> int:
+    """Row ``i`` of a split (a seeded, shuffled selection) as its 0-based row in the loaded file or dataset.
+
+    Splits and samples are index mappings over the loaded table, so errors can name the row a user
+    finds in the file rather than a position in the shuffled split.
+    """
+    indices = getattr(ds, "_indices", None)  # datasets' index mapping (no public accessor)
+    if indices is None:
+        return i
+    return int(indices.column(0)[i].as_py())
+
+
 def sample_rows(ds: Dataset, n: int | None, seed: int) -> Dataset:
     """A seeded sample of ``n`` rows (all of them when ``n`` is None or not smaller than the dataset)."""
     if n is None or n >= len(ds):

@@ -112,3 +112,17 @@ def test_empty_data_folder(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(ValueError, match="data folder .* is empty"):
         load_source(str(tmp_path / "d"))
+
+
+def test_ner_errors_name_the_row_in_file_order(tmp_path):
+    from hf_finetune.supervised.tasks import load_token_splits, tag_names
+
+    rows = [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]} for _ in range(20)]
+    rows[12]["tags"] = ["S-ORG", "O"]  # IOBES, not BIO
+    path = tmp_path / "ner.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for validation_size in (0.2, 0.5):  # wherever the seeded split puts it, the file's row is named
+        splits = load_token_splits(DataArguments(dataset=str(path), text_column="tokens", label_column="tags",
+                                                 validation_size=validation_size, stratify=False))
+        with pytest.raises(ValueError, match=r"Sentence 13 \(in file order\) has tag\(s\) \['S-ORG'\]"):
+            tag_names(splits, "tags", None)

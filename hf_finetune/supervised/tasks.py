@@ -15,7 +15,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from ..config import DataArguments
-from ..data import encode_labels, load_splits, require_columns, sample_rows
+from ..data import encode_labels, load_splits, require_columns, sample_rows, source_row
 from ..metrics import load_metric
 
 
@@ -334,7 +334,7 @@ def tag_names(splits: DatasetDict, column: str, names: list[str] | None) -> tupl
             bad = [t for t in row if not isinstance(t, str) or not _BIO.match(t)]
             if bad:
                 raise ValueError(
-                    f"Sentence {i} of the {split} split has tag(s) {bad[:3]} not in BIO/IOB2 form: use 'O', "
+                    f"Sentence {source_row(ds, i) + 1} (in file order) has tag(s) {bad[:3]} not in BIO/IOB2 form: use 'O', "
                     "'B-TYPE' and 'I-TYPE' (convert IOBES or IOB1 first)."
                 )
             if split == "train":
