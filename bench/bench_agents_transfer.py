@@ -1,0 +1,80 @@
+"""Transfer to BabyAI levels not trained on: the PPO recipe vs the zoo's symbolic PPO vs random.
+
+Both agents train on ``--train-level`` only (the LM agent: ``recipes/rl_env/babyai_text_ppo.yaml`` as
+shipped with that level; the symbolic agent: rl-baselines3-zoo's MiniGrid PPO on ``FlatObsWrapper``,
+see ``bench_agents_levels.py``), then play held-out episodes (eval seed 1,000,000, greedy) of every
+``--eval-levels`` level, never seen in training.
+
+Usage:
+    python bench/bench_agents_transfer.py --train-level BabyAI-GoToObj-v0 --steps 50000 \\
+        --eval-levels BabyAI-GoToObj-v0 BabyAI-GoToRedBallGrey-v0 BabyAI-GoToRedBall-v0 BabyAI-GoToLocal-v0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench_agents_levels import EVAL_SEED, RECIPES, ZOO_PPO, flat_env, score  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train-level", default="BabyAI-GoToObj-v0")
+    parser.add_argument("--eval-levels", nargs="+", required=True)
+    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--episodes", type=int, default=50)
+    args = parser.parse_args()
+    import numpy as np
+    import torch
+    import yaml
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from hf_finetune.config import parse_recipe
+    from hf_finetune.rl_env.train import BLOCKS, evaluate, run
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    data = yaml.safe_load((RECIPES / "babyai_text_ppo.yaml").read_text())
+    data["env"]["env_kwargs"] = {"level": args.train_level}
+    data["env"].update(max_length=128, eval_seed=EVAL_SEED)
+    out = tempfile.mkdtemp(prefix="bench-transfer-")
+    data["agent"].update(output_dir=out, total_timesteps=args.steps, eval_freq=0, n_eval_episodes=args.episodes,
+                         checkpoint_freq=0, progress_bar=False)
+    run(parse_recipe(data, BLOCKS))
+    lm_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    env = VecNormalize(flat_env(args.train_level, 8, 0), gamma=ZOO_PPO["gamma"])
+    symbolic = PPO("MlpPolicy", env, seed=0, device="cpu", **ZOO_PPO)
+    symbolic.learn(args.steps)
+    sym_seconds = time.perf_counter() - start
+
+    rows = []
+    for level in args.eval_levels:
+        data["env"]["eval_env_kwargs"] = {"level": level}
+        lm = evaluate(parse_recipe(data, BLOCKS), out)["eval_success_rate"]
+        eval_env = VecNormalize(flat_env(level, 1, EVAL_SEED), training=False, norm_reward=False)
+        eval_env.obs_rms = env.obs_rms
+        sym = score(lambda o: symbolic.predict(o, deterministic=True)[0], eval_env, args.episodes)[0]
+        rng = np.random.default_rng(0)
+        rand = score(lambda o, rng=rng: rng.integers(0, 7, size=1), flat_env(level, 1, EVAL_SEED), args.episodes)[0]
+        rows.append((level, lm, sym, rand))
+        print(f"{level}: lm-ppo {lm:.2f}, symbolic-ppo {sym:.2f}, random {rand:.2f}", flush=True)
+
+    print(f"\nTrained on {args.train_level} only, {args.steps} steps each (lm-ppo {lm_seconds:.0f}s, symbolic "
+          f"{sym_seconds:.0f}s); held-out eval seed {EVAL_SEED}, {args.episodes} episodes, greedy; "
+          f"load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| eval level | lm-ppo success | symbolic-ppo success | random success |\n|---|---|---|---|")
+    for level, lm, sym, rand in rows:
+        print(f"| {level}{' (trained)' if level == args.train_level else ''} | {lm:.2f} | {sym:.2f} | {rand:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
