@@ -451,7 +451,10 @@ class TrainingRun:
             logger.warning("curves.png not written: %s", err)
         from .hub import write_card
 
-        write_card(self.run_dir)
+        try:  # the card is written from the files above; a failure must not keep the run unfinished
+            write_card(self.run_dir)
+        except Exception as err:  # noqa: BLE001
+            logger.warning("README.md (model card) not written: %s", err)
         self.commit()
         shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in headline if isinstance(metrics.get(k), float))
         print(f"[hf-finetune] done in {metrics['train_runtime_s']:.0f}s: {shown or 'no metrics'} | run saved to {self.run_dir}")

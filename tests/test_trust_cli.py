@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import tiny_recipe
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hf_finetune.cli import main
 
@@ -262,3 +264,38 @@ def test_list_values_do_not_turn_on_remote_code_end_to_end(world, capsys):
     assert written["data"]["class_names"][-2:] == ["--trust_remote_code", "true"]
 
 
+
+
+_TEXT_EDITS = ["", ":", "- ", "&a ", "*a", "!!python/name:os.system ", "\t", "{", "]", "'", '"', "\n  ", "\xff", "~",
+               "!!binary ", "<<: ", "? ", "%YAML 1.1\n", "---\n", "...\n"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(_TEXT_EDITS), st.integers(0, 3)),
+                      min_size=1, max_size=4),
+       argv=st.lists(st.sampled_from(["--seed", "x", "--max_steps", "-1", "0", "--lora_r", "--class_names", "a",
+                                      "--trust_remote_code", "--no_stratify", "--", "-", "--learning_rate", "inf"]),
+                     max_size=4))
+def test_random_recipe_text_never_tracebacks(tmp_path_factory, monkeypatch, edits, argv):
+    """Property: any mangled recipe text and command line ends in exit 0 (recipe fine) or 2 with one line."""
+    import contextlib
+    import io
+
+    import hf_finetune.cli as cli
+
+    monkeypatch.delenv("HF_FINETUNE_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "run_recipe", lambda recipe, callbacks=None: {})  # parsing is the subject here
+    tmp = tmp_path_factory.mktemp("mangled")
+    text = yaml.safe_dump(tiny_recipe("some/model", str(tmp / "d.csv"), tmp / "out"))
+    for position, insert, delete in edits:
+        at = position % (len(text) + 1)
+        text = text[:at] + insert + text[at + delete:]
+    path = tmp / "r.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogateescape") if "\xff" not in text else text.encode("latin-1", "replace"))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["train", str(path), *argv])
+    assert code in (0, 2), err.getvalue()
+    if code == 2:
+        lines = [line for line in err.getvalue().splitlines() if line.strip()]
+        assert lines[-1].startswith("hf-finetune: error: ") and "Traceback" not in err.getvalue()
