@@ -503,6 +503,32 @@ def check_report_to(args: Any) -> None:
                          "or set training.report_to: none.")
 
 
+def check_sharding(recipe: Recipe) -> None:
+    """Refuse, before anything loads, launches known not to work: FSDP on CPU, staged schedules or PPO sharded.
+
+    accelerate 1.15 turns FSDP on only for GPU-like process groups: with ``use_cpu`` an FSDP config
+    would quietly train as plain DDP. A staged schedule rebuilds its optimizer over per-stage
+    parameter groups and PPO steps a policy and a value model with its own optimizer: neither fits
+    FSDP's sharded parameters or DeepSpeed's engine-owned optimizer.
+    """
+    training = _args_of(recipe)
+    env = os.environ
+    fsdp = env.get("ACCELERATE_USE_FSDP", "").lower() == "true" or bool(getattr(training, "fsdp", None))
+    deepspeed = env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or bool(getattr(training, "deepspeed", None))
+    if not (fsdp or deepspeed):
+        return
+    which = "FSDP" if fsdp else "DeepSpeed"
+    if fsdp and getattr(training, "use_cpu", False):
+        raise ValueError("FSDP was asked for on the CPU: accelerate runs FSDP only on GPUs (on CPU it would silently "
+                         "be plain DDP). Use recipes/accelerate/multi_cpu.yaml for several CPU processes.")
+    if getattr(training, "is_staged", False):
+        raise ValueError(f"A staged schedule (stages/schedule/layer_lr_decay) cannot run under {which}: it rebuilds "
+                         "the optimizer over per-stage parameter groups. Use DDP (recipes/accelerate/ddp.yaml).")
+    if recipe.method == "ppo":
+        raise ValueError(f"PPO cannot run under {which}: it steps a policy and a value model with its own optimizer. "
+                         "Use DDP (recipes/accelerate/ddp.yaml), or GRPO/RLOO, which TRL supports under both.")
+
+
 def start_run(recipe: Recipe, run_dir: str | Path | None = None, recorded_output_dir: str | None = None) -> float:
     """Checks, seeds and ``recipe.yaml``/``versions.json`` of a run (what entering :class:`TrainingRun` does).
 
@@ -511,6 +537,7 @@ def start_run(recipe: Recipe, run_dir: str | Path | None = None, recorded_output
     """
     training = _args_of(recipe)
     check_report_to(training)
+    check_sharding(recipe)
     from .threads import apply_thread_policy
 
     apply_thread_policy()  # cores / local processes (HF_FINETUNE_NUM_THREADS overrides), logged once

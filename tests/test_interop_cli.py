@@ -132,3 +132,25 @@ def test_card_says_when_weights_were_dequantized_from_gguf(tmp_path, tiny_bert_d
     from hf_finetune.hub import model_card
 
     assert meta["weights_note"] in str(model_card(meta))
+
+
+def test_sharded_launches_known_not_to_work_are_refused_before_loading(tmp_path, topic_csv, monkeypatch):
+    from types import SimpleNamespace
+
+    from hf_finetune.config import Recipe
+    from hf_finetune.runs import check_sharding
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with fsdp.yaml sets
+    staged = write_recipe(tmp_path / "s.yaml", tiny_recipe("/nonexistent/model", topic_csv, tmp_path / "o",
+                                                            schedule="lp-ft"))
+    with pytest.raises(ValueError, match="staged schedule .* cannot run under FSDP"):
+        run_recipe(load_recipe(staged))
+    cpu = write_recipe(tmp_path / "c.yaml", tiny_recipe("/nonexistent/model", topic_csv, tmp_path / "o", use_cpu=True))
+    with pytest.raises(ValueError, match="accelerate runs FSDP only on GPUs"):
+        run_recipe(load_recipe(cpu))
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ValueError, match="PPO cannot run under DeepSpeed"):
+        check_sharding(Recipe("ppo", {"training": SimpleNamespace(use_cpu=False)}))
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    check_sharding(Recipe("ppo", {"training": SimpleNamespace(use_cpu=False)}))  # plain DDP: fine
