@@ -630,6 +630,8 @@ def prepare_staging(staging: Path, keep: bool) -> None:
     """A fresh staging folder (stale files never survive), or the one a resumed run continues in."""
     try:
         if staging.exists() and not keep:
+            logger.warning("Removing %s, left by an unfinished run (resume it with --resume_from_checkpoint last).",
+                           staging)
             shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
         staging.mkdir(parents=True, exist_ok=True)
     except OSError as err:
