@@ -160,7 +160,7 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
-def load_source(source: str, config: str | None = None) -> DatasetDict:
+def load_source(source: str, config: str | None = None, field: str = "data.dataset") -> DatasetDict:
     """Load ``source`` as a ``DatasetDict`` (a single file or folder becomes its ``train`` split)."""
     if source == "bbc_news":
         return DatasetDict({"train": load_label_folder(bbc_news_dir(), title_column=True)})
@@ -181,7 +181,7 @@ def load_source(source: str, config: str | None = None) -> DatasetDict:
                 "give one data file, or a folder of <label>/*.txt files."
             ) from None
     if _looks_like_path(source):
-        raise ValueError(f"data.dataset={source!r}: no such file or folder (relative paths start from {Path.cwd()}).")
+        raise ValueError(f"{field}={source!r}: no such file or folder (relative paths start from {Path.cwd()}).")
     try:
         return datasets.load_dataset(source, config)
     except Exception as err:  # noqa: BLE001 - Hub failures (offline, not found, gated) end the run the same way
@@ -191,7 +191,7 @@ def load_source(source: str, config: str | None = None) -> DatasetDict:
             "the Hub is offline here (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE): give a local file or folder"
             if offline else "check the id (and data.dataset_config), or give a local file or folder"
         )
-        raise ValueError(f"data.dataset={source!r} is no local file or folder, and the Hub gave: {first}; {fix}.") from None
+        raise ValueError(f"{field}={source!r} is no local file or folder, and the Hub gave: {first}; {fix}.") from None
 
 
 def require_columns(ds: Dataset, columns: list[str | None], where: str) -> None:
@@ -293,7 +293,7 @@ def load_splits(args: DataArguments, label_column: str | None = None) -> Dataset
     train = _integral_float_labels(raw[args.train_split], label_column)
     require_rows(train, f"The '{args.train_split}' split of {args.dataset}")
     if args.eval_dataset is not None:
-        evaluation = _integral_float_labels(load_source(args.eval_dataset)["train"], label_column)
+        evaluation = _integral_float_labels(load_source(args.eval_dataset, field="data.eval_dataset")["train"], label_column)
     elif args.eval_split is not None:
         if args.eval_split not in raw:
             raise ValueError(f"data.eval_split={args.eval_split!r} not in {args.dataset} (splits: {list(raw)}).")
@@ -319,7 +319,7 @@ def load_splits(args: DataArguments, label_column: str | None = None) -> Dataset
     evaluation = sample_rows(evaluation, args.max_eval_samples, args.split_seed)
     splits = {"train": train, "validation": evaluation}
     if getattr(args, "test_dataset", None) is not None:
-        splits["test"] = _integral_float_labels(load_source(args.test_dataset)["train"], label_column)
+        splits["test"] = _integral_float_labels(load_source(args.test_dataset, field="data.test_dataset")["train"], label_column)
     elif getattr(args, "test_split", None) is not None:
         if args.test_split not in raw:
             raise ValueError(f"data.test_split={args.test_split!r} not in {args.dataset} (splits: {list(raw)}).")

@@ -145,7 +145,7 @@ CASES = {
     "unknown eval label": (lambda w: _recipe(w, data={"eval_dataset": _file(w, "e.csv", _rows(["weather"]))}), [], 2,
                            r"Unknown label"),
     "missing eval file": (lambda w: _recipe(w, data={"eval_dataset": str(w["tmp"] / "nope.csv")}), [], 2,
-                          r"no such file or folder"),
+                          r"data.eval_dataset='.*nope.csv': no such file or folder"),
     "bad conll": (lambda w: _recipe(w, data={"dataset": _file(w, "ner.conll", "EU\tB-ORG\nrejects\n")},
                                     training={"task": "token_classification"}), [], 2, r"line 2: expected 'token<TAB>tag'"),
     # --- models -----------------------------------------------------------------------------------
