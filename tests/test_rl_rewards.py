@@ -216,3 +216,11 @@ def test_reward_model_reads_the_prompt_in_its_own_chat_format(tiny_classifier):
         "[user] Write about football [assistant] the team won "]
     assert scorer([policy_text], ["the team won"], raw_prompt=["Write about football"])[0] > 0
     assert RewardModelScorer(model, tokenizer, label="sport").texts([policy_text], ["x"]) == ["x"]
+
+
+def test_brevity_pays_for_every_word_dropped():
+    from hf_finetune.rl.rewards import resolve_reward_funcs
+
+    (brevity,) = resolve_reward_funcs(["brevity"])
+    assert brevity(["q"] * 4, ["Madrid", "It is Madrid", "The capital of Spain is Madrid.", ""]) == [
+        1.0, 1 / 3, 1 / 6, 0.0]

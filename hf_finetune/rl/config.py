@@ -86,8 +86,8 @@ class RewardArguments:
         default=None,
         metadata={
             "help": "Reward functions: exact_match[:COLUMN], contains_answer[:COLUMN], regex:PATTERN, "
-            "format:PATTERN, length:N[:chars], or an import path package.module:function (imports and runs "
-            "that module: name only your own code)."
+            "format:PATTERN, length:N[:chars], brevity[:chars] (1 / words), or an import path "
+            "package.module:function (imports and runs that module: name only your own code)."
         },
     )
     reward_weights: list[float] | None = field(

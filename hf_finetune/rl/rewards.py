@@ -44,6 +44,7 @@ __all__ = [
     "evaluate_generations",
     "exact_match",
     "format_reward",
+    "brevity_reward",
     "length_reward",
     "regex_match",
     "resolve_reward_funcs",
@@ -319,6 +320,26 @@ def format_reward(pattern: str, name: str = "format_reward") -> RewardFunc:
     return _named(reward, name)
 
 
+def brevity_reward(unit: str = "words", name: str = "brevity") -> RewardFunc:
+    """``1 / n`` for a completion of ``n >= 1`` words (or characters), 0 for an empty one.
+
+    A dense push towards short answers: unlike ``length:1``, which pays only for exactly one word,
+    every word dropped pays a little, so a policy that answers in sentences gets a signal at once.
+
+    Example:
+        >>> brevity_reward()(["q", "q", "q"], ["Paris", "It is Paris", ""])
+        [1.0, 0.3333333333333333, 0.0]
+    """
+    if unit not in ("words", "chars"):
+        raise ValueError(f"brevity unit={unit!r}: use 'words' or 'chars'.")
+
+    def reward(prompts, completions, **_):
+        sizes = [len(c.split()) if unit == "words" else len(c.strip()) for c in completions]
+        return [1.0 / n if n else 0.0 for n in sizes]
+
+    return _named(reward, name)
+
+
 def length_reward(target: int, unit: str = "words", name: str = "length_reward") -> RewardFunc:
     """``max(0, 1 - |n - target| / target)`` where ``n`` is the completion length in words or characters.
 
@@ -495,7 +516,7 @@ def load_reward_model(
 # Recipe strings -> reward functions
 # ---------------------------------------------------------------------------------------------
 
-BUILTIN_SPECS = ("exact_match", "contains_answer", "regex", "format", "length")
+BUILTIN_SPECS = ("exact_match", "contains_answer", "regex", "format", "length", "brevity")
 
 
 def resolve_reward_funcs(specs: Sequence[str | RewardFunc]) -> list[RewardFunc]:
@@ -506,7 +527,7 @@ def resolve_reward_funcs(specs: Sequence[str | RewardFunc]) -> list[RewardFunc]:
     - ``exact_match`` / ``exact_match:COLUMN`` — :func:`exact_match` against ``COLUMN`` (default ``answer``)
     - ``contains_answer`` / ``contains_answer:COLUMN`` — :func:`exact_match` with ``mode="contains"``
     - ``regex:PATTERN`` — :func:`regex_match`; ``format:PATTERN`` — :func:`format_reward`
-    - ``length:N`` (words) or ``length:N:chars`` — :func:`length_reward`
+    - ``length:N`` (words) or ``length:N:chars`` — :func:`length_reward`; ``brevity[:chars]`` — :func:`brevity_reward`
     - ``package.module:function`` — an explicit import path to YOUR function, as TRL's ``reward_funcs``
       accepts: the module is imported, which runs its code, so only name modules you trust.
 
@@ -529,6 +550,8 @@ def resolve_reward_funcs(specs: Sequence[str | RewardFunc]) -> list[RewardFunc]:
             funcs.append(regex_match(rest))
         elif head == "format":
             funcs.append(format_reward(rest))
+        elif head == "brevity":
+            funcs.append(brevity_reward(unit=rest or "words"))
         elif head == "length":
             target, _, unit = rest.partition(":")
             if not target.isdigit():
