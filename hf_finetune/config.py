@@ -52,13 +52,20 @@ REPORT_TO_HELP = (
 # TrainingArguments family, TRL configs, our own blocks). Transformers accepts e.g. num_train_epochs=-3
 # or max_steps=-5 and trains nothing; a recipe that says so is a mistake worth one line before loading.
 _POSITIVE = ("num_train_epochs", "learning_rate", "adam_epsilon", "head_learning_rate", "encoder_learning_rate",
-             "temperature", "logging_steps", "save_steps", "eval_steps")
+             "temperature", "logging_steps", "save_steps", "eval_steps", "lora_alpha", "cliprange", "cliprange_value",
+             "mean_span_length", "adaptive_kl_target")
 _AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                  "eval_accumulation_steps", "num_iterations", "lora_r", "features_dim", "n_eval_episodes",
-                 "total_timesteps", "torch_threads", "preprocessing_num_workers")
+                 "total_timesteps", "torch_threads", "preprocessing_num_workers", "num_ppo_epochs",
+                 "num_mini_batches", "max_completion_length", "max_prompt_length", "rollout_micro_batch_size",
+                 "reward_model_batch_size", "n_envs", "kl_horizon", "num_generations", "max_span_length",
+                 "early_stopping_patience")
 _NON_NEGATIVE = ("weight_decay", "max_grad_norm", "warmup_steps", "eval_delay", "dataloader_num_workers",
-                 "eval_freq", "checkpoint_freq", "cache_size", "lora_alpha")
+                 "eval_freq", "checkpoint_freq", "cache_size", "vf_coef", "kl_coef", "entropy_coef", "target_kl",
+                 "early_stopping_threshold", "mlm_head_warmup_steps", "standardize_steps", "num_sample_generations")
 _UNIT_INTERVAL = ("adam_beta1", "adam_beta2", "label_smoothing_factor")  # [0, 1)
+_UNIT_CLOSED = ("gamma", "lam", "fim_rate", "mask_replace_prob", "random_replace_prob")  # [0, 1]
+_UNIT_OPEN = ("mlm_probability",)  # (0, 1)
 
 
 def _is_number(value: Any) -> bool:
@@ -99,6 +106,12 @@ def check_ranges(obj: Any, block: str = "training") -> None:
     for name in _UNIT_INTERVAL:
         if present(name) and not 0 <= getattr(obj, name) < 1:
             raise bad(name, "use a value in [0, 1).")
+    for name in _UNIT_CLOSED:
+        if present(name) and not 0 <= getattr(obj, name) <= 1:
+            raise bad(name, "use a value in [0, 1].")
+    for name in _UNIT_OPEN:
+        if present(name) and not 0 < getattr(obj, name) < 1:
+            raise bad(name, "use a value in (0, 1), e.g. 0.15.")
     if present("max_steps") and obj.max_steps != -1 and obj.max_steps < 1:
         raise bad("max_steps", "use a positive number of steps, or -1 to train for num_train_epochs.")
 

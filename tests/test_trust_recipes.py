@@ -230,3 +230,23 @@ def test_random_recipe_mutations_never_traceback(tmp_path, mutations, as_yaml):
     if "trust_remote_code" not in recipe.get("model", {}):
         assert parsed.model.trust_remote_code is False
     assert parsed.training.hub_token is None or "hub_token" in recipe.get("training", {})
+
+
+@pytest.mark.parametrize(
+    ("config", "kwargs", "message"),
+    [
+        ("hf_finetune.rl.ppo_config:PPOConfig", {"num_ppo_epochs": 0}, r"num_ppo_epochs=0: use a whole number >= 1"),
+        ("hf_finetune.rl.ppo_config:PPOConfig", {"gamma": 1.5}, r"gamma=1.5: use a value in \[0, 1\]"),
+        ("hf_finetune.rl.ppo_config:PPOConfig", {"cliprange": 0.0}, r"cliprange=0.0: use a number > 0"),
+        ("hf_finetune.rl.ppo_config:PPOConfig", {"kl_coef": -0.1}, r"kl_coef=-0.1: use a number >= 0"),
+        ("hf_finetune.self_supervised.config:SelfSupervisedConfig", {"mlm_probability": 0.0}, r"mlm_probability=0.0"),
+        ("hf_finetune.self_supervised.config:SelfSupervisedConfig", {"fim_rate": 2.0}, r"fim_rate=2.0"),
+    ],
+)
+def test_method_numbers_are_range_checked(config, kwargs, message):
+    import importlib
+
+    module, name = config.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    with pytest.raises(ValueError, match=message):
+        cls(output_dir="x", report_to="none", **kwargs)
