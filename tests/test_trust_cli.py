@@ -174,7 +174,20 @@ CASES = {
     "eval missing data": (lambda w: ["eval", str(w["run"]), "--data", str(w["tmp"] / "none.csv")], [], 2,
                           r"no such file or folder"),
     "push no repo": (lambda w: ["push", str(w["run"])], [], 2, r"the following arguments are required: --repo-id"),
+    "push missing run": (lambda w: ["push", str(w["tmp"] / "nope"), "--repo-id", "me/x"], [], 2, r"not found"),
+    "push bad repo id": (lambda w: ["push", str(w["run"]), "--repo-id", "a/b/c"], [], 2, r"repo"),
+    "missing weights": (lambda w: _recipe(w, model={"model_name_or_path": _no_weights(w)}), [], 2,
+                        r"model.safetensors|pytorch_model.bin|weights"),
 }
+
+
+def _no_weights(world) -> str:
+    import shutil
+
+    folder = world["tmp"] / "files" / "no_weights"
+    if not folder.exists():
+        shutil.copytree(world["model"], folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    return str(folder)
 
 
 @pytest.mark.parametrize("case", list(CASES))
