@@ -295,11 +295,15 @@ class TrainingRun:
     """The one run skeleton of every method, SB3 agents included.
 
     Entering checks what would make the run fail at its end (a token in the recipe, a push that could
-    not happen, several launched processes that would not form one group), seeds everything and
-    writes ``recipe.yaml`` and ``versions.json``; :meth:`callbacks` puts the non-finite guard and the
-    caller's extra callbacks beside the method's own; :meth:`train` trains or resumes;
-    :meth:`finish` writes ``metrics.json``, ``curves.png`` and the ``README.md`` model card (the one
-    card code of :mod:`hf_finetune.hub`), prints the summary line and pushes when asked.
+    not happen, several launched processes that would not form one group, a finished run in
+    ``output_dir`` without ``overwrite_output_dir``), seeds everything and writes ``recipe.yaml`` and
+    ``versions.json``. Until the run has finished, ``args.output_dir`` and :attr:`run_dir` point to the
+    staging folder ``<output_dir>.partial``: a failed or interrupted run leaves it (for
+    ``resume_from_checkpoint: last``) and never touches a finished run. :meth:`callbacks` puts the
+    non-finite guard and the caller's extra callbacks beside the method's own; :meth:`train` trains or
+    resumes; :meth:`finish` writes ``metrics.json``, ``curves.png`` and the ``README.md`` model card
+    (the one card code of :mod:`hf_finetune.hub`), moves the staging folder to ``output_dir``, prints
+    the summary line and pushes when asked.
 
     Example:
         >>> with TrainingRun(recipe, callbacks=extra) as run:  # doctest: +SKIP
@@ -324,16 +328,18 @@ class TrainingRun:
         resuming = _resume_value(getattr(self.args, "resume_from_checkpoint", None)) is not None
         check_output_dir(self.final_dir, overwrite=bool(getattr(self.args, "overwrite_output_dir", False)),
                          resuming=resuming, main=_is_main_process(self.args))
+        self.resume_from = self._resolve_resume()  # before anything is written
         if _is_main_process(self.args):
             prepare_staging(self.staging_dir, keep=resuming)
         self.run_dir = self.staging_dir
         self.args.output_dir = str(self.staging_dir)
         try:
             self.started = start_run(self.recipe, self.staging_dir, recorded_output_dir=str(self.final_dir))
-            self.resume_from = self._resolve_resume()
         except BaseException:
             self.args.output_dir = str(self.final_dir)
             raise
+        if self.resume_from is not None and "training" not in self.recipe.blocks:
+            self.args.resume_from_checkpoint = self.resume_from  # the SB3 runner reads its own field
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -378,8 +384,6 @@ class TrainingRun:
             value = str(found)
         elif not Path(value).exists():
             raise ValueError(f"{field}={value}: no such checkpoint; give a checkpoint-N folder or 'last'.")
-        if agents:  # the SB3 runner reads its own field
-            self.args.resume_from_checkpoint = value
         return value
 
     def callbacks(self, *own: Any, guard: bool = True) -> list:

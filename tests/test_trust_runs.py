@@ -118,3 +118,4 @@ def test_resume_true_without_checkpoints_is_one_line(tiny_bert_dir, topic_csv, t
         run_dict(tiny_recipe(tiny_bert_dir, topic_csv, tmp_path / "new", resume_from_checkpoint="true"), tmp_path)
     with pytest.raises(ValueError, match=r"resume_from_checkpoint=/no/such: no such checkpoint"):
         run_dict(tiny_recipe(tiny_bert_dir, topic_csv, tmp_path / "new", resume_from_checkpoint="/no/such"), tmp_path)
+    assert not (tmp_path / "new").exists() and not staging_dir(tmp_path / "new").exists()  # nothing written
