@@ -119,3 +119,21 @@ def test_resume_true_without_checkpoints_is_one_line(tiny_bert_dir, topic_csv, t
     with pytest.raises(ValueError, match=r"resume_from_checkpoint=/no/such: no such checkpoint"):
         run_dict(tiny_recipe(tiny_bert_dir, topic_csv, tmp_path / "new", resume_from_checkpoint="/no/such"), tmp_path)
     assert not (tmp_path / "new").exists() and not staging_dir(tmp_path / "new").exists()  # nothing written
+
+
+def test_guard_stops_on_overflowed_weights_before_they_are_saved():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from hf_finetune.callbacks import NonFiniteGuardCallback, NonFiniteLossError
+
+    model = torch.nn.Linear(3, 2)
+    guard, state = NonFiniteGuardCallback(), TrainerState(global_step=4)
+    args = TrainingArguments(output_dir="unused", report_to="none")
+    guard.on_optimizer_step(args, state, TrainerControl(), model=model)  # finite: nothing happens
+    with torch.no_grad():
+        model.weight[0, 0] = 3e38  # finite, but its square overflows: still fine
+    guard.on_optimizer_step(args, state, TrainerControl(), model=model)
+    with torch.no_grad():
+        model.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteLossError, match="Non-finite weights after the update of step 5"):
+        guard.on_optimizer_step(args, state, TrainerControl(), model=model)
