@@ -359,6 +359,12 @@ def encode_labels(splits: DatasetDict, column: str, names: list[str] | None) -> 
                 )
             ids[split] = [lookup[v] for v in vals]
         else:
+            fractional = [v for v in vals if isinstance(v, float) and not (math.isfinite(v) and v.is_integer())]
+            if fractional:
+                raise ValueError(
+                    f"Label column '{column}' of the {split} split holds non-integer numbers ({fractional[0]!r}): "
+                    "class labels are names or whole ids; for a numeric target set training.task: regression."
+                )
             bad = sorted({int(v) for v in vals if not 0 <= int(v) < len(names)})
             if bad:
                 raise ValueError(

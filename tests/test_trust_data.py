@@ -126,3 +126,12 @@ def test_ner_errors_name_the_row_in_file_order(tmp_path):
                                                  validation_size=validation_size, stratify=False))
         with pytest.raises(ValueError, match=r"Sentence 13 \(in file order\) has tag\(s\) \['S-ORG'\]"):
             tag_names(splits, "tags", None)
+
+
+def test_fractional_labels_are_not_truncated_into_classes(tmp_path):
+    from hf_finetune.data import encode_labels
+
+    rows = [{"text": f"w{i}", "label": [0.0, 1.0, 0.5][i % 3]} for i in range(30)]
+    splits = load_splits(DataArguments(dataset=_csv(tmp_path / "f.csv", rows)), "label")
+    with pytest.raises(ValueError, match=r"non-integer numbers \(0.5\).*training.task: regression"):
+        encode_labels(splits, "label", None)
