@@ -208,7 +208,10 @@ def command_line_overrides(recipe: Recipe) -> dict:
                 continue
             value, before = getattr(block, key, None), getattr(baseline.blocks[name], key, None)
             if value != before:
-                changed[key] = getattr(value, "value", value)  # enums (eval_strategy, ...) as their words
+                value = getattr(value, "value", value)  # enums (eval_strategy, ...) as their words
+                if key == "report_to" and isinstance(value, list):  # TrainingArguments turned "none" into []
+                    value = ",".join(value) or "none"
+                changed[key] = value
     return changed
 
 
