@@ -328,6 +328,12 @@ class TrainingRun:
         resuming = _resume_value(getattr(self.args, "resume_from_checkpoint", None)) is not None
         check_output_dir(self.final_dir, overwrite=bool(getattr(self.args, "overwrite_output_dir", False)),
                          resuming=resuming, main=_is_main_process(self.args))
+        overwrite = bool(getattr(self.args, "overwrite_output_dir", False))
+        if not (resuming or overwrite) and (latest_checkpoint(self.staging_dir) or latest_agent_checkpoint(self.staging_dir)):
+            raise ValueError(
+                f"{self.staging_dir} holds checkpoints of an unfinished run into {self.final_dir}: add "
+                "--resume_from_checkpoint last to continue it, or --overwrite_output_dir true to start over."
+            )
         self.resume_from = self._resolve_resume()  # before anything is written
         if _is_main_process(self.args):
             prepare_staging(self.staging_dir, keep=resuming)

@@ -99,6 +99,8 @@ def test_interrupt_then_resume_last_is_bitwise_exact_and_pickle_free(tiny_bert_d
     assert {"optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_state.safetensors"} <= names
     assert not [n for n in names if n.endswith((".pt", ".pth", ".bin"))], names
 
+    with pytest.raises(ValueError, match=r"holds checkpoints of an unfinished run.*--resume_from_checkpoint last"):
+        run_dict(tiny_recipe(tiny_bert_dir, topic_csv, out, **common), tmp_path)  # would discard them silently
     run_dict(tiny_recipe(tiny_bert_dir, topic_csv, out, resume_from_checkpoint="last", **common), tmp_path)
     a, b = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
