@@ -161,7 +161,12 @@ def test_lora_recipe_run_loads_with_pipeline_by_hub_id(tiny_hub_model, topic_csv
     id2label = AutoConfig.from_pretrained(out, subfolder=TASK_CONFIG_DIR).id2label
     assert sorted(id2label.values()) == ["business", "sport", "tech"]
     classify = pipeline("text-classification", model=str(out), model_kwargs={"id2label": id2label})
-    assert classify("the match goal team")[0]["label"] in id2label.values()
+    expected = [row["label"] for row in classify(["the match goal team", "market bank shares"])]
+    from hf_finetune.recipe import predict_run  # hf-finetune predict on the same adapter agrees with pipeline
+
+    new = tmp_path / "new.csv"
+    new.write_text("text\nthe match goal team\nmarket bank shares\n")
+    assert [row["label"] for row in predict_run(str(out), str(new))] == expected
 
 
 def test_model_read_from_a_cache_snapshot_is_named_by_its_hub_id(tiny_hub_model):
