@@ -246,12 +246,25 @@ def model_source(args: ModelArguments) -> str:
     return path
 
 
+# Files of which a saved tokenizer has at least one (fast, WordPiece, BPE and SentencePiece layouts).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
 def load_tokenizer(args: ModelArguments, *, require_pad: bool = True, padding_side: str | None = None):
     """Load the tokenizer; give decoder tokenizers a pad token (their EOS) or fail with a clear error."""
     from transformers import AutoTokenizer
 
     source = args.tokenizer_name_or_path or args.model_name_or_path
     path = model_source(ModelArguments(model_name_or_path=source, gguf_file=args.gguf_file))
+    folder = Path(path)
+    if folder.is_dir() and not args.gguf_file and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer here, and the first error would come much later
+        # ("example 0 is empty after tokenization").
+        raise ValueError(
+            f"{source} holds no tokenizer files (none of {', '.join(TOKENIZER_FILES[:3])}, ...): save the tokenizer "
+            "there with tokenizer.save_pretrained(), or set model.tokenizer_name_or_path."
+        )
     tokenizer = AutoTokenizer.from_pretrained(
         path, revision=args.revision, trust_remote_code=args.trust_remote_code
     )

@@ -27,6 +27,10 @@ def _bad_inputs(tmp: Path, model_dir: str, topic_csv: str):
         tok.pad_token = None
         tok.save_pretrained(nopad)
         BertForSequenceClassification.from_pretrained(model_dir, num_labels=2).save_pretrained(nopad)
+    config_only = tmp / "config-only"
+    if not config_only.exists():
+        config_only.mkdir()
+        (config_only / "config.json").write_text((Path(model_dir) / "config.json").read_text())
     return {
         "empty dataset": ({"data": {"dataset": write_csv(tmp / "empty.csv", [])}}, "is empty"),
         "missing column": ({"data": {"dataset": topic_csv, "text_column": "body"}}, "Column 'body' not found"),
@@ -54,13 +58,14 @@ def _bad_inputs(tmp: Path, model_dir: str, topic_csv: str):
         "bad fraction": ({"data": {"dataset": topic_csv, "validation_size": 1.5}}, r"validation_size=1.5: use a fraction"),
         "unknown block": ({"lorra": {}}, r"Unknown block\(s\) \['lorra'\]"),
         "missing file": ({"data": {"dataset": str(tmp / "nope.csv")}}, "no such file"),
+        "model folder without tokenizer": ({"model": {"model_name_or_path": str(config_only)}}, "holds no tokenizer files"),
     }
 
 
 BAD_CASES = [
     "empty dataset", "missing column", "unknown eval label", "label out of range", "single class",
     "empty after tokenization", "tokenizer without pad", "too long", "unknown key", "wrong type",
-    "bad fraction", "unknown block", "missing file",
+    "bad fraction", "unknown block", "missing file", "model folder without tokenizer",
 ]
 
 
