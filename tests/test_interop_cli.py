@@ -154,3 +154,19 @@ def test_sharded_launches_known_not_to_work_are_refused_before_loading(tmp_path,
         check_sharding(Recipe("ppo", {"training": SimpleNamespace(use_cpu=False)}))
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     check_sharding(Recipe("ppo", {"training": SimpleNamespace(use_cpu=False)}))  # plain DDP: fine
+
+
+def test_predict_token_classification_gives_one_tag_per_word(tiny_bert_dir, tmp_path):
+    from test_supervised_tasks import ner_sentences, write_conll
+
+    out = tmp_path / "ner"
+    recipe = tiny_recipe(tiny_bert_dir, write_conll(tmp_path / "train.conll", ner_sentences(40)), out,
+                         task="token_classification", max_steps=4)
+    recipe["data"].update(text_column="tokens", label_column="tags")
+    run_dict(recipe, tmp_path)
+    sentences = [" ".join(words) for words, _ in ner_sentences(3, seed=5)]
+    new = write_csv(tmp_path / "new.csv", [{"tokens": s} for s in sentences], fields=("tokens",))
+    rows = predict_run(str(out), new)
+    names = set(json.loads((out / "config.json").read_text())["id2label"].values())
+    assert [r["tokens"] for r in rows] == [s.split() for s in sentences]
+    assert all(len(r["tags"]) == len(r["tokens"]) and set(r["tags"]) <= names for r in rows)
