@@ -1,21 +1,30 @@
 """Our PPOTrainer side by side with trl==1.12.0's ``trl.experimental.ppo.PPOTrainer`` (removed in trl 1.13).
 
 Both run the same GPT-2 policy and critic built from config, the same prompts, seeds and PPO
-hyperparameters, and optimize the same reward: the fraction of response tokens (before EOS) that
-belong to a fixed target set (~10% of the vocabulary at random). TRL's PPO only takes a reward
-*model*, so the reward is given to it as a module with the ``base_model_prefix``/``score``
-interface TRL calls; ours gets the same function through the shared reward signature
-(``completion_ids``). All prompts have the same token length, so both see identical inputs.
+hyperparameters, and face the same problem:
+
+- pad != EOS (a separate ``<pad>`` token), so both sides train the EOS token of a finished response
+  (with pad == EOS TRL masks the EOS out of its loss while ours trains it: not the same problem);
+- a reward that does not pay for length: the number of response tokens (before EOS) from a fixed
+  target set (~10% of the vocabulary at random) divided by the *fixed* ``response_length``, so ending
+  early is never rewarded for itself (a per-token *fraction* pays for 1-token answers);
+- several seeds (``--seeds``), the same seed on both sides of a pair.
+
+TRL's PPO only takes a reward *model*, so the reward is given to it as a module with the
+``base_model_prefix``/``score`` interface TRL calls; ours gets the same function through the shared
+reward signature (``completion_ids``). All prompts have the same token length, so both see identical
+inputs. Per side: reward, response length, EOS rate, KL per sequence (k1), approx-KL, clip fraction and
+CPU time per step, for TRL with and without its two ``gc.collect()`` calls per step.
 
 trl 1.12 lives in its own virtual environment (default ``/tmp/trl112-venv``), created on first
 use with ``pip install --no-deps trl==1.12.0 requests``; a ``.pth`` file makes the *same*
 torch/transformers/accelerate installation visible to it, so only the PPO code differs. Runs
-alternate (ours, theirs, ours, theirs, ...) in fresh subprocesses; the time per PPO step is the
+alternate (ours, theirs, theirs without gc) in fresh subprocesses; the time per PPO step is the
 median over steps after the first (warm-up) step.
 
 Usage:
-    python bench/bench_ppo_vs_trl.py                 # tiny (2x32) and small (4x128) GPT-2, 16 steps, 2 rounds
-    python bench/bench_ppo_vs_trl.py --steps 20 --rounds 1 --sizes tiny
+    python bench/bench_ppo_vs_trl.py                 # tiny (2x32) and small (4x128) GPT-2, 24 steps, seeds 0 1 2
+    python bench/bench_ppo_vs_trl.py --steps 20 --seeds 0 --sizes tiny
 """
 
 from __future__ import annotations
@@ -63,12 +72,14 @@ def build_assets(directory: Path, size: str) -> None:
     corpus = [" ".join(rng.choice(WORDS) for _ in range(400)) for _ in range(3)]
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.add_special_tokens(["<pad>"])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                  pad_token="<|endoftext|>", padding_side="left")
+                                  pad_token="<pad>", padding_side="left")
+    assert tok.pad_token_id != tok.eos_token_id
     tok.save_pretrained(directory / "policy")
     torch.manual_seed(HYPER["seed"])
     config = GPT2Config(vocab_size=len(tok), n_positions=128, bos_token_id=tok.eos_token_id,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, **SIZES[size])
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **SIZES[size])
     policy = GPT2LMHeadModel(config)
     policy.save_pretrained(directory / "policy")
     value = GPT2ForSequenceClassification(config.__class__(**{**config.to_dict(), "num_labels": 1}))
@@ -83,12 +94,13 @@ def build_assets(directory: Path, size: str) -> None:
         if len(ids) == n and tok(text, add_special_tokens=False)["input_ids"] == ids:
             prompts.append({"prompt": text, "input_ids": ids})
     (directory / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    target = sorted(i for t, i in tok.get_vocab().items() if "a" in t and i != tok.eos_token_id)
+    target = sorted(i for t, i in tok.get_vocab().items() if "a" in t and i not in tok.all_special_ids)
     (directory / "target_ids.json").write_text(json.dumps(target))
 
 
-def target_fraction(ids: list[int], target: set[int]) -> float:
-    return sum(i in target for i in ids) / len(ids) if ids else 0.0
+def target_count(ids: list[int], target: set[int]) -> float:
+    """Target tokens over the fixed response length: more target tokens pay, a shorter answer does not."""
+    return sum(i in target for i in ids) / HYPER["response_length"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,17 +124,26 @@ def step_timer():
             self.times.append(time.perf_counter())
             self.cpu.append(time.process_time())
 
-        def result(self, log_history):
-            return {
+        def result(self, log_history, keys: dict[str, str], extra: dict | None = None):
+            out = {
                 "step_times": [b - a for a, b in zip(self.times, self.times[1:])],
                 "step_cpu": [b - a for a, b in zip(self.cpu, self.cpu[1:])],
-                "scores": [e["objective/scores"] for e in log_history if "objective/scores" in e],
             }
+            for name, key in keys.items():
+                out[name] = [e[key] for e in log_history if key in e]
+            out.update(extra or {})
+            return out
 
     return StepTimer()
 
 
-def run_ours(assets: Path, steps: int, out_dir: Path) -> dict:
+OURS_KEYS = {"scores": "objective/scores", "kl": "objective/kl", "approxkl": "policy/approxkl",
+             "clipfrac": "policy/clipfrac", "length": "completion/length", "eos_rate": "completion/eos_rate"}
+TRL_KEYS = {"scores": "objective/scores", "kl": "objective/kl", "approxkl": "policy/approxkl_avg",
+            "clipfrac": "policy/clipfrac_avg"}
+
+
+def run_ours(assets: Path, steps: int, out_dir: Path, seed: int) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -134,7 +155,7 @@ def run_ours(assets: Path, steps: int, out_dir: Path) -> dict:
     target = set(json.loads((assets / "target_ids.json").read_text()))
 
     def target_tokens(prompts, completions, completion_ids, **_):
-        return [target_fraction(ids, target) for ids in completion_ids]
+        return [target_count(ids, target) for ids in completion_ids]
 
     rows = [json.loads(line) for line in (assets / "prompts.jsonl").read_text().splitlines()]
     data = Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
@@ -142,7 +163,7 @@ def run_ours(assets: Path, steps: int, out_dir: Path) -> dict:
         output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=h["batch"], learning_rate=h["lr"],
         lr_scheduler_type="constant", max_completion_length=h["response_length"], num_ppo_epochs=h["num_ppo_epochs"],
         kl_coef=h["kl_coef"], cliprange=h["cliprange"], cliprange_value=h["cliprange_value"], vf_coef=h["vf_coef"],
-        gamma=h["gamma"], lam=h["lam"], temperature=h["temperature"], seed=h["seed"], logging_steps=1,
+        gamma=h["gamma"], lam=h["lam"], temperature=h["temperature"], seed=seed, logging_steps=1,
         report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
         max_grad_norm=0.0,  # TRL's PPO does not clip gradients: same update rule on both sides
     )
@@ -154,11 +175,12 @@ def run_ours(assets: Path, steps: int, out_dir: Path) -> dict:
     )
     timer.start()
     trainer.train()
-    return timer.result(trainer.state.log_history)
+    return timer.result(trainer.state.log_history, OURS_KEYS)
 
 
-def trl_reward_model(target_ids: list[int], vocab_size: int, context_length: int):
-    """The target-fraction reward with the interface TRL's ``get_reward`` calls (backbone + ``score``)."""
+def trl_reward_model(target_ids: list[int], vocab_size: int, context_length: int, eos_id: int):
+    """The target-count reward with the interface TRL's ``get_reward`` calls (backbone + ``score``); it also
+    records each scored batch's response lengths and EOS rate, which TRL does not log."""
     import torch
     from torch import nn
 
@@ -168,13 +190,16 @@ def trl_reward_model(target_ids: list[int], vocab_size: int, context_length: int
             mask = torch.zeros(vocab_size)
             mask[target_ids] = 1.0
             self.register_buffer("is_target", mask)
+            self.lengths, self.eos_rates = [], []
 
         def forward(self, input_ids, attention_mask, **_):
             response = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] >= context_length
             valid = attention_mask.float() * response
             hits = (self.is_target[input_ids] * valid).cumsum(1)
-            fraction = hits / valid.cumsum(1).clamp(min=1.0)
-            return type("Out", (), {"hidden_states": (fraction.unsqueeze(-1),)})()
+            self.lengths.append(valid.sum(1).mean().item())
+            # TRL feeds pad positions as id 0 (masked): count an EOS only where the mask is on.
+            self.eos_rates.append(((input_ids == eos_id) & (valid > 0)).any(1).float().mean().item())
+            return type("Out", (), {"hidden_states": ((hits / HYPER["response_length"]).unsqueeze(-1),)})()
 
     class TargetFractionRewardModel(nn.Module):
         base_model_prefix = "backbone"
@@ -187,7 +212,7 @@ def trl_reward_model(target_ids: list[int], vocab_size: int, context_length: int
     return TargetFractionRewardModel()
 
 
-def run_trl(assets: Path, steps: int, out_dir: Path, collect_garbage: bool = True) -> dict:
+def run_trl(assets: Path, steps: int, out_dir: Path, seed: int, collect_garbage: bool = True) -> dict:
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -208,12 +233,13 @@ def run_trl(assets: Path, steps: int, out_dir: Path, collect_garbage: bool = Tru
         gradient_accumulation_steps=1, num_mini_batches=1, learning_rate=h["lr"], lr_scheduler_type="constant",
         response_length=h["response_length"], num_ppo_epochs=h["num_ppo_epochs"], kl_coef=h["kl_coef"],
         cliprange=h["cliprange"], cliprange_value=h["cliprange_value"], vf_coef=h["vf_coef"], gamma=h["gamma"],
-        lam=h["lam"], temperature=h["temperature"], seed=h["seed"], stop_token="eos", missing_eos_penalty=None,
+        lam=h["lam"], temperature=h["temperature"], seed=seed, stop_token="eos", missing_eos_penalty=None,
         local_rollout_forward_batch_size=h["batch"], num_sample_generations=0, logging_steps=1, report_to=[],
         save_strategy="no", use_cpu=True, bf16=False, gradient_checkpointing=False, disable_tqdm=True,
     )
     timer = step_timer()
-    reward = trl_reward_model(json.loads((assets / "target_ids.json").read_text()), len(tok), h["prompt_tokens"])
+    reward = trl_reward_model(json.loads((assets / "target_ids.json").read_text()), len(tok), h["prompt_tokens"],
+                              tok.eos_token_id)
     trainer = PPOTrainer(
         args=args, processing_class=tok, model=AutoModelForCausalLM.from_pretrained(assets / "policy"),
         ref_model=AutoModelForCausalLM.from_pretrained(assets / "policy"), reward_model=reward, train_dataset=data,
@@ -222,7 +248,9 @@ def run_trl(assets: Path, steps: int, out_dir: Path, collect_garbage: bool = Tru
     )
     timer.start()
     trainer.train()
-    return timer.result(trainer.state.log_history)
+    counter = reward.backbone  # one scoring call per PPO step (sample generations are off)
+    return timer.result(trainer.state.log_history, TRL_KEYS,
+                        {"length": counter.lengths[-steps:], "eos_rate": counter.eos_rates[-steps:]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,28 +277,36 @@ def ensure_trl_venv(venv: Path) -> Path:
     return python
 
 
-def worker(python: str, which: str, assets: Path, steps: int, threads: int) -> dict:
+def worker(python: str, which: str, assets: Path, steps: int, threads: int, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         result = Path(out) / "result.json"
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        cmd = [python, __file__, "--worker", which, "--assets", str(assets), "--steps", str(steps), "--result", str(result)]
+        cmd = [python, __file__, "--worker", which, "--assets", str(assets), "--steps", str(steps), "--result",
+               str(result), "--seeds", str(seed), "--lr", str(HYPER["lr"])]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{which} worker failed:\n{proc.stderr[-3000:]}")
         return json.loads(result.read_text())
 
 
+def last(values: list[float], n: int = 5) -> float:
+    return sum(values[-n:]) / len(values[-n:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2, help="ours/theirs alternations per size")
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one ours/trl pair per seed")
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=sorted(SIZES))
     parser.add_argument("--threads", type=int, default=1, help="OMP threads per worker")
+    parser.add_argument("--lr", type=float, default=None, help=f"learning rate (default {HYPER['lr']})")
     parser.add_argument("--venv", default="/tmp/trl112-venv")
     parser.add_argument("--worker", choices=["ours", "trl", "trl_nogc"], help=argparse.SUPPRESS)
     parser.add_argument("--assets", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.lr is not None:
+        HYPER["lr"] = args.lr
 
     if args.worker:
         import torch
@@ -278,47 +314,51 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         with tempfile.TemporaryDirectory() as out:
             if args.worker == "ours":
-                result = run_ours(Path(args.assets), args.steps, Path(out))
+                result = run_ours(Path(args.assets), args.steps, Path(out), args.seeds[0])
             else:
-                result = run_trl(Path(args.assets), args.steps, Path(out), collect_garbage=args.worker == "trl")
+                result = run_trl(Path(args.assets), args.steps, Path(out), args.seeds[0],
+                                 collect_garbage=args.worker == "trl")
             Path(args.result).write_text(json.dumps(result))
         return
 
     trl_python = ensure_trl_venv(Path(args.venv))
-    print(f"hyperparameters: {HYPER}, steps={args.steps}, rounds={args.rounds}, OMP threads={args.threads}")
-    print("time per PPO step: median over steps 2..N of the CPU time of the (single-threaded) worker process, "
-          "which a busy machine disturbs less than wall time (shown in brackets)")
-    print(f"{'size':6} {'round':5} {'ours s/step':>18} {'trl s/step':>18} {'trl-no-gc s/step':>18} {'ratio':>6} "
-          f"{'ratio-no-gc':>11} | score first -> mean of last 5: ours, trl, trl-no-gc")
+    print(f"hyperparameters: {HYPER}, steps={args.steps}, seeds={args.seeds}, OMP threads={args.threads}; pad != EOS; "
+          "reward = target tokens / response_length (does not pay for ending early)")
+    print("time per PPO step: median over steps 2..N of the worker's CPU time (wall time in brackets; the machine "
+          "may be shared). Learning figures: first step -> mean of the last 5 steps.")
     workers = ("ours", "trl", "trl_nogc")
-    summary = []
+    metrics = ("scores", "length", "eos_rate", "kl", "approxkl", "clipfrac")
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             assets = Path(tmp)
             build_assets(assets, size)
-            rows = []
-            for r in range(args.rounds):
-                runs = {w: worker(sys.executable if w == "ours" else str(trl_python), w, assets, args.steps, args.threads)
-                        for w in workers}
-                cpu = {w: statistics.median(v["step_cpu"][1:]) for w, v in runs.items()}
-                wall = {w: statistics.median(v["step_times"][1:]) for w, v in runs.items()}
-                last = {w: sum(v["scores"][-5:]) / 5 for w, v in runs.items()}
-                rows.append((cpu, wall, last))
-                cells = " ".join(f"{cpu[w]:8.3f} [{wall[w]:6.3f}]" for w in workers)
-                scores = ", ".join(f"{runs[w]['scores'][0]:.3f} -> {last[w]:.3f}" for w in workers)
-                print(f"{size:6} {r:5d} {cells} {cpu['ours'] / cpu['trl']:6.2f} {cpu['ours'] / cpu['trl_nogc']:11.2f} "
-                      f"| {scores}", flush=True)
-            med = {w: statistics.median(x[0][w] for x in rows) for w in workers}
-            med_wall = {w: statistics.median(x[1][w] for x in rows) for w in workers}
-            summary.append((size, med, med_wall, {w: statistics.mean(x[2][w] for x in rows) for w in workers}))
-    print(f"\nsummary (medians over {args.rounds} rounds; target: ours / trl <= 0.8; reward after {args.steps} steps = "
-          "mean score of the last 5 steps, mean over rounds):")
-    for size, cpu, wall, last in summary:
-        print(f"  {size:6} CPU s/step ours {cpu['ours']:.3f}, trl {cpu['trl']:.3f}, trl-no-gc {cpu['trl_nogc']:.3f} "
-              f"-> ratio {cpu['ours'] / cpu['trl']:.2f} (vs trl without its per-step gc.collect: "
-              f"{cpu['ours'] / cpu['trl_nogc']:.2f}); wall ratio {wall['ours'] / wall['trl']:.2f} "
-              f"({wall['ours'] / wall['trl_nogc']:.2f}) | reward: ours {last['ours']:.3f}, trl {last['trl']:.3f}, "
-              f"trl-no-gc {last['trl_nogc']:.3f}")
+            table = {w: [] for w in workers}
+            for seed in args.seeds:
+                for w in workers:
+                    run = worker(sys.executable if w == "ours" else str(trl_python), w, assets, args.steps,
+                                 args.threads, seed)
+                    run["cpu"] = statistics.median(run["step_cpu"][1:])
+                    run["wall"] = statistics.median(run["step_times"][1:])
+                    table[w].append(run)
+                    print(f"{size:5} seed {seed} {w:8} CPU {run['cpu']:.3f} s/step [wall {run['wall']:.3f}] | " +
+                          " ".join(f"{m} {run[m][0]:.3f}->{last(run[m]):.3f}" for m in metrics), flush=True)
+            print(f"\n{size}: mean over seeds {args.seeds} (first step -> last 5 steps); ratio = ours / trl")
+            for m in metrics + ("cpu",):
+                cells = []
+                for w in workers:
+                    runs = table[w]
+                    if m == "cpu":
+                        cells.append(f"{w} {statistics.mean(r['cpu'] for r in runs):.3f}")
+                    else:
+                        first = statistics.mean(r[m][0] for r in runs)
+                        end = [last(r[m]) for r in runs]
+                        spread = f" (seeds {min(end):.3f}..{max(end):.3f})" if len(end) > 1 else ""
+                        cells.append(f"{w} {first:.3f}->{statistics.mean(end):.3f}{spread}")
+                print(f"  {m:9} " + " | ".join(cells))
+            cpu = {w: statistics.mean(r["cpu"] for r in table[w]) for w in workers}
+            print(f"  CPU s/step ratio ours/trl {cpu['ours'] / cpu['trl']:.2f}, ours/trl-without-gc "
+                  f"{cpu['ours'] / cpu['trl_nogc']:.2f}\n", flush=True)
+
 
 if __name__ == "__main__":
     main()
