@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/make_quickstart_notebook.py             # cells only
     .venv/bin/python tools/make_quickstart_notebook.py --execute   # the real quickstart (minutes), outputs saved
+    .venv/bin/python tools/make_quickstart_notebook.py --execute-existing notebooks/supervised.ipynb  # any notebook
 
 The test suite executes the notebook tiny (HF_FINETUNE_NOTEBOOK_TINY=1) in memory and never writes it back.
 """
@@ -71,19 +72,32 @@ cells = [
 ]
 
 
+def execute(nb) -> None:
+    """Run a notebook for real (not tiny), from notebooks/ as Jupyter would, keeping its outputs."""
+    import nbclient
+
+    os.environ.pop("HF_FINETUNE_NOTEBOOK_TINY", None)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    nbclient.NotebookClient(nb, timeout=3600, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--execute", action="store_true", help="run the real quickstart and save its outputs")
+    parser.add_argument("--execute-existing", nargs="+", metavar="NOTEBOOK",
+                        help="instead: run these existing notebooks for real and save their outputs in place")
     args = parser.parse_args()
+    if args.execute_existing:
+        for path in args.execute_existing:
+            nb = nbformat.read(path, as_version=4)
+            execute(nb)
+            nbformat.write(nb, path)
+        return
     nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
     if args.execute:
-        import nbclient
-
-        os.environ.pop("HF_FINETUNE_NOTEBOOK_TINY", None)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        nbclient.NotebookClient(nb, timeout=3600, kernel_name="python3",
-                                resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+        execute(nb)
     nbformat.write(nb, str(REPO / "notebooks" / "quickstart.ipynb"))
 
 
