@@ -154,7 +154,9 @@ def thread_policy_callback(every_s: float = REMEASURE_S):
     """A ``TrainerCallback`` that applies the policy at the start of training and keeps the faster count.
 
     It times a matmul of the step's size (batch x length rows, the model's hidden width) with the
-    policy's count and with one thread at the start and every ``every_s`` seconds. The class is
+    policy's count and with one thread at the start and every ``every_s`` seconds. A different count
+    sums in a different order, so weights differ in their last bits between runs that chose
+    differently: with ``full_determinism`` (or an override) the count is fixed. The class is
     built on first use so that importing this module does not import transformers.
     """
     from transformers import TrainerCallback
@@ -174,6 +176,10 @@ def thread_policy_callback(every_s: float = REMEASURE_S):
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             apply_thread_policy()
+            if getattr(args, "full_determinism", False):
+                # The thread count changes the summation order of matmuls, hence the last bits of the
+                # weights: a run asked to be bitwise reproducible keeps one count.
+                return
             config = getattr(model, "config", None)
             hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or 384
             rows = max(1, args.per_device_train_batch_size) * 128

@@ -91,3 +91,14 @@ def test_callback_chooses_at_train_begin(monkeypatch):
     assert seen == [(512, 32)] and torch.get_num_threads() == 1
     callback.on_step_end(None, None, None)  # within every_s: no new measurement
     assert len(seen) == 1
+
+
+def test_callback_keeps_one_count_under_full_determinism(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(threads, "_time_matmul", lambda *a: pytest.fail("measured under full_determinism"))
+    callback = threads.thread_policy_callback()
+    args = SimpleNamespace(per_device_train_batch_size=4, full_determinism=True)
+    callback.on_train_begin(args, None, None, model=SimpleNamespace(config=SimpleNamespace(hidden_size=32)))
+    callback.on_step_end(args, None, None)
+    assert torch.get_num_threads() == 4  # the policy's count (4 usable cores, 1 process), kept
