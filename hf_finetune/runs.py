@@ -449,6 +449,11 @@ class TrainingRun:
             write_args_json(self.args, self.run_dir)
             log_history = trainer.state.log_history
             main = trainer.is_world_process_zero()
+            if main:  # they name the staging folder, which becomes output_dir at commit
+                for name in ("training_args.json", "trainer_state.json"):
+                    path = self.run_dir / name
+                    if path.is_file() and self.run_dir != self.final_dir:
+                        path.write_text(path.read_text().replace(str(self.staging_dir), str(self.final_dir)))
         if not main:
             self.commit()
             return metrics
@@ -462,7 +467,7 @@ class TrainingRun:
         from .hub import write_card
 
         try:  # the card is written from the files above; a failure must not keep the run unfinished
-            write_card(self.run_dir)
+            write_card(self.run_dir, model_name=self.final_dir.name)
         except Exception as err:  # noqa: BLE001
             logger.warning("README.md (model card) not written: %s", err)
         self.commit()

@@ -33,6 +33,9 @@ def test_supervised_learns_and_writes_run_dir(tiny_bert_dir, topic_csv, tmp_path
     for name in ("recipe.yaml", "metrics.json", "curves.png", "confusion_matrix.png", "training_args.json",
                  "predictions.jsonl", "tokenizer.json", "config.json"):
         assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert "- name: run\n" in card and ".partial" not in card  # the card names the run, not its staging folder
+    assert json.loads((out / "training_args.json").read_text())["output_dir"] == str(out)
     config = json.loads((out / "config.json").read_text())
     assert sorted(config["id2label"].values()) == ["business", "sport", "tech"]
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pkl"))
