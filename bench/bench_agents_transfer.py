@@ -8,6 +8,8 @@ see ``bench_agents_levels.py``), then play held-out episodes (eval seed 1,000,00
 Usage:
     python bench/bench_agents_transfer.py --train-level BabyAI-GoToObj-v0 --steps 50000 \\
         --eval-levels BabyAI-GoToObj-v0 BabyAI-GoToRedBallGrey-v0 BabyAI-GoToRedBall-v0 BabyAI-GoToLocal-v0
+    python bench/bench_agents_transfer.py --train-level BabyAI-GoToObj-v0 BabyAI-GoToRedBallGrey-v0 --steps 150000 \
+        --eval-levels BabyAI-GoToObj-v0 BabyAI-GoToRedBallGrey-v0 BabyAI-GoToRedBall-v0 BabyAI-GoToLocal-v0   # curriculum
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from bench_agents_levels import EVAL_SEED, RECIPES, ZOO_PPO, flat_env, score  # 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train-level", default="BabyAI-GoToObj-v0")
+    parser.add_argument("--train-level", nargs="+", default=["BabyAI-GoToObj-v0"],
+                        help="one level, or several: a multi-level curriculum (LM agent only; no symbolic row)")
     parser.add_argument("--eval-levels", nargs="+", required=True)
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--episodes", type=int, default=50)
@@ -42,7 +45,8 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     data = yaml.safe_load((RECIPES / "babyai_text_ppo.yaml").read_text())
-    data["env"]["env_kwargs"] = {"level": args.train_level}
+    train = args.train_level[0] if len(args.train_level) == 1 else list(args.train_level)
+    data["env"]["env_kwargs"] = {"level": train}
     data["env"].update(max_length=128, eval_seed=EVAL_SEED)
     out = tempfile.mkdtemp(prefix="bench-transfer-")
     data["agent"].update(output_dir=out, total_timesteps=args.steps, eval_freq=0, n_eval_episodes=args.episodes,
@@ -51,18 +55,22 @@ def main() -> None:
     lm_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    env = VecNormalize(flat_env(args.train_level, 8, 0), gamma=ZOO_PPO["gamma"])
-    symbolic = PPO("MlpPolicy", env, seed=0, device="cpu", **ZOO_PPO)
-    symbolic.learn(args.steps)
+    symbolic = None
+    if isinstance(train, str):
+        env = VecNormalize(flat_env(train, 8, 0), gamma=ZOO_PPO["gamma"])
+        symbolic = PPO("MlpPolicy", env, seed=0, device="cpu", **ZOO_PPO)
+        symbolic.learn(args.steps)
     sym_seconds = time.perf_counter() - start
 
     rows = []
     for level in args.eval_levels:
         data["env"]["eval_env_kwargs"] = {"level": level}
         lm = evaluate(parse_recipe(data, BLOCKS), out)["eval_success_rate"]
-        eval_env = VecNormalize(flat_env(level, 1, EVAL_SEED), training=False, norm_reward=False)
-        eval_env.obs_rms = env.obs_rms
-        sym = score(lambda o: symbolic.predict(o, deterministic=True)[0], eval_env, args.episodes)[0]
+        sym = float("nan")
+        if symbolic is not None:
+            eval_env = VecNormalize(flat_env(level, 1, EVAL_SEED), training=False, norm_reward=False)
+            eval_env.obs_rms = env.obs_rms
+            sym = score(lambda o: symbolic.predict(o, deterministic=True)[0], eval_env, args.episodes)[0]
         rng = np.random.default_rng(0)
         rand = score(lambda o, rng=rng: rng.integers(0, 7, size=1), flat_env(level, 1, EVAL_SEED), args.episodes)[0]
         rows.append((level, lm, sym, rand))
@@ -73,7 +81,8 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} at the end\n")
     print("| eval level | lm-ppo success | symbolic-ppo success | random success |\n|---|---|---|---|")
     for level, lm, sym, rand in rows:
-        print(f"| {level}{' (trained)' if level == args.train_level else ''} | {lm:.2f} | {sym:.2f} | {rand:.2f} |")
+        trained = " (trained)" if level in args.train_level else ""
+        print(f"| {level}{trained} | {lm:.2f} | {'-' if sym != sym else f'{sym:.2f}'} | {rand:.2f} |")
 
 
 if __name__ == "__main__":
