@@ -154,7 +154,7 @@ class FrozenEncoder:
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return pool(hidden, mask, self.pooling)
 
-    def _split(self, row: np.ndarray) -> list[np.ndarray]:
+    def split_sentences(self, row: np.ndarray) -> list[np.ndarray]:
         """The sentences of an id row, each wrapped in the row's first and last special tokens."""
         row = row[row != self.pad_token_id]
         if len(row) < 3:
@@ -166,7 +166,7 @@ class FrozenEncoder:
 
     def _embed_sentences(self, rows: np.ndarray) -> torch.Tensor:
         """Row embeddings from cached sentence embeddings; new sentences of all rows go in one forward pass."""
-        split = [self._split(row) for row in rows]
+        split = [self.split_sentences(row) for row in rows]
         new: dict[bytes, np.ndarray] = {}
         for parts in split:
             for part in parts:
