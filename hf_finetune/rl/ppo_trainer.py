@@ -31,6 +31,8 @@ from .ppo_config import PPOConfig
 from .ppo_utils import (  # noqa: F401 - re-exported: the public PPO math lives beside the trainer
     AdaptiveKLController,
     PolicyAndValue,
+    _adapter,
+    _freeze_starting_adapter,
     _logprobs_and_entropy,
     _position_ids,
     _value_head,
@@ -80,12 +82,18 @@ class PPOTrainer(RunTrainerMixin, Trainer):
     Dropout is disabled (the module runs in eval mode) and the sampled log-probs come from the same
     full forward as training, so ``rho = 1`` exactly at the first pass.
 
+    Rollouts sample from exactly ``softmax(logits / temperature)`` (the model's own generation config
+    is neutralised, see :mod:`~hf_finetune.rl.sampling`) and end at every EOS id of the tokenizer and
+    the model's generation config, or at ``stop_strings``.
+
     Models: ``model`` is the policy (an ``AutoModelForCausalLM``, optionally a PEFT model). The critic
     is ``value_model`` (a ``AutoModelForSequenceClassification`` with one label; by default built
     from the policy's backbone with a zero head) when ``args.value_model == "separate"``, or a linear
-    head on the policy's last hidden state when ``"shared"``. The reference is ``ref_model``; by
-    default the policy with its adapter disabled (PEFT: no second copy of the base weights) or a
-    frozen deep copy of the policy.
+    head on the policy's last hidden state when ``"shared"`` (``"auto"``: shared under PEFT, so the
+    critic shares the one frozen base). The reference is ``ref_model``; by default the starting
+    policy: with PEFT the policy with its adapter disabled (a fresh adapter adds zero) or, when the
+    adapter already changes the policy (carried in), a frozen copy of that adapter; else a frozen
+    deep copy of the policy.
 
     Args:
         model: The policy (``AutoModelForCausalLM`` or a ``PeftModel`` around one).
@@ -594,42 +602,3 @@ class PPOTrainer(RunTrainerMixin, Trainer):
                 f"The checkpoint does not match the model: missing {missing[:5]}, unexpected "
                 f"{load_result.unexpected_keys[:5]}. Resume with the same model (and value_model) as the run."
             )
-
-
-REF_ADAPTER = "ppo_reference"
-
-
-def _freeze_starting_adapter(model) -> str | None:
-    """With an adapter that already changes the policy (e.g. carried in from SFT), keep a frozen copy of it as the
-    KL reference, so the reference is the starting policy; a fresh LoRA adapter (B = 0) needs none: the
-    adapter-disabled base is then exactly the starting policy. Returns the reference adapter's name, or None."""
-    params = dict(model.named_parameters())
-    active = model.active_adapter
-    adapter_keys = [k for k in params if f".{active}." in k]
-    fresh = all(not params[k].any() for k in adapter_keys if "lora_B" in k or "lora_embedding_B" in k)
-    fresh = fresh and not any(f"modules_to_save.{active}." in k or "trainable_tokens" in k for k in adapter_keys)
-    if fresh:
-        return None
-    model.add_adapter(REF_ADAPTER, copy.deepcopy(model.peft_config[active]))
-    with torch.no_grad():
-        for key in adapter_keys:
-            ref = model.get_parameter(key.replace(f".{active}.", f".{REF_ADAPTER}."))
-            ref.copy_(params[key])
-            ref.requires_grad_(False)
-    model.set_adapter(active)  # PEFT marks the active adapter trainable and every other one frozen
-    return REF_ADAPTER
-
-
-@contextlib.contextmanager
-def _adapter(model, name: str | None):
-    """The reference forward: the frozen starting adapter when there is one, else the adapter-disabled base."""
-    if name is None:
-        with model.disable_adapter():
-            yield
-        return
-    active = model.active_adapter
-    model.set_adapter(name)
-    try:
-        yield
-    finally:
-        model.set_adapter(active)

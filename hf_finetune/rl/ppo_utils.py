@@ -175,6 +175,45 @@ def value_model_from_policy(policy: nn.Module) -> nn.Module:
     return value.to(next(base.parameters()).device)
 
 
+REF_ADAPTER = "ppo_reference"
+
+
+def _freeze_starting_adapter(model) -> str | None:
+    """With an adapter that already changes the policy (e.g. carried in from SFT), keep a frozen copy of it as the
+    KL reference, so the reference is the starting policy; a fresh LoRA adapter (B = 0) needs none: the
+    adapter-disabled base is then exactly the starting policy. Returns the reference adapter's name, or None."""
+    params = dict(model.named_parameters())
+    active = model.active_adapter
+    adapter_keys = [k for k in params if f".{active}." in k]
+    fresh = all(not params[k].any() for k in adapter_keys if "lora_B" in k or "lora_embedding_B" in k)
+    fresh = fresh and not any(f"modules_to_save.{active}." in k or "trainable_tokens" in k for k in adapter_keys)
+    if fresh:
+        return None
+    model.add_adapter(REF_ADAPTER, copy.deepcopy(model.peft_config[active]))
+    with torch.no_grad():
+        for key in adapter_keys:
+            ref = model.get_parameter(key.replace(f".{active}.", f".{REF_ADAPTER}."))
+            ref.copy_(params[key])
+            ref.requires_grad_(False)
+    model.set_adapter(active)  # PEFT marks the active adapter trainable and every other one frozen
+    return REF_ADAPTER
+
+
+@contextlib.contextmanager
+def _adapter(model, name: str | None):
+    """The reference forward: the frozen starting adapter when there is one, else the adapter-disabled base."""
+    if name is None:
+        with model.disable_adapter():
+            yield
+        return
+    active = model.active_adapter
+    model.set_adapter(name)
+    try:
+        yield
+    finally:
+        model.set_adapter(active)
+
+
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     # As generate() does for left-padded batches, so training logprobs match the sampled ones.
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
