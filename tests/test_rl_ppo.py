@@ -446,15 +446,17 @@ tok = build_bpe_tokenizer()
 torch.manual_seed(0)
 config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-data = Dataset.from_list([{"prompt": r["text"][:20]} for r in make_topic_rows(10)])
+data = Dataset.from_list([{"prompt": "the match goal"}] * 30)  # one prompt: only the RNG can make ranks differ
+seen = []
 args = PPOConfig(output_dir=os.environ["OUT"], max_steps=2, per_device_train_batch_size=4, report_to=[],
                  disable_tqdm=True, logging_steps=1, save_strategy="no", use_cpu=True, learning_rate=1e-3)
 trainer = PPOTrainer(GPT2LMHeadModel(config), args, data, processing_class=tok,
-                     reward_funcs=lambda prompts, completions, **_: [len(c) / 50 for c in completions])
+                     reward_funcs=lambda prompts, completions, **_: seen.extend(completions) or [len(c) / 50 for c in completions])
 before = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
 trainer.train()
 after = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
-record = {"rank": args.process_index, "world_size": args.world_size, "before": before, "after": after}
+record = {"rank": args.process_index, "world_size": args.world_size, "before": before, "after": after,
+          "completions": seen}
 with open(os.path.join(os.environ["OUT"], f"rank{args.process_index}.json"), "w") as f:
     json.dump(record, f)
 '''
@@ -485,3 +487,4 @@ def test_two_process_cpu_ddp_keeps_replicas_identical(tmp_path):
     records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert [r["world_size"] for r in records] == [2, 2]
     assert records[0]["after"] == records[1]["after"] != records[0]["before"]  # trained, and replicas in sync
+    assert records[0]["completions"] != records[1]["completions"]  # each rank samples its own stream

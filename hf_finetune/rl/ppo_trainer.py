@@ -431,6 +431,10 @@ class PPOTrainer(RunTrainerMixin, Trainer):
         if resume_from_checkpoint is not None:
             self._load_ppo_state(resume_from_checkpoint)
         model.eval()  # no dropout: the first PPO pass must see ratio == 1
+        if resume_from_checkpoint is None and args.world_size > 1:
+            # Trainer seeds every rank alike, so ranks would draw correlated samples; give each its own stream
+            # (checkpoints keep one RNG state per rank, so a resume continues each stream).
+            torch.manual_seed(args.seed + args.process_index)
         start_time = time.time()
         self._last_loss = 0.0
         self._initial_global_step = self.state.global_step
