@@ -46,6 +46,10 @@ def test_masked_whiten_and_mean():
     # mean 2, unbiased variance 1 -> (x - 2) / 1, padding stays 0
     assert torch.allclose(masked_whiten(x, mask), torch.tensor([[-1.0, 0.0, 1.0, 0.0]]), atol=1e-4)
     assert torch.allclose(masked_whiten(x, mask, shift_mean=False), torch.tensor([[1.0, 2.0, 3.0, 0.0]]), atol=1e-4)
+    # Across processes: statistics of the global batch (here a second rank holding the same data).
+    twice = masked_whiten(torch.cat([x, x]), torch.cat([mask, mask]))[:1]
+    assert torch.allclose(masked_whiten(x, mask, reduce=lambda t: 2 * t), twice, atol=1e-6)
+    assert not torch.allclose(masked_whiten(x, mask), twice, atol=1e-3)
 
 
 def test_kl_estimators():

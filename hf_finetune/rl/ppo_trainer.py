@@ -332,9 +332,9 @@ class PPOTrainer(RunTrainerMixin, Trainer):
         rewards = non_score.clone()
         rewards[torch.arange(len(rows)), first_eos] += scores
         if args.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=self._sum_over_ranks)
         advantages, returns = gae(rewards, values, mask, args.gamma, args.lam)
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, reduce=self._sum_over_ranks)  # global batch statistics
         return {
             "input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
             "responses": responses, "mask": mask, "logprobs": logprobs, "values": values,
@@ -345,6 +345,9 @@ class PPOTrainer(RunTrainerMixin, Trainer):
                 "values": values, "returns": returns, "mask": mask,
             },
         }
+
+    def _sum_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(x, "sum") if self.args.world_size > 1 else x
 
     def _ref_logprobs(self, input_ids, attention_mask, position_ids, responses) -> torch.Tensor:
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

@@ -23,11 +23,17 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """``(x - mean) / sqrt(var + eps)`` over masked positions (unbiased variance); masked-out entries -> 0."""
-    mean = masked_mean(x, mask)
-    n = mask.sum()
-    var = masked_mean((x - mean) ** 2, mask) * (n / (n - 1).clamp(min=1))
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  reduce=None) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps)`` over masked positions (unbiased variance); masked-out entries -> 0.
+
+    ``reduce`` sums a tensor over processes (e.g. ``lambda t: accelerator.reduce(t, "sum")``), so that mean
+    and variance are those of the global batch, as a 1-process run of the same batch would compute them.
+    """
+    reduce = reduce or (lambda t: t)
+    total, n = reduce(torch.stack([(x * mask).sum(), mask.sum().to(x.dtype)])).unbind()
+    mean = total / n.clamp(min=1)
+    var = reduce(((x - mean) ** 2 * mask).sum()) / (n - 1).clamp(min=1)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
