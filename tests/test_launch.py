@@ -201,7 +201,7 @@ def test_mlm_loss_is_not_inflated_by_trainer_scaling(tmp_path, tiny_bert_dir):
     from datasets import Dataset
     from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from hf_finetune.runs import RunTrainerMixin
+    from hf_finetune.trainer_mixin import RunTrainerMixin
 
     class OurTrainer(RunTrainerMixin, Trainer):
         pass
@@ -235,7 +235,7 @@ def test_loss_uses_num_items_detection(tiny_bert_dir, tiny_gpt2_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import BertForMaskedLM, BertForSequenceClassification, GPT2LMHeadModel
 
-    from hf_finetune.runs import loss_uses_num_items
+    from hf_finetune.trainer_mixin import loss_uses_num_items
 
     assert not loss_uses_num_items(BertForMaskedLM.from_pretrained(tiny_bert_dir))
     assert not loss_uses_num_items(BertForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3))

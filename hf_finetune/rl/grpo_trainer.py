@@ -25,7 +25,7 @@ from transformers import Trainer
 
 from ..callbacks import NonFiniteGuardCallback
 from ..models import ensure_pad_token
-from ..runs import RunTrainerMixin
+from ..trainer_mixin import RunTrainerMixin
 from .rewards import RewardModelScorer, check_reward_weights, evaluate_generations, resolve_reward_funcs, write_samples
 from .sampling import eos_token_ids, exact_sampling
 

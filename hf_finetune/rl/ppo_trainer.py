@@ -26,7 +26,7 @@ from transformers.trainer_utils import TrainOutput, speed_metrics
 
 from ..callbacks import NonFiniteGuardCallback, NonFiniteLossError
 from ..models import ensure_pad_token
-from ..runs import RunTrainerMixin, write_args_json
+from ..trainer_mixin import RunTrainerMixin, write_args_json
 from .ppo_config import PPOConfig
 from .ppo_utils import (  # noqa: F401 - re-exported: the public PPO math lives beside the trainer
     AdaptiveKLController,

@@ -7,7 +7,7 @@ import math
 from transformers import Trainer, TrainerCallback
 
 from ..models import head_module_names
-from ..runs import RunTrainerMixin
+from ..trainer_mixin import RunTrainerMixin
 from .collators import (
     EVAL_EPOCH,
     CausalLMCollator,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import trl
 
-from ..runs import RunTrainerMixin
+from ..trainer_mixin import RunTrainerMixin
 from .trainer import StagedMixin
 
 

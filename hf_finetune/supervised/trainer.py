@@ -30,7 +30,7 @@ from transformers import DataCollatorForTokenClassification, Trainer
 from transformers.optimization import get_scheduler
 
 from ..models import head_module_names
-from ..runs import RunTrainerMixin
+from ..trainer_mixin import RunTrainerMixin
 from .config import parse_stages
 from .tasks import classification_metrics, multi_label_metrics, regression_metrics, token_classification_metrics
 
