@@ -251,6 +251,17 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
+def _readable_json(path: Path) -> bool:
+    """True when ``path`` is missing or holds valid JSON."""
+    if not path.is_file():
+        return True
+    try:
+        json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
 def load_tokenizer(args: ModelArguments, *, require_pad: bool = True, padding_side: str | None = None):
     """Load the tokenizer; give decoder tokenizers a pad token (their EOS) or fail with a clear error."""
     from transformers import AutoTokenizer
@@ -258,7 +269,8 @@ def load_tokenizer(args: ModelArguments, *, require_pad: bool = True, padding_si
     source = args.tokenizer_name_or_path or args.model_name_or_path
     path = model_source(ModelArguments(model_name_or_path=source, gguf_file=args.gguf_file))
     folder = Path(path)
-    if folder.is_dir() and not args.gguf_file and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+    if folder.is_dir() and not args.gguf_file and not any((folder / f).is_file() for f in TOKENIZER_FILES) \
+            and _readable_json(folder / "config.json"):  # a broken config.json gets its own message below
         # transformers would build an empty tokenizer here, and the first error would come much later
         # ("example 0 is empty after tokenization").
         raise ValueError(
