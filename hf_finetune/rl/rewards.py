@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .config import check_reward_weights
 from .sampling import cut_at_stop, exact_sampling, response_ends
@@ -628,7 +629,9 @@ def evaluate_generations(
     lengths: list[int] = []
     ended: list[bool] = []
     try:
-        for start in range(0, len(prompts), batch_size):
+        # Greedy generation over hundreds of held-out prompts takes minutes on a CPU: show it with an ETA.
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="evaluating generations", unit="batch", leave=False, disable=len(starts) < 2):
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
             # Greedy on the policy's own logits: the model's generation config (repetition penalty, ...) is left
