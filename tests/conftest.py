@@ -12,10 +12,17 @@ import os
 import random
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models are all small matmuls: one thread is the fastest count for them, and the only one that
+# does not slow down 10-40x when another process is busy (OpenMP threads spin-wait for a core; measured:
+# the SB3 bandit tests took 3 s at one thread and 28-54 s at two beside one busy job). The runs' thread
+# policy (hf_finetune/threads.py) reads this override; test_threads.py clears it to test the policy.
+os.environ.setdefault("HF_FINETUNE_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["HF_FINETUNE_NUM_THREADS"]))
 
 TOPICS = {
     "sport": "match goal team player coach league score win season cup football tennis",
