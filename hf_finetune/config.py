@@ -488,7 +488,11 @@ def load_yaml(path: str | Path, what: str = "recipe") -> Any:
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start}): save the {what} as UTF-8.") from None
     try:
-        data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = _RecipeLoader(text)  # a yaml.SafeLoader: builds plain data only, never Python objects
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         raise _yaml_error(path, err) from None
     except RecursionError:
