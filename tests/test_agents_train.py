@@ -277,3 +277,10 @@ def test_push_to_hub_with_model_card(tiny_bert_dir, tmp_path):
                  "hf_finetune/TextBandit-v0", tiny_bert_dir):
         assert text in card, text
     assert "hf_test_token_123" not in card
+
+
+def test_agent_config_range_checks_apply_from_python():
+    from hf_finetune.rl_env.config import AgentConfig
+
+    with pytest.raises(ValueError, match="agent.total_timesteps=-5"):
+        AgentConfig(output_dir="out", total_timesteps=-5)

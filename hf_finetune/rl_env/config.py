@@ -174,6 +174,9 @@ class AgentConfig:
     )
 
     def __post_init__(self):
+        from ..config import check_ranges
+
+        check_ranges(self, "agent")  # as the recipe parser does, so Python users get the same checks
         self.algo_kwargs = _mapping(self.algo_kwargs, "agent.algo_kwargs")
         if self.algorithm not in ALGORITHMS:
             hint = " (SB3 has no asynchronous A3C: use a2c, its synchronous form)" if self.algorithm == "a3c" else ""
