@@ -138,7 +138,6 @@ def run_metadata(run_dir: str | Path) -> dict[str, Any]:
         hyper.update({k: lora[k] for k in ("lora_r", "lora_alpha", "lora_dropout") if k in lora})
     meta: dict[str, Any] = {
         "method": method,
-        "task": None,
         "base_model": model.get("model_name_or_path"),
         "dataset": data.get("dataset"),
         "hyperparameters": hyper,

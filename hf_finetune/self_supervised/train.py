@@ -310,7 +310,7 @@ ENTRY = MethodEntry("self_supervised", blocks=lambda: BLOCKS, run=run, evaluate=
 
 
 def __getattr__(name: str):
-    if name in ("SelfSupervisedTrainer", "HeadWarmupCallback", "make_collator"):  # lived here before 0.2
+    if name == "HeadWarmupCallback":  # lived here before 0.2 (the trainer and make_collator are imported above)
         import warnings
 
         from . import trainer
