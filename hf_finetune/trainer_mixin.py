@@ -48,11 +48,24 @@ class RunTrainerMixin:
             # the world size, and skips the division by gradient_accumulation_steps. A model that
             # averages its own loss must go through the plain per-batch-mean path instead.
             self.model_accepts_loss_kwargs = False
+        from .callbacks import NonFiniteGuardCallback
+
+        self._guards = [c for c in self.callback_handler.callbacks if isinstance(c, NonFiniteGuardCallback)]
         for callback in self.callback_handler.callbacks:
             # TensorBoardCallback only picks <output_dir>/runs/... in on_train_begin; an evaluate() or
             # log() before train() (RL runs evaluate the untrained policy) would write to ./runs.
             if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
                 callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        # Trainer computes the gradient norm of every update (to clip and log it): the non-finite
+        # guard checks that one instead of a second pass over the gradients (~5 ms a MiniLM step).
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        for guard in self._guards:
+            if grad_norm is not None:
+                guard.check_grad_norm(grad_norm, self.state.global_step)
+                guard.checked_step = self.state.global_step
+        return grad_norm
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)

@@ -129,13 +129,66 @@ def test_guard_stops_on_overflowed_weights_before_they_are_saved():
     from hf_finetune.callbacks import NonFiniteGuardCallback, NonFiniteLossError
 
     model = torch.nn.Linear(3, 2)
-    guard, state = NonFiniteGuardCallback(), TrainerState(global_step=4)
+    guard, state = NonFiniteGuardCallback(), TrainerState(global_step=5)
     args = TrainingArguments(output_dir="unused", report_to="none")
-    guard.on_optimizer_step(args, state, TrainerControl(), model=model)  # finite: nothing happens
+    saving = TrainerControl(should_save=True)  # a checkpoint follows this step
+    guard.on_step_end(args, state, saving, model=model)  # finite: nothing happens
     with torch.no_grad():
         model.weight[0, 0] = 3e38  # finite, but its square overflows: still fine
-    guard.on_optimizer_step(args, state, TrainerControl(), model=model)
+    guard.on_step_end(args, state, saving, model=model)
     with torch.no_grad():
         model.weight[0, 0] = float("inf")
-    with pytest.raises(NonFiniteLossError, match="Non-finite weights after the update of step 5"):
-        guard.on_optimizer_step(args, state, TrainerControl(), model=model)
+    guard.on_step_end(args, state, TrainerControl(), model=model)  # nothing saved after this step: not checked
+    for control in (saving, TrainerControl(should_evaluate=True), TrainerControl(should_training_stop=True)):
+        with pytest.raises(NonFiniteLossError, match="Non-finite weights after the update of step 5"):
+            guard.on_step_end(args, state, control, model=model)
+    with pytest.raises(NonFiniteLossError, match="step 5"):
+        guard.on_epoch_end(args, state, TrainerControl(), model=model)
+    model.weight.data[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="step 5"):
+        guard.on_step_end(args, state, saving, model=model)
+
+
+def test_guard_checks_the_gradient_norm_trainer_computed(tiny_bert_dir, topic_csv, tmp_path, monkeypatch):
+    from hf_finetune.callbacks import NonFiniteGuardCallback
+
+    seen, original = [], NonFiniteGuardCallback.on_pre_optimizer_step
+
+    def spy(self, args, state, control, **kwargs):
+        seen.append(self.checked_step == state.global_step)  # the trainer checked this update's norm already
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(NonFiniteGuardCallback, "on_pre_optimizer_step", spy)
+    run_dict(tiny_recipe(tiny_bert_dir, topic_csv, tmp_path / "run", max_steps=3), tmp_path)
+    assert seen == [True] * 3, seen  # so the callback made no second pass over the gradients
+
+
+def test_artefacts_are_written_before_the_run_returns_and_a_failed_one_only_warns(
+        tiny_bert_dir, topic_csv, tmp_path, monkeypatch, caplog):
+    import threading
+
+    import hf_finetune.runs as runs
+
+    def slow_plot(*args, **kwargs):
+        import time
+
+        time.sleep(0.5)  # still writing when the main thread reaches commit: commit must wait
+        return real_plot(*args, **kwargs)
+
+    real_plot = runs.plot_curves
+    monkeypatch.setattr(runs, "plot_curves", slow_plot)
+    out = tmp_path / "run"
+    run_dict(tiny_recipe(tiny_bert_dir, topic_csv, out, max_steps=3, logging_steps=1), tmp_path)
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "confusion_matrix.png").is_file()
+    assert "![training curves](curves.png)" in (out / "README.md").read_text()  # the card saw the curves
+    assert not any(t.name.startswith("hf-finetune-writer") for t in threading.enumerate())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(runs, "plot_curves", broken)
+    again = tmp_path / "again"
+    with caplog.at_level("WARNING", logger="hf_finetune.runs"):
+        metrics = run_dict(tiny_recipe(tiny_bert_dir, topic_csv, again, max_steps=2), tmp_path)
+    assert "eval_accuracy" in metrics and (again / "README.md").is_file() and not (again / "curves.png").exists()
+    assert "curves.png not written: no fonts" in caplog.text

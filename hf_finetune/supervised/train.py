@@ -234,11 +234,12 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
             test = trainer.predict(tokenized["test"], metric_key_prefix="test")
             metrics.update(test.metrics)
         run_dir = Path(args.output_dir)
+        if args.task == "classification":  # on the run's writer thread, while the model is saved
+            logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+            run_.in_background("confusion_matrix.png", plot_confusion_of, np.argmax(logits, axis=-1),
+                               output.label_ids, names, run_dir / "confusion_matrix.png")
         export_model(trainer.model, tokenizer, run_dir, merge_lora=recipe.lora.lora_merge_on_export)
         if trainer.is_world_process_zero():
-            if args.task == "classification":
-                logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-                plot_confusion_of(np.argmax(logits, axis=-1), output.label_ids, names, run_dir / "confusion_matrix.png")
             if args.predictions_file:
                 write_predictions(run_dir / "predictions.jsonl", recipe, raw["validation"], output, names, tokenizer)
                 if test is not None:
@@ -276,14 +277,16 @@ def plot_confusion_of(predictions, references, names: list[str], path: str | Pat
 
 
 def plot_confusion(matrix, label_names: list[str], path: str | Path, title: str | None = None) -> Path:
-    """Save a confusion matrix (rows: true label, columns: prediction) as a PNG."""
-    import matplotlib
+    """Save a confusion matrix (rows: true label, columns: prediction) as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib's ``Figure`` without ``pyplot``: safe on the run's writer thread, and a notebook keeps
+    its own backend.
+    """
+    from matplotlib.figure import Figure
 
     n = len(label_names)
-    fig, ax = plt.subplots(figsize=(min(1.2 * n + 2, 14), min(1.2 * n + 1.5, 14)))
+    fig = Figure(figsize=(min(1.2 * n + 2, 14), min(1.2 * n + 1.5, 14)))
+    ax = fig.subplots()
     if title:
         ax.set_title(title)
     ax.imshow(matrix, cmap="Blues")
@@ -296,7 +299,6 @@ def plot_confusion(matrix, label_names: list[str], path: str | Path, title: str 
             ax.text(j, i, int(matrix[i][j]), ha="center", va="center", fontsize=10 if n <= 10 else 7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
