@@ -24,6 +24,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_FINETUNE_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["HF_FINETUNE_NUM_THREADS"]))
 
+
+@pytest.fixture(scope="session", autouse=True)
+def sb3_log_dir(tmp_path_factory):
+    """SB3 models that learn without a logger of ours (``configure(None)``, ``learn()`` in a test) log
+    to ``$SB3_LOGDIR``, else to a new ``/tmp/SB3-<date>`` folder each time: keep them in pytest's tmp."""
+    if "SB3_LOGDIR" not in os.environ:
+        os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3_logs"))
+    yield os.environ["SB3_LOGDIR"]
+
 TOPICS = {
     "sport": "match goal team player coach league score win season cup football tennis",
     "tech": "computer software phone internet chip data code network digital online device app",

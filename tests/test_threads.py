@@ -78,6 +78,16 @@ def test_real_measurement_returns_a_policy_count():
     assert torch.get_num_threads() == 1  # the measurement leaves the count as it found it
 
 
+def test_measuring_leaves_the_global_random_stream_alone():
+    # A seeded run must not depend on whether (or how often) the policy measured: its matmuls draw
+    # their inputs from a generator of their own.
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    threads.fastest_threads(8, 64, seconds=0.001, max_age_s=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_callback_chooses_at_train_begin(monkeypatch):
     from types import SimpleNamespace
 
