@@ -188,3 +188,56 @@ def test_sentence_mode_errors(tiny_bert_dir):
         LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, encoder_mode="full", sentence_separator=".")
     with pytest.raises(ValueError, match="is 2 tokens for this tokenizer"):
         LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, sentence_separator="goal match")
+
+
+def test_attention_pooling_reads_cached_sentences_unpooled(tiny_bert_dir):
+    from hf_finetune.config import ModelArguments
+    from hf_finetune.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_bert_dir))
+
+    def ids(*texts):
+        rows = [tokenizer(t, padding="max_length", max_length=24)["input_ids"] for t in texts]
+        return torch.tensor(rows, dtype=torch.float32)
+
+    extractor = LMFeaturesExtractor(_ids_space(len(tokenizer), 24), encoder=tiny_bert_dir, features_dim=8,
+                                    sentence_separator=".", sentence_pooling="attention", attention_dim=16)
+    shared = extractor.frozen
+    shared.clear()
+    shared.reset_stats()
+    hidden = shared.model.config.hidden_size
+    assert extractor.project[0].in_features == hidden + 16
+    batch = extractor.token_ids(ids("goal match. chip code. the cup.", "goal match.", "goal match. the cup."))
+    vectors, mask = shared.embed_sets(batch)
+    assert vectors.shape == (3, 3, hidden) and mask.tolist() == [[True] * 3, [True, False, False], [True, True, False]]
+    alone = [shared.forward(extractor.token_ids(ids(s)))[0] for s in ("goal match.", "chip code.", "the cup.")]
+    for (row, i), sentence in {(0, 0): 0, (0, 1): 1, (0, 2): 2, (1, 0): 0, (2, 0): 0, (2, 1): 2}.items():
+        assert torch.allclose(vectors[row, i], alone[sentence], atol=1e-5)  # as encoded on its own
+    assert shared.sentences_encoded == 3 and shared.misses == 3
+    shared.embed_sets(batch)  # rows cached as sentence indices: no encoder pass
+    assert shared.sentences_encoded == 3 and shared.hits == 3
+    # The features are learned: a gradient reaches the attention, and the mission alone still works.
+    features = extractor(batch)
+    assert features.shape == (3, 8) and torch.isfinite(features).all()
+    features.sum().backward()
+    assert extractor.attention.query.weight.grad.abs().sum() > 0
+    # Moving a non-mission sentence changes the features only through the attention (order does not matter).
+    swapped = extractor.token_ids(ids("goal match. the cup. chip code."))
+    with torch.no_grad():
+        assert torch.allclose(extractor(batch[:1]), extractor(swapped), atol=1e-5)
+
+
+def test_attention_pooling_errors_and_bounded_table(tiny_bert_dir):
+    with pytest.raises(ValueError, match="set sentence_separator"):
+        LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, sentence_pooling="attention")
+    with pytest.raises(ValueError, match="use one of"):
+        LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, sentence_separator=".", sentence_pooling="max")
+    extractor = LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, features_dim=8, sentence_separator=".",
+                                    sentence_pooling="attention", cache_size=2)
+    shared = extractor.frozen
+    obs = extractor.token_ids(_observations(tiny_bert_dir))
+    vectors, mask = shared.embed_sets(obs[:1])
+    for row in obs:  # more distinct sentences than the table holds: it starts afresh, rows stay right
+        got, got_mask = shared.embed_sets(row[None])
+        assert len(shared.sentence_index) <= 2 and got_mask.all()
+        assert torch.allclose(got[0, 0], shared.forward(row[None])[0], atol=1e-5)

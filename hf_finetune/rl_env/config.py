@@ -152,6 +152,15 @@ class AgentConfig:
                   "encoder only; far fewer encoder passes on BabyAI-Text, where views reuse a small set of "
                   "sentences."},
     )
+    sentence_pooling: str = field(
+        default="mean",
+        metadata={"help": "With sentence_separator: mean (first sentence + mean of the others) or attention (the "
+                  "others pooled by a small learned attention queried by the first, the mission; frozen sentence "
+                  "embeddings stay cached). Attention keeps which object is where apart in views with distractors."},
+    )
+    attention_dim: int = field(
+        default=128, metadata={"help": "Output size of the attention pooling (sentence_pooling: attention)."}
+    )
     progress_bar: bool = field(default=True, metadata={"help": "Show SB3's progress bar (steps, speed, ETA)."})
     eval_freq: int = field(
         default=2_000, metadata={"help": "Evaluate every this many environment steps (all envs together); 0: only at the end."}
@@ -194,6 +203,11 @@ class AgentConfig:
         if self.sentence_separator and self.encoder_mode != "frozen":
             raise ValueError(f"agent.sentence_separator={self.sentence_separator!r} needs encoder_mode: frozen "
                              "(sentence embeddings are cached); remove it for a trained encoder.")
+        if self.sentence_pooling not in ("mean", "attention"):
+            raise ValueError(f"agent.sentence_pooling={self.sentence_pooling!r}: use mean or attention.")
+        if self.sentence_pooling == "attention" and not self.sentence_separator:
+            raise ValueError("agent.sentence_pooling: attention pools sentence embeddings: set "
+                             "agent.sentence_separator: '.' too.")
         if self.n_eval_episodes < 1:
             raise ValueError(f"agent.n_eval_episodes={self.n_eval_episodes}: use at least 1.")
         for name in ("policy", "env", "seed", "device", "verbose", "policy_kwargs", "tensorboard_log"):

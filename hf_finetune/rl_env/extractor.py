@@ -106,6 +106,9 @@ class FrozenEncoder:
         self.sentence_ids = tuple(sentence_ids) if sentence_ids else None
         self.cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self.sentence_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.set_cache: OrderedDict[bytes, list[int]] = OrderedDict()  # row -> indices into sentence_table
+        self.sentence_index: dict[bytes, int] = {}
+        self.sentence_table: torch.Tensor | None = None
         self.hits = self.misses = 0
         self.sentences_encoded = 0
 
@@ -137,9 +140,12 @@ class FrozenEncoder:
         self.sentences_encoded = 0
 
     def clear(self) -> None:
-        """Empty both caches."""
+        """Empty every cache."""
         self.cache.clear()
         self.sentence_cache.clear()
+        self.set_cache.clear()
+        self.sentence_index.clear()
+        self.sentence_table = None
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -194,6 +200,59 @@ class FrozenEncoder:
             out.append(torch.cat([vectors[0], rest]))
         return torch.stack(out)
 
+    def embed_sets(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's sentence embeddings, unpooled: ``(batch, sentences, hidden)`` and a ``(batch, sentences)`` mask."""
+        indices, mask = self.sentence_indices(ids)
+        return self.sentence_table[indices.cpu()].to(ids.device), mask
+
+    def sentence_indices(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's sentences as indices into :attr:`sentence_table` ``(batch, sentences)``, and their mask.
+
+        For a learned pooling (:class:`MissionAttentionPool`). Sentences are encoded once into an
+        append-only table and a row is cached as the indices of its sentences (a few int64 each,
+        not ``sentences x hidden`` floats); new sentences of all rows go through one forward pass.
+        When the table would exceed ``cache_size`` it is emptied and rebuilt from the rows at hand.
+        """
+        if not self.sentence_ids:
+            raise ValueError("sentence_indices needs sentence_ids (the extractor's sentence_separator).")
+        rows = ids.cpu().numpy()
+        keys = [row.tobytes() for row in rows]
+        fresh = {key: row for key, row in zip(keys, rows) if key not in self.set_cache}
+        if fresh:
+            split = {key: self.split_sentences(row) for key, row in fresh.items()}
+            new = {p.tobytes(): p for parts in split.values() for p in parts if p.tobytes() not in self.sentence_index}
+            if len(self.sentence_index) + len(new) > max(self.cache_size, 1):
+                self.clear()  # indices would go stale with LRU eviction: start the table afresh
+                return self.sentence_indices(ids)
+            if new:
+                width = max(len(p) for p in new.values())
+                batch = np.full((len(new), width), self.pad_token_id, dtype=np.int64)
+                for i, part in enumerate(new.values()):
+                    batch[i, : len(part)] = part
+                vectors = self.forward(torch.from_numpy(batch)).cpu()
+                for key in new:
+                    self.sentence_index[key] = len(self.sentence_index)
+                self.sentence_table = vectors if self.sentence_table is None else torch.cat([self.sentence_table, vectors])
+                self.sentences_encoded += len(new)
+            for key, parts in split.items():
+                self.set_cache[key] = [self.sentence_index[p.tobytes()] for p in parts]
+            while len(self.set_cache) > max(self.cache_size, 1):
+                self.set_cache.popitem(last=False)
+        self.hits += len(keys) - len(fresh)
+        self.misses += len(fresh)
+        indices = [self.set_cache[key] for key in keys]
+        width = max(len(i) for i in indices)
+        padded = np.zeros((len(indices), width), dtype=np.int64)
+        mask = np.zeros((len(indices), width), dtype=bool)
+        for row, found in enumerate(indices):
+            padded[row, : len(found)] = found
+            mask[row, : len(found)] = True
+        if self.cache_size <= 0:
+            table = self.sentence_table
+            self.clear()
+            self.sentence_table = table  # this call's rows still index it
+        return torch.from_numpy(padded).to(ids.device), torch.from_numpy(mask).to(ids.device)
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings through the cache (misses are encoded together in one batch)."""
         if self.sentence_ids:
@@ -234,6 +293,63 @@ class FrozenEncoder:
         return torch.stack(out).to(ids.device)  # type: ignore[arg-type]
 
 
+class MissionAttentionPool(nn.Module):
+    """Pool a view's sentence embeddings with attention whose query is the mission's embedding.
+
+    The mean of a view's sentences weighs "a red ball 2 steps left" as much as each grey
+    distractor, so the more the view holds, the less of the target is left in it. Here the mission
+    ("go to the red ball") asks which sentences to read (multi-head scaled dot-product attention).
+    A learned "nothing seen" key/value is always present, so a view with no sentence besides the
+    mission (or a head that finds nothing relevant) still has somewhere to attend.
+
+    Written by hand rather than with ``nn.MultiheadAttention``, which projects every key of every
+    row: views in a batch reuse a few distinct sentences, so keys and values are projected once per
+    distinct sentence (the ``table`` rows) and gathered, about 10x less work on BabyAI-Text.
+
+    Args:
+        hidden: Size of a sentence embedding.
+        dim: Size of the attention (query/key/value projections and output).
+        heads: Attention heads (e.g. one for the target, others for walls and doors).
+
+    Example:
+        >>> pool = MissionAttentionPool(384, dim=128, heads=4)
+        >>> table = torch.randn(10, 384)  # distinct sentence embeddings
+        >>> pool(table, torch.tensor([[0, 3, 4], [1, 2, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]]).bool()).shape
+        torch.Size([2, 128])
+    """
+
+    def __init__(self, hidden: int, dim: int = 128, heads: int = 4):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention dim={dim} is not a multiple of heads={heads}.")
+        self.heads, self.dim = heads, dim
+        self.query = nn.Linear(hidden, dim)
+        self.key = nn.Linear(hidden, dim)
+        self.value = nn.Linear(hidden, dim)
+        self.out = nn.Linear(dim, dim)
+        self.empty_key = nn.Parameter(torch.zeros(1, 1, dim))
+        self.empty_value = nn.Parameter(torch.zeros(1, 1, dim))
+
+    def forward(self, table: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``table`` ``(n, hidden)`` distinct sentences; ``indices`` ``(batch, s)`` into it, column 0 the mission;
+        ``mask`` True where a sentence is."""
+        batch, head_dim = indices.shape[0], self.dim // self.heads
+        query = self.query(table)[indices[:, 0]].view(batch, 1, self.heads, head_dim)
+        # Row 0 of the key/value tables is "nothing seen"; sentence i is row i + 1.
+        others = torch.cat([torch.zeros_like(indices[:, :1]), indices[:, 1:] + 1], dim=1)
+        keys = torch.cat([self.empty_key[0], self.key(table)])[others].view(batch, -1, self.heads, head_dim)
+        values = torch.cat([self.empty_value[0], self.value(table)])[others].view(batch, -1, self.heads, head_dim)
+        valid = torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)
+        # Elementwise rather than matmul: one query per row, so the products are tiny and bmm's overhead dominates.
+        scores = (keys * query).sum(-1) / head_dim**0.5  # (batch, s, heads)
+        weights = scores.masked_fill(~valid[:, :, None], float("-inf")).softmax(1)
+        pooled = (weights[..., None] * values).sum(1).reshape(batch, self.dim)
+        return self.out(pooled)
+
+
+SENTENCE_POOLINGS = ("mean", "attention")
+
+
 class LMFeaturesExtractor(BaseFeaturesExtractor):
     """SB3 features extractor over a pretrained ``AutoModel`` encoder reading token-id observations.
 
@@ -255,6 +371,11 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             views apart is small next to the shared part; the zoo's MiniGrid settings normalize
             observations (``normalize: true``) for the same reason. Token ids cannot be normalized
             by ``VecNormalize``, so it happens here, on the embedding.
+        sentence_separator: Encode and cache each sentence on its own (frozen encoder only).
+        sentence_pooling: With ``sentence_separator``: ``"mean"`` (the first sentence joined to the mean
+            of the others) or ``"attention"`` (the others pooled by :class:`MissionAttentionPool`, queried
+            by the first; learned, while each sentence's frozen embedding stays cached).
+        attention_dim: Size of the attention pooling's output (``sentence_pooling="attention"``).
 
     Example:
         >>> policy_kwargs = {"features_extractor_class": LMFeaturesExtractor,
@@ -265,7 +386,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
     def __init__(self, observation_space: gym.Space, encoder: str = DEFAULT_ENCODER, encoder_mode: str = "frozen",
                  pooling: str = "mean", features_dim: int = 256, pad_token_id: int | None = None,
                  text_key: str = "text", cache_size: int = 100_000, lora: dict[str, Any] | None = None,
-                 revision: str | None = None, standardize: bool = False, sentence_separator: str | None = None):
+                 revision: str | None = None, standardize: bool = False, sentence_separator: str | None = None,
+                 sentence_pooling: str = "mean", attention_dim: int = 128):
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder_mode={encoder_mode!r}: use one of {ENCODER_MODES}.")
         if pooling not in POOLINGS:
@@ -280,6 +402,11 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         if sentence_separator and encoder_mode != "frozen":
             raise ValueError(f"sentence_separator={sentence_separator!r} needs encoder_mode='frozen' (sentence "
                              "embeddings are cached); a trained encoder reads the whole text.")
+        if sentence_pooling not in SENTENCE_POOLINGS:
+            raise ValueError(f"sentence_pooling={sentence_pooling!r}: use one of {SENTENCE_POOLINGS}.")
+        if sentence_pooling == "attention" and not sentence_separator:
+            raise ValueError("sentence_pooling='attention' pools sentence embeddings: set sentence_separator "
+                             "(e.g. '.') too.")
         extra_spaces = self._split_space(observation_space, text_key)
         super().__init__(observation_space, features_dim)
         self.text_key = text_key if isinstance(observation_space, spaces.Dict) else None
@@ -320,6 +447,12 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         embeddings = model.get_input_embeddings()
         self.vocab_size = embeddings.num_embeddings
         hidden = self.frozen.width if self.frozen is not None else model.config.hidden_size
+        self.sentence_pooling = sentence_pooling if sentence_separator else "mean"
+        text_dim = hidden
+        if self.sentence_pooling == "attention":
+            hidden = model.config.hidden_size  # standardized per sentence
+            self.attention = MissionAttentionPool(hidden, attention_dim)
+            text_dim = hidden + attention_dim
         limit = getattr(model.config, "max_position_embeddings", None)
         length = self._text_space(observation_space, text_key).shape[0]
         if limit is not None and length > limit:
@@ -329,7 +462,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         if standardize:  # buffers, not parameters: saved in policy.safetensors, never trained
             self.register_buffer("embedding_mean", torch.zeros(hidden))
             self.register_buffer("embedding_std", torch.ones(hidden))
-        self.project = nn.Sequential(nn.Linear(hidden + extra_dim, features_dim), nn.ReLU())
+        self.project = nn.Sequential(nn.Linear(text_dim + extra_dim, features_dim), nn.ReLU())
 
     def apply(self, fn):
         """``nn.Module.apply`` that leaves the pretrained encoder alone.
@@ -389,11 +522,22 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         ids = torch.unique(self.token_ids(observations), dim=0)
         if len(ids) < 2:
             raise ValueError("fit_standardization needs at least two distinct observations.")
-        vectors = torch.cat([self.encode(chunk) for chunk in ids.split(64)])
+        if self.sentence_pooling == "attention":  # every distinct sentence once (the mission included)
+            vectors, mask = self.frozen.embed_sets(ids)
+            vectors = torch.unique(vectors[mask], dim=0)
+        else:
+            vectors = torch.cat([self.encode(chunk) for chunk in ids.split(64)])
         self.embedding_mean.copy_(vectors.mean(0))
         self.embedding_std.copy_(vectors.std(0).clamp(min=min_std))
 
     def _text_features(self, observations: torch.Tensor) -> torch.Tensor:
+        if self.sentence_pooling == "attention":
+            indices, mask = self.frozen.sentence_indices(self.token_ids(observations))
+            distinct, indices = torch.unique(indices, return_inverse=True)  # project each sentence once
+            table = self.frozen.sentence_table[distinct.cpu()].to(observations.device)
+            if self.standardize:
+                table = (table - self.embedding_mean) / self.embedding_std
+            return torch.cat([table[indices[:, 0]], self.attention(table, indices, mask)], dim=1)
         vectors = self.encode(self.token_ids(observations))
         if self.standardize:
             vectors = (vectors - self.embedding_mean) / self.embedding_std

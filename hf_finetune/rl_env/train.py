@@ -103,6 +103,8 @@ def policy_kwargs(recipe: Recipe, learning_rate: float) -> dict[str, Any]:
         "revision": recipe.model.revision,
         "standardize": agent.standardize_embeddings,
         "sentence_separator": agent.sentence_separator,
+        "sentence_pooling": agent.sentence_pooling,
+        "attention_dim": agent.attention_dim,
     }
     lora = _lora_settings(recipe)
     if lora is not None:
