@@ -103,6 +103,23 @@ def test_describe_view_positions_and_walls():
     ]
 
 
+def test_describe_ahead_says_what_blocks_the_way_first_and_only_when_asked():
+    image = np.zeros((7, 7, 3), dtype=np.uint8)
+    image[:, :, 0] = 1  # empty floor
+    image[2, 4] = (6, 0, 0)  # red ball: 1 left, 2 forward (sets the offset the old code leaked)
+    plain = describe_view(image)
+    assert plain == ["You see a red ball 1 step left and 2 steps forward."]
+    assert describe_view(image, ahead=True) == ["In front of you is nothing.", *plain]
+    for cell, name in (((2, 5, 0), "a wall"), ((7, 5, 0), "a grey box"), ((4, 0, 1), "a closed red door")):
+        image[3, 5] = cell
+        assert describe_view(image, carrying="green key", ahead=True)[:2] == [f"In front of you is {name}.",
+                                                                              "You carry a green key."]
+    env = BabyAITextEnv("BabyAI-GoToRedBallGrey-v0", describe_ahead=True)
+    obs, _ = env.reset(seed=5)
+    assert obs.split(". ")[1].startswith("In front of you is")
+    assert "In front of you" not in BabyAITextEnv("BabyAI-GoToRedBallGrey-v0").reset(seed=5)[0]
+
+
 def test_babyai_success_is_reported_at_episode_end():
     env = BabyAITextEnv("BabyAI-GoToObj-v0")
     env.reset(seed=0)

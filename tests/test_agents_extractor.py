@@ -241,3 +241,35 @@ def test_attention_pooling_errors_and_bounded_table(tiny_bert_dir):
         got, got_mask = shared.embed_sets(row[None])
         assert len(shared.sentence_index) <= 2 and got_mask.all()
         assert torch.allclose(got[0, 0], shared.forward(row[None])[0], atol=1e-5)
+
+
+def test_sentence_slots_keep_the_leading_sentences_apart(tiny_bert_dir):
+    from hf_finetune.config import ModelArguments
+    from hf_finetune.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_bert_dir))
+
+    def ids(*texts):
+        rows = [tokenizer(t, padding="max_length", max_length=24)["input_ids"] for t in texts]
+        return torch.tensor(rows, dtype=torch.float32)
+
+    sentences = ("goal match.", "chip code.", "the cup.", "bank shares.")
+    mean = LMFeaturesExtractor(_ids_space(len(tokenizer), 24), encoder=tiny_bert_dir, features_dim=8,
+                               sentence_separator=".", sentence_slots=2)
+    shared = mean.frozen
+    hidden = shared.model.config.hidden_size
+    assert shared.width == 3 * hidden and mean.project[0].in_features == 3 * hidden
+    alone = [shared.forward(mean.token_ids(ids(s)))[0] for s in sentences]
+    row, short = shared.embed(mean.token_ids(ids(" ".join(sentences), "goal match.")))
+    assert torch.allclose(row[:hidden], alone[0], atol=1e-5) and torch.allclose(row[hidden:2 * hidden], alone[1], atol=1e-5)
+    assert torch.allclose(row[2 * hidden:], (alone[2] + alone[3]) / 2, atol=1e-5)
+    assert torch.allclose(short[:hidden], alone[0], atol=1e-5) and not short[hidden:].any()  # missing slot: zeros
+    attention = LMFeaturesExtractor(_ids_space(len(tokenizer), 24), encoder=tiny_bert_dir, features_dim=8,
+                                    sentence_separator=".", sentence_pooling="attention", attention_dim=16,
+                                    sentence_slots=2)
+    assert attention.project[0].in_features == 2 * hidden + 16
+    features = attention._text_features(ids(" ".join(sentences), "goal match."))
+    assert torch.allclose(features[0, hidden:2 * hidden], alone[1], atol=1e-5) and not features[1, hidden:2 * hidden].any()
+    # the second sentence is a slot, not pooled: changing it leaves the attention's output alone
+    other = attention._text_features(ids("goal match. bank shares. the cup. bank shares."))
+    assert torch.allclose(other[0, 2 * hidden:], features[0, 2 * hidden:], atol=1e-5)

@@ -307,6 +307,8 @@ def test_attention_pooling_learns_what_only_the_later_sentences_say(tiny_bert_di
 def test_attention_pooling_needs_the_sentence_separator(tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="sentence_separator: '.' too"):
         parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_pooling="attention"), BLOCKS)
+    with pytest.raises(ValueError, match="sentence_slots needs agent.sentence_separator"):
+        parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_slots=2), BLOCKS)
     with pytest.raises(ValueError, match="use mean or attention"):
         parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_separator=".", sentence_pooling="max"),
                      BLOCKS)

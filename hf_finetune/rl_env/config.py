@@ -158,6 +158,12 @@ class AgentConfig:
                   "others pooled by a small learned attention queried by the first, the mission; frozen sentence "
                   "embeddings stay cached). Attention keeps which object is where apart in views with distractors."},
     )
+    sentence_slots: int = field(
+        default=1,
+        metadata={"help": "With sentence_separator: leading sentences that keep their own place in the features "
+                  "instead of going into the mean/attention (1: the mission). 2 with env_kwargs describe_ahead: true "
+                  "also keeps what is straight ahead apart."},
+    )
     attention_dim: int = field(
         default=128, metadata={"help": "Output size of the attention pooling (sentence_pooling: attention)."}
     )
@@ -208,6 +214,8 @@ class AgentConfig:
         if self.sentence_pooling == "attention" and not self.sentence_separator:
             raise ValueError("agent.sentence_pooling: attention pools sentence embeddings: set "
                              "agent.sentence_separator: '.' too.")
+        if self.sentence_slots != 1 and not self.sentence_separator:
+            raise ValueError("agent.sentence_slots needs agent.sentence_separator: '.' (slots are sentences).")
         if self.n_eval_episodes < 1:
             raise ValueError(f"agent.n_eval_episodes={self.n_eval_episodes}: use at least 1.")
         for name in ("policy", "env", "seed", "device", "verbose", "policy_kwargs", "tensorboard_log"):

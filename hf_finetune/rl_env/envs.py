@@ -141,7 +141,7 @@ def _steps(n: int, word: str) -> str:
     return f"{n} step{'s' if n != 1 else ''} {word}"
 
 
-def describe_view(image: np.ndarray, carrying: str | None = None) -> list[str]:
+def describe_view(image: np.ndarray, carrying: str | None = None, ahead: bool = False) -> list[str]:
     """Describe a minigrid partial view (``obs["image"]``, shape ``(w, h, 3)``) in short sentences.
 
     The agent stands at the bottom middle cell looking up. Each object, door and the nearest wall
@@ -151,6 +151,8 @@ def describe_view(image: np.ndarray, carrying: str | None = None) -> list[str]:
     Args:
         image: The encoded view: ``image[x, y] = (object index, colour index, state)``.
         carrying: What the agent holds (e.g. ``"red key"``), if anything.
+        ahead: Start with one sentence on the cell straight ahead, always present ("In front of you is
+            a grey ball.", "... is nothing."), so a pooled view cannot lose whether the way is blocked.
 
     Returns:
         One sentence per thing seen, nearest first.
@@ -167,16 +169,16 @@ def describe_view(image: np.ndarray, carrying: str | None = None) -> list[str]:
             if name is None or name == "wall":
                 continue
             side = x - ax
-            ahead = ay - y
+            forward = ay - y
             where = []
             if side:
                 where.append(_steps(abs(side), "left" if side < 0 else "right"))
-            if ahead:
-                where.append(_steps(ahead, "forward"))
+            if forward:
+                where.append(_steps(forward, "forward"))
             thing = f"{_COLORS[color]} {name}" if name not in ("goal", "lava") else name
             if name == "door":
                 thing = f"{_DOOR_STATES[state]} {thing}"
-            seen.append((abs(side) + ahead, f"You see a {thing} {' and '.join(where)}."))
+            seen.append((abs(side) + forward, f"You see a {thing} {' and '.join(where)}."))
     seen.sort(key=lambda item: item[0])
     walls = []
     for label, cells in (
@@ -191,7 +193,21 @@ def describe_view(image: np.ndarray, carrying: str | None = None) -> list[str]:
     sentences = [s for _, s in seen] + walls
     if carrying:
         sentences.insert(0, f"You carry a {carrying}.")
+    if ahead:
+        sentences.insert(0, f"In front of you is {_cell_name(image[ax, ay - 1])}.")
     return sentences
+
+
+def _cell_name(cell: np.ndarray) -> str:
+    obj, color, state = (int(v) for v in cell)
+    name = _OBJECTS.get(obj)
+    if name is None:
+        return "nothing"
+    if name in ("wall", "goal", "lava"):
+        return f"a {name}" if name == "wall" else ("the goal" if name == "goal" else "lava")
+    if name == "door":
+        return f"a {_DOOR_STATES[state]} {_COLORS[color]} door"
+    return f"a {_COLORS[color]} {name}"
 
 
 def babyai_levels() -> list[str]:
@@ -283,6 +299,7 @@ class BabyAITextEnv(gym.Env):
         symbolic: Also return the raw 7x7 view and direction in a ``Dict`` (``text``, ``image``, ``direction``).
         held_out_goals: Mission goals (``"red ball"``) held out of training; see :class:`GoalSplitWrapper`.
         goal_split: ``"train"`` (default: no held-out goal) or ``"held_out"`` (only held-out goals).
+        describe_ahead: Start the view's description with what is straight ahead (see :func:`describe_view`).
 
     Example:
         >>> env = BabyAITextEnv("BabyAI-GoToObj-v0")
@@ -294,7 +311,8 @@ class BabyAITextEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, level: str | list[str] = "BabyAI-GoToObj-v0", max_chars: int = 2048, symbolic: bool = False,
-                 held_out_goals: list[str] | None = None, goal_split: str = "train"):
+                 held_out_goals: list[str] | None = None, goal_split: str = "train", describe_ahead: bool = False):
+        self.describe_ahead = describe_ahead
         levels = [level] if isinstance(level, str) else list(level)
         if not levels:
             raise ValueError("level: give a BabyAI level id or a non-empty list of them.")
@@ -319,7 +337,7 @@ class BabyAITextEnv(gym.Env):
     def _text(self, obs: dict) -> str:
         carrying = self.env.unwrapped.carrying
         held = f"{carrying.color} {carrying.type}" if carrying is not None else None
-        text = " ".join([f"Mission: {obs['mission']}.", *describe_view(obs["image"], held)])
+        text = " ".join([f"Mission: {obs['mission']}.", *describe_view(obs["image"], held, self.describe_ahead)])
         return text[: self.observation_space[TEXT_KEY].max_length if self.symbolic else self.observation_space.max_length]
 
     def _obs(self, obs: dict):
@@ -448,9 +466,11 @@ def load_bandit_data(dataset: str, split: str = "train", text_column: str = "tex
 
 def make_babyai_text(tokenizer: Any = "sentence-transformers/all-MiniLM-L6-v2", level: str = "BabyAI-GoToObj-v0",
                      max_length: int = 96, truncation: bool = True, symbolic: bool = False,
-                     held_out_goals: list[str] | None = None, goal_split: str = "train") -> gym.Env:
+                     held_out_goals: list[str] | None = None, goal_split: str = "train",
+                     describe_ahead: bool = False) -> gym.Env:
     """BabyAI-Text with token-id observations (the entry point of ``hf_finetune/BabyAI-Text-v0``)."""
-    env = BabyAITextEnv(level, symbolic=symbolic, held_out_goals=held_out_goals, goal_split=goal_split)
+    env = BabyAITextEnv(level, symbolic=symbolic, held_out_goals=held_out_goals, goal_split=goal_split,
+                        describe_ahead=describe_ahead)
     return TextObservationWrapper(env, tokenizer, max_length=max_length, truncation=truncation)
 
 

@@ -90,6 +90,11 @@ class FrozenEncoder:
             from a small set, so after a few thousand steps nearly every sentence is cached and new
             views cost no forward pass (all-MiniLM-L6-v2 is a sentence-embedding model, trained on
             single sentences).
+        slots: Leading sentences that each keep their own place in a row's embedding (with
+            ``sentence_ids``): the row is ``slots`` sentence embeddings (zeros where a row has fewer)
+            followed by the mean of the rest, ``(slots + 1) * hidden`` wide. With a BabyAI-Text view
+            written with ``describe_ahead``, ``slots=2`` keeps the mission and what is straight ahead
+            out of the mean.
 
     Example:
         >>> shared = FrozenEncoder(AutoModel.from_pretrained(path), pad_token_id=0, pooling="mean")  # doctest: +SKIP
@@ -100,7 +105,10 @@ class FrozenEncoder:
     _shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def __init__(self, model: nn.Module, pad_token_id: int, pooling: str = "mean", cache_size: int = 100_000,
-                 sentence_ids: tuple[int, ...] | None = None):
+                 sentence_ids: tuple[int, ...] | None = None, slots: int = 1):
+        if slots < 1:
+            raise ValueError(f"sentence_slots={slots}: use at least 1 (the first sentence, e.g. the mission).")
+        self.slots = slots
         self.model = model.eval().requires_grad_(False)
         self.pad_token_id, self.pooling, self.cache_size = pad_token_id, pooling, cache_size
         self.sentence_ids = tuple(sentence_ids) if sentence_ids else None
@@ -115,18 +123,18 @@ class FrozenEncoder:
     @property
     def width(self) -> int:
         """Size of a row's embedding."""
-        return self.model.config.hidden_size * (2 if self.sentence_ids else 1)
+        return self.model.config.hidden_size * (self.slots + 1 if self.sentence_ids else 1)
 
     @classmethod
     def get(cls, encoder: str, revision: str | None, pad_token_id: int, pooling: str, cache_size: int,
-            sentence_ids: tuple[int, ...] | None = None) -> FrozenEncoder:
+            sentence_ids: tuple[int, ...] | None = None, slots: int = 1) -> FrozenEncoder:
         """The live shared instance for these settings, or a new one (sharing the model of a live one)."""
-        key = (encoder, revision, pad_token_id, pooling, cache_size, sentence_ids)
+        key = (encoder, revision, pad_token_id, pooling, cache_size, sentence_ids, slots)
         found = cls._shared.get(key)
         if found is None:
             same_model = next((e.model for k, e in list(cls._shared.items()) if k[:2] == (encoder, revision)), None)
             found = cls(same_model if same_model is not None else _load_encoder(encoder, revision), pad_token_id,
-                        pooling, cache_size, sentence_ids)
+                        pooling, cache_size, sentence_ids, slots)
             cls._shared[key] = found
         return found
 
@@ -196,8 +204,9 @@ class FrozenEncoder:
                 batch = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(p) for p in parts], batch_first=True,
                                                         padding_value=self.pad_token_id)
                 vectors = list(self.forward(batch))
-            rest = torch.stack(vectors[1:]).mean(0) if len(vectors) > 1 else torch.zeros_like(vectors[0])
-            out.append(torch.cat([vectors[0], rest]))
+            zero = torch.zeros_like(vectors[0])
+            rest = torch.stack(vectors[self.slots:]).mean(0) if len(vectors) > self.slots else zero
+            out.append(torch.cat([*vectors[: self.slots], *[zero] * (self.slots - len(vectors)), rest]))
         return torch.stack(out)
 
     def embed_sets(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,6 +385,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             of the others) or ``"attention"`` (the others pooled by :class:`MissionAttentionPool`, queried
             by the first; learned, while each sentence's frozen embedding stays cached).
         attention_dim: Size of the attention pooling's output (``sentence_pooling="attention"``).
+        sentence_slots: Leading sentences kept in their own place, outside the mean or attention (the
+            first, e.g. the mission, always is); see :class:`FrozenEncoder`.
 
     Example:
         >>> policy_kwargs = {"features_extractor_class": LMFeaturesExtractor,
@@ -387,7 +398,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
                  pooling: str = "mean", features_dim: int = 256, pad_token_id: int | None = None,
                  text_key: str = "text", cache_size: int = 100_000, lora: dict[str, Any] | None = None,
                  revision: str | None = None, standardize: bool = False, sentence_separator: str | None = None,
-                 sentence_pooling: str = "mean", attention_dim: int = 128):
+                 sentence_pooling: str = "mean", attention_dim: int = 128, sentence_slots: int = 1):
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder_mode={encoder_mode!r}: use one of {ENCODER_MODES}.")
         if pooling not in POOLINGS:
@@ -424,7 +435,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
                                                 revision=revision)
             pad = pad_token_id if pad_token_id is not None else (getattr(config, "pad_token_id", None) or 0)
             sentence_ids = _token_ids_of(encoder, revision, sentence_separator) if sentence_separator else None
-            shared = FrozenEncoder.get(encoder, revision, pad, pooling, cache_size, sentence_ids)
+            mean_slots = sentence_slots if sentence_pooling == "mean" else 1
+            shared = FrozenEncoder.get(encoder, revision, pad, pooling, cache_size, sentence_ids, mean_slots)
             # object.__setattr__ keeps the shared encoder out of this module's children (see module doc).
             object.__setattr__(self, "frozen", shared)
             self.encoder = None
@@ -452,7 +464,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         if self.sentence_pooling == "attention":
             hidden = model.config.hidden_size  # standardized per sentence
             self.attention = MissionAttentionPool(hidden, attention_dim)
-            text_dim = hidden + attention_dim
+            text_dim = sentence_slots * hidden + attention_dim
+        self.sentence_slots = sentence_slots
         limit = getattr(model.config, "max_position_embeddings", None)
         length = self._text_space(observation_space, text_key).shape[0]
         if limit is not None and length > limit:
@@ -537,7 +550,15 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             table = self.frozen.sentence_table[distinct.cpu()].to(observations.device)
             if self.standardize:
                 table = (table - self.embedding_mean) / self.embedding_std
-            return torch.cat([table[indices[:, 0]], self.attention(table, indices, mask)], dim=1)
+            slots = self.sentence_slots
+            if indices.shape[1] < slots:  # rows with fewer sentences than slots: pad (masked out)
+                indices = torch.nn.functional.pad(indices, (0, slots - indices.shape[1]))
+                mask = torch.nn.functional.pad(mask, (0, slots - mask.shape[1]))
+            kept = [table[indices[:, j]] * mask[:, j, None] for j in range(slots)]
+            # the query is the mission (column 0); the slots after it are not pooled again
+            pooled = self.attention(table, torch.cat([indices[:, :1], indices[:, slots:]], 1),
+                                    torch.cat([mask[:, :1], mask[:, slots:]], 1))
+            return torch.cat([*kept, pooled], dim=1)
         vectors = self.encode(self.token_ids(observations))
         if self.standardize:
             vectors = (vectors - self.embedding_mean) / self.embedding_std
