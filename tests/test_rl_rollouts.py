@@ -171,3 +171,54 @@ def test_kl_is_zero_at_step_one_with_a_carried_adapter(method, tmp_path, tiny_gp
     key = "objective/kl" if method == "ppo" else "kl"
     first = next(e for e in history if key in e)
     assert first[key] == 0.0, first
+
+
+def _threads_inside_generate(model, monkeypatch):
+    """Patch the thread measurement to answer 3 (a count nothing else sets) and record the count generate() sees."""
+    import hf_finetune.threads as threads
+
+    asked, seen = [], []
+    monkeypatch.setattr(threads, "fastest_threads", lambda rows, hidden, *a, **k: asked.append((rows, hidden)) or 3)
+    generate = model.generate
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", recording)
+    return asked, seen
+
+
+def test_ppo_decodes_at_the_thread_count_measured_fastest(tmp_path, tok_and_config, monkeypatch):
+    from hf_finetune.rl.rewards import evaluate_generations
+
+    tokenizer, config = tok_and_config
+    model = skewed_policy(config, favourite_token(tokenizer))
+    trainer = ppo(model, tokenizer, tmp_path)
+    before = torch.get_num_threads()
+    asked, seen = _threads_inside_generate(model, monkeypatch)
+    rollout(trainer)
+    assert seen == [3] and asked == [(8, config.n_embd)]  # the rollout's rows x hidden
+    assert torch.get_num_threads() == before  # training matmuls keep their own count
+    evaluate_generations(model, tokenizer, ["the team"] * 4, None, [lambda prompts, completions, **_: [0.0] * 4],
+                         max_new_tokens=2, batch_size=4)
+    assert seen == [3, 3] and asked[-1] == (4, config.n_embd)
+    # A bitwise-reproducible run keeps one count: another would change the logits' last bits, hence samples.
+    trainer.args.full_determinism = True
+    rollout(trainer)
+    assert seen[-1] == before and len(asked) == 2
+
+
+def test_grpo_decodes_at_the_thread_count_measured_fastest(tmp_path, tok_and_config, monkeypatch):
+    from hf_finetune.rl.grpo_config import GRPOConfig
+    from hf_finetune.rl.grpo_trainer import GRPOTrainer
+
+    tokenizer, config = tok_and_config
+    model = skewed_policy(config, favourite_token(tokenizer))
+    args = GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=1, per_device_train_batch_size=8, num_generations=4,
+                      max_completion_length=4, kl_coef=0.0, report_to="none", use_cpu=True, save_strategy="no")
+    trainer = GRPOTrainer(model, args, prompts(), processing_class=tokenizer,
+                          reward_funcs=[lambda prompts, completions, **_: [0.0] * len(prompts)])
+    asked, seen = _threads_inside_generate(model, monkeypatch)
+    trainer.train()
+    assert seen == [3] and asked == [(8, config.n_embd)]

@@ -27,7 +27,7 @@ from ..callbacks import NonFiniteGuardCallback
 from ..models import ensure_pad_token
 from ..trainer_mixin import RunTrainerMixin
 from .rewards import RewardModelScorer, check_reward_weights, evaluate_generations, resolve_reward_funcs, write_samples
-from .sampling import eos_token_ids, exact_sampling
+from .sampling import decoding_threads, eos_token_ids, exact_sampling
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,9 @@ class GroupTrainerMixin(RunTrainerMixin):
     def _generate_single_turn(self, *args, **kwargs):
         # transformers fills the fields TRL leaves unset (no_repeat_ngram_size, min_p, suppress_tokens, ...) from
         # the model's own generation config; TRL's log-probs assume plain softmax(logits / T) sampling.
-        with exact_sampling(self.accelerator.unwrap_model(self.model)):
+        model = self.accelerator.unwrap_model(self.model)
+        rows = len(args[0]) if args else len(kwargs.get("prompt_ids", [])) or 1
+        with exact_sampling(model), decoding_threads(model, rows, fixed=self.args.full_determinism):
             return super()._generate_single_turn(*args, **kwargs)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -166,6 +168,7 @@ class GroupTrainerMixin(RunTrainerMixin):
             max_new_tokens=self.args.max_completion_length,
             batch_size=self.args.per_device_eval_batch_size,
             num_logged=self.args.num_sample_generations,
+            fixed_threads=self.args.full_determinism,
         )
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
         # Trainer.log, not TRL's log: TRL's merges (and clears) the pending training metrics.

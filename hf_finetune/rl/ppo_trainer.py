@@ -45,7 +45,14 @@ from .ppo_utils import (  # noqa: F401 - re-exported: the public PPO math lives 
     value_model_from_policy,
 )
 from .rewards import RewardModelScorer, check_reward_weights, compute_rewards, evaluate_generations, write_samples
-from .sampling import cut_at_stop, eos_token_ids, exact_sampling, response_ends, rollout_generation_config
+from .sampling import (
+    cut_at_stop,
+    decoding_threads,
+    eos_token_ids,
+    exact_sampling,
+    response_ends,
+    rollout_generation_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +289,8 @@ class PPOTrainer(RunTrainerMixin, Trainer):
             truncation=args.truncate_prompts, max_length=args.max_prompt_length if args.truncate_prompts else None,
         ).to(args.device)
         policy = self._unwrapped().policy
-        with exact_sampling(policy):  # samples from softmax(logits / T), as the log-probs below assume
+        # Samples from softmax(logits / T), as the log-probs below assume; decoding at its fastest thread count.
+        with exact_sampling(policy), decoding_threads(policy, len(rows), fixed=args.full_determinism):
             sequences = policy.generate(**enc, generation_config=self.generation_config,
                                         tokenizer=tok if args.stop_strings else None)
         prompt_len = enc["input_ids"].shape[1]
@@ -541,7 +549,7 @@ class PPOTrainer(RunTrainerMixin, Trainer):
             self.reward_funcs, self.reward_weights, self.eval_metrics,
             max_new_tokens=self.args.max_completion_length, batch_size=self.args.per_device_eval_batch_size,
             num_logged=self.args.num_sample_generations, eos_token_ids=self.eos_token_ids,
-            stop_strings=self.args.stop_strings,
+            stop_strings=self.args.stop_strings, fixed_threads=self.args.full_determinism,
         )
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)

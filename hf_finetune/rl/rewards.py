@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import check_reward_weights
-from .sampling import cut_at_stop, exact_sampling, response_ends
+from .sampling import cut_at_stop, decoding_threads, exact_sampling, response_ends
 from .sampling import eos_token_ids as all_eos_ids
 
 logger = logging.getLogger(__name__)
@@ -593,6 +593,7 @@ def evaluate_generations(
     num_logged: int = 8,
     eos_token_ids: Sequence[int] | None = None,
     stop_strings: Sequence[str] | None = None,
+    fixed_threads: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Greedy generation on held-out prompts, scored by the rewards and by reward-independent task metrics.
 
@@ -612,6 +613,8 @@ def evaluate_generations(
         num_logged: Rows kept for the sample-generations table.
         eos_token_ids: Every id that ends a completion (default: the tokenizer's and the model's generation config's).
         stop_strings: Strings that end a completion too.
+        fixed_threads: Keep the current thread count for decoding (``full_determinism`` runs); otherwise
+            decoding uses the faster of the policy's count and one thread (:func:`~hf_finetune.rl.sampling.decoding_threads`).
 
     Returns:
         ``(metrics, table)``: metrics without prefix (``reward``, ``reward_std``, ``reward/<name>``,
@@ -636,7 +639,7 @@ def evaluate_generations(
                               add_special_tokens=False).to(device)
             # Greedy on the policy's own logits: the model's generation config (repetition penalty, ...) is left
             # out, as in the rollouts, so before/after figures measure what RL changed.
-            with exact_sampling(model):
+            with exact_sampling(model), decoding_threads(model, batch["input_ids"].shape[0], fixed=fixed_threads):
                 out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids,
                                      stop_strings=list(stop_strings) if stop_strings else None,

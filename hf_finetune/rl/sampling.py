@@ -61,6 +61,27 @@ def exact_sampling(model):
         inner.generation_config = original
 
 
+@contextlib.contextmanager
+def decoding_threads(model, rows: int, fixed: bool = False):
+    """Run a ``generate()`` call with the thread count that measures fastest for its small matmuls.
+
+    Decoding multiplies ``rows x hidden`` activations by the weights one token at a time: small matmuls that
+    extra OpenMP threads slow down when another process holds a core (:mod:`hf_finetune.threads`). The
+    log-probs RL trains on are unaffected: PPO recomputes them with a full forward, TRL from the sampled ids.
+    ``fixed`` (a ``full_determinism`` run) keeps the current count: another count sums in another order,
+    which changes the last bits of the logits and so, rarely, a sampled token, and resumes must repeat exactly.
+    """
+    if fixed:
+        yield
+        return
+    from ..threads import small_matmul_threads
+
+    config = getattr(model, "config", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or 576
+    with small_matmul_threads(rows=max(1, int(rows)), hidden=int(hidden)):
+        yield
+
+
 def eos_token_ids(model, tokenizer) -> list[int]:
     """The tokenizer's EOS plus every EOS id of the model's generation config (Llama-3, Gemma chat ends).
 

@@ -19,6 +19,7 @@ from ..config import LoraArguments, MethodEntry, ModelArguments, Recipe
 from ..data import load_splits
 from ..models import apply_lora, check_model_fits, export_model, load_model, load_tokenizer
 from ..runs import TrainingRun
+from ..threads import thread_policy_callback
 from .config import RewardArguments, RLDataArguments
 from .rewards import load_reward_model, resolve_reward_funcs, score_per_function
 
@@ -166,7 +167,8 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
             reward_funcs=funcs,
             reward_weights=weights,
             eval_metrics=task_metrics,
-            callbacks=run_.callbacks(guard=False),
+            # The trainers add the non-finite guard; the thread policy times the update's matmuls as elsewhere.
+            callbacks=[*run_.callbacks(guard=False), thread_policy_callback()],
         )
         # After the trainer is built: PPO's count includes its critic (a full backbone unless it shares the policy's).
         run_.log_trainable(trainer.model, f"{recipe.method} (policy{' + critic' if recipe.method == 'ppo' else ''}): ")
