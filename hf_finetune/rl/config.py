@@ -104,7 +104,9 @@ class RewardArguments:
         default=None, metadata={"help": "Label (name or id) of the reward model whose probability is the reward."}
     )
     reward_model_output: str = field(
-        default="prob", metadata={"help": "'prob' (softmax probability of the label) or 'logit'."}
+        default="prob",
+        metadata={"help": "'prob' (softmax probability of the label), 'logit', or 'logprob' (log-softmax: graded "
+                  "where the probability is near 0, bounded above by 0)."},
     )
     reward_model_include_prompt: bool = field(
         default=False, metadata={"help": "Score prompt + completion instead of the completion alone."}
@@ -134,8 +136,9 @@ class RewardArguments:
                 "reward.reward_model (e.g. outputs/quickstart with reward_model_label: sport)."
             )
         self.reward_weights = check_reward_weights(self.reward_weights, self.num_rewards, "reward.reward_weights")
-        if self.reward_model_output not in ("prob", "logit"):
-            raise ValueError(f"reward.reward_model_output={self.reward_model_output!r}: use 'prob' or 'logit'.")
+        if self.reward_model_output not in ("prob", "logit", "logprob"):
+            raise ValueError(f"reward.reward_model_output={self.reward_model_output!r}: use 'prob', 'logit' or "
+                             "'logprob'.")
         if self.reward_model_batch_size < 1:
             raise ValueError("reward.reward_model_batch_size must be >= 1.")
 

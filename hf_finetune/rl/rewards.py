@@ -370,14 +370,17 @@ class RewardModelScorer:
 
     Any ``AutoModelForSequenceClassification`` works: a one-output reward model gives its logit; a
     classifier with several labels gives the softmax probability (``output="prob"``) or the raw
-    logit (``output="logit"``) of ``label``. So a topic or sentiment classifier — e.g. the MiniLM
-    BBC News classifier of ``recipes/quickstart.yaml`` — becomes a reward for steering generations.
+    logit (``output="logit"``) or the log-probability (``output="logprob"``) of ``label``. So a topic or
+    sentiment classifier — e.g. the MiniLM BBC News classifier of ``recipes/quickstart.yaml`` — becomes a
+    reward for steering generations.
 
     Args:
         model: The classifier (kept frozen, in eval mode).
         tokenizer: Its own tokenizer (may differ from the policy's).
         label: Label id or name (``model.config.label2id``); optional for one-output models.
-        output: ``"prob"`` or ``"logit"``.
+        output: ``"prob"``, ``"logit"`` or ``"logprob"`` (log-softmax: graded where the probability is near 0,
+            so a rollout batch with no clear hit still ranks its completions, and bounded above by 0 unlike
+            the logit, which keyword stuffing can push up without end).
         batch_size: Texts scored per forward pass.
         max_length: Truncation length of the scored text.
         include_prompt: Score the prompt with the completion, in the reward model's own format: its chat
@@ -403,8 +406,8 @@ class RewardModelScorer:
         include_prompt: bool = False,
         name: str | None = None,
     ):
-        if output not in ("prob", "logit"):
-            raise ValueError(f"RewardModelScorer output={output!r}: use 'prob' or 'logit'.")
+        if output not in ("prob", "logit", "logprob"):
+            raise ValueError(f"RewardModelScorer output={output!r}: use 'prob', 'logit' or 'logprob'.")
         num_labels = int(getattr(model.config, "num_labels", 1))
         if num_labels == 1:
             self.label_id = 0
@@ -477,6 +480,8 @@ class RewardModelScorer:
             logits = self.model(**batch).logits.float()
             if self.num_labels > 1 and self.output == "prob":
                 values = logits.softmax(dim=-1)[:, self.label_id]
+            elif self.num_labels > 1 and self.output == "logprob":
+                values = logits.log_softmax(dim=-1)[:, self.label_id]
             else:
                 values = logits[:, self.label_id]
             scores += values.cpu().tolist()
