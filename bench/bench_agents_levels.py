@@ -9,7 +9,13 @@ learning curve) and at the end:
   ``FlatObsWrapper`` (the 7x7 view flattened + the mission as one-hot characters), ``VecNormalize``,
   8 envs, n_steps 128, batch 64, 10 epochs, lr 2.5e-4, ent_coef 0, gae_lambda 0.95;
 * ``lm-ppo``, ``lm-a2c``, ``lm-dqn``: ``recipes/rl_env/babyai_text_{ppo,a2c,dqn}.yaml`` exactly as
-  shipped, with only the level, the step budget and the evaluation schedule replaced.
+  shipped, with only the level, the step budget and the evaluation schedule replaced
+  (``--recipe PATH`` replaces the PPO one, e.g. ``recipes/rl_env/babyai_text_ppo_levels.yaml``).
+
+``--seed`` is the training seed of every trained agent; ``--plot curves.png`` draws the learning
+curves (one panel per level, random as a dashed line). ``--runs DIR ...`` adds finished ``rl_env``
+runs (e.g. ``hf-finetune train RECIPE`` of a shipped recipe, run as written) to the table and plot,
+read from their ``recipe.yaml``, ``metrics.json`` and ``evaluations.npz``.
 
 With ``--held-out-goals "red ball" "green key" ...`` (compositional generalisation) every agent
 trains on episodes whose mission names none of those goals and is scored on episodes that name
@@ -19,6 +25,8 @@ only them (``success rate``, curve) and, for comparison, on held-out episodes of
 Usage:
     python bench/bench_agents_levels.py --levels BabyAI-GoToRedBallGrey-v0 --steps 100000 --agents random symbolic-ppo lm-ppo
     python bench/bench_agents_levels.py --levels BabyAI-GoToObj-v0 --steps 2048 --eval-every 1024 --episodes 5   # smoke
+    python bench/bench_agents_levels.py --levels BabyAI-GoToRedBall-v0 --steps 200000 --eval-every 25000 \
+        --recipe recipes/rl_env/babyai_text_ppo_levels.yaml --plot curves.png
 """
 
 from __future__ import annotations
@@ -71,14 +79,14 @@ def flat_env(level: str, n_envs: int, seed: int, held_out: list[str] | None = No
 
 
 def symbolic_ppo(level: str, steps: int, episodes: int, eval_every: int,
-                 held_out: list[str] | None = None) -> tuple[dict, list]:
+                 held_out: list[str] | None = None, seed: int = 0) -> tuple[dict, list]:
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecNormalize
 
-    env = VecNormalize(flat_env(level, 8, 0, held_out), gamma=ZOO_PPO["gamma"])
+    env = VecNormalize(flat_env(level, 8, seed, held_out), gamma=ZOO_PPO["gamma"])
     eval_env = VecNormalize(flat_env(level, 1, EVAL_SEED, held_out, "held_out" if held_out else "train"),
                             training=False, norm_reward=False)
-    model = PPO("MlpPolicy", env, seed=0, device="cpu", **ZOO_PPO)
+    model = PPO("MlpPolicy", env, seed=seed, device="cpu", **ZOO_PPO)
     curve = []
     greedy = lambda o: model.predict(o, deterministic=True)[0]  # noqa: E731
     while model.num_timesteps < steps:
@@ -95,15 +103,17 @@ def symbolic_ppo(level: str, steps: int, episodes: int, eval_every: int,
 
 
 def lm_agent(algorithm: str, level: str, steps: int, episodes: int, eval_every: int,
-             held_out: list[str] | None = None) -> tuple[dict, list]:
+             held_out: list[str] | None = None, recipe: str | None = None, seed: int = 0) -> tuple[dict, list]:
     import numpy as np
     import yaml
 
     from hf_finetune.config import parse_recipe
     from hf_finetune.rl_env.train import BLOCKS, evaluate, run
 
-    data = yaml.safe_load((RECIPES / f"babyai_text_{algorithm}.yaml").read_text())
+    path = Path(recipe) if recipe and algorithm == "ppo" else RECIPES / f"babyai_text_{algorithm}.yaml"
+    data = yaml.safe_load(path.read_text())
     data["env"]["env_kwargs"] = {**data["env"].get("env_kwargs", {}), "level": level}
+    data["agent"]["seed"] = seed
     if held_out:
         data["env"]["env_kwargs"]["held_out_goals"] = list(held_out)
         data["env"]["eval_env_kwargs"] = {"goal_split": "held_out"}
@@ -131,6 +141,10 @@ def main() -> None:
                         choices=["random", "symbolic-ppo", "lm-ppo", "lm-a2c", "lm-dqn"])
     parser.add_argument("--held-out-goals", nargs="*", default=None,
                         help='goals never asked for in training, e.g. "red ball" "green key" (scored on exactly those)')
+    parser.add_argument("--recipe", default=None, help="PPO recipe for lm-ppo (default recipes/rl_env/babyai_text_ppo.yaml)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of the trained agents")
+    parser.add_argument("--plot", default=None, help="write the learning curves to this PNG")
+    parser.add_argument("--runs", nargs="*", default=[], help="finished rl_env run dirs to add to the table")
     args = parser.parse_args()
     import numpy as np
     import torch
@@ -149,17 +163,24 @@ def main() -> None:
                                      flat_env(level, 1, EVAL_SEED, args.held_out_goals, split), args.episodes)
                 metrics, steps = {"eval_success_rate": success, "eval_mean_return": ret}, 0
             elif name == "symbolic-ppo":
-                metrics, curve = symbolic_ppo(level, steps, args.episodes, args.eval_every, args.held_out_goals)
+                metrics, curve = symbolic_ppo(level, steps, args.episodes, args.eval_every, args.held_out_goals,
+                                              args.seed)
             else:
                 metrics, curve = lm_agent(name.split("-")[1], level, steps, args.episodes, args.eval_every,
-                                          args.held_out_goals)
+                                          args.held_out_goals, args.recipe, args.seed)
             seconds = time.perf_counter() - start
             rows.append((level, name, steps, metrics["eval_success_rate"], metrics["eval_mean_return"], seconds, curve,
                          metrics.get("seen_goal_success_rate")))
             print(f"{level} {name}: {metrics} in {seconds:.0f}s; curve {curve}", flush=True)
 
+    rows += [finished_run(path) for path in args.runs]
+    rows.sort(key=lambda row: (row[0], row[1]))
     goals = f", held-out goals {args.held_out_goals} (success on those only)" if args.held_out_goals else ""
-    print(f"\nHeld-out eval seed {EVAL_SEED}, {args.episodes} episodes, greedy actions{goals}, torch threads 1, "
+    if args.plot:
+        plot(rows, args.plot)
+    recipe = f", lm-ppo recipe {args.recipe}" if args.recipe else ""
+    print(f"\nHeld-out eval seed {EVAL_SEED}, {args.episodes} episodes, greedy actions{goals}, training seed {args.seed}"
+          f"{recipe}, torch threads 1, "
           f"load average {os.getloadavg()[0]:.1f} at the end\n")
     seen_col = " seen-goal success |" if args.held_out_goals else ""
     print(f"| level | agent | env steps | success rate | mean return |{seen_col} wall s | curve (steps: success) |")
@@ -168,6 +189,46 @@ def main() -> None:
         points = ", ".join(f"{t // 1000}k: {s:.2f}" for t, s in curve) or "-"
         seen_s = (f" {seen:.2f} |" if seen is not None else " - |") if args.held_out_goals else ""
         print(f"| {level} | {name} | {steps} | {success:.2f} | {ret:.3f} |{seen_s} {seconds:.0f} | {points} |")
+
+
+def finished_run(path: str) -> tuple:
+    """A table row from an rl_env run directory (its own recipe, final metrics and EvalCallback curve)."""
+    import json
+
+    import numpy as np
+    import yaml
+
+    run = Path(path)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    evaluations = np.load(run / "evaluations.npz")
+    curve = [(int(t), float(np.mean(r > 0))) for t, r in zip(evaluations["timesteps"], evaluations["results"])]
+    agent = recipe["agent"]
+    name = f"lm-{agent['algorithm']} run {run.name} (seed {agent.get('seed', 0)})"
+    return (recipe["env"]["env_kwargs"]["level"], name, int(metrics["num_timesteps"]), metrics["eval_success_rate"],
+            metrics["eval_mean_return"], metrics.get("train_runtime_s", float("nan")), curve, None)
+
+
+def plot(rows: list, path: str) -> None:
+    """One panel per level: success rate against env steps for each trained agent, random dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = list(dict.fromkeys(row[0] for row in rows))
+    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 3.6), squeeze=False)
+    for ax, level in zip(axes[0], levels):
+        for _, name, _, success, _, _, curve, _ in (row for row in rows if row[0] == level):
+            if name == "random":
+                ax.axhline(success, linestyle="--", color="grey", label=f"random ({success:.2f})")
+            elif curve:
+                ax.plot([t for t, _ in curve], [s for _, s in curve], marker="o", label=name)
+        ax.axhline(0.8, linestyle=":", color="black", linewidth=0.8)
+        ax.set(title=level.removeprefix("BabyAI-"), xlabel="env steps", ylabel="greedy success (held-out)", ylim=(0, 1))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 if __name__ == "__main__":
