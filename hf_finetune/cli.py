@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 for a user error, 130 for Ctrl-C)."""
     try:
         return _main(argv)
+    except BrokenPipeError:
+        # The reader of our output went away (`hf-finetune train --help | head`): not an error of
+        # the run. Exit as a process killed by SIGPIPE does, without a message, and keep Python's
+        # final flush of stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except BaseException as err:
         if isinstance(err, SystemExit) or os.environ.get("HF_FINETUNE_DEBUG"):
             raise

@@ -170,3 +170,24 @@ def test_predict_token_classification_gives_one_tag_per_word(tiny_bert_dir, tmp_
     names = set(json.loads((out / "config.json").read_text())["id2label"].values())
     assert [r["tokens"] for r in rows] == [s.split() for s in sentences]
     assert all(len(r["tags"]) == len(r["tokens"]) and set(r["tags"]) <= names for r in rows)
+
+
+def test_output_piped_into_head_is_not_an_error():
+    # `hf-finetune train --help | head` closes the pipe early: that printed a one-line "BrokenPipeError ...
+    # check the path, its permissions and free disk space" error before.
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the ~64 KB of help cannot all sit in the pipe
+    child = subprocess.Popen([sys.executable, "-m", "hf_finetune", "train", "--help"], stdout=write_end,
+                             stderr=subprocess.PIPE)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        first = reader.readline()  # then close it, as `head -1` does
+    code = child.wait(timeout=120)
+    stderr = child.stderr.read().decode()
+    assert first.startswith(b"usage:") and "error" not in stderr.lower(), stderr
+    assert code == 141  # as a process killed by SIGPIPE
