@@ -1,11 +1,10 @@
 """Write the short-answer prompt sets: RL training, held-out evaluation, and a disjoint SFT warm-start set.
 
-    python recipes/rl/data/make_short_answers.py     # rewrites short_answers_{train,heldout,sft}.jsonl
+    python recipes/rl/data/make_short_answers.py     # rewrites short_answers_{train,heldout,sft_pool}.jsonl
 
 Three kinds of question (capitals, additions, simple facts) with every accepted answer. The held-out set is
-a fixed, seeded pick of 20 questions of each kind; the RL set is the rest. The SFT set shares no question
-with either (US state capitals, sums of two-digit numbers, other facts), so a warm start teaches the answer
-format without seeing the held-out answers.
+a fixed, seeded pick of 20 questions of each kind; of the rest, 104 are the RL prompts and 60 a pool from
+which make_sft_pairs.py builds the SFT warm-start pairs (so SFT, RL and held-out share no question).
 """
 
 from __future__ import annotations
@@ -15,8 +14,11 @@ import random
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ONE_WORD = "Reply with one word."
-NUMBER = "Reply with the number only."
+# The answer goes on its own line after "Answer:" (exact_match reads the text after it). A 135M model retrieves
+# a fact through its sentence ("The capital of Spain is Madrid."): asked for the bare word as its first token,
+# it ranks the right first token ~27th (median over the held-out set), so the format keeps the sentence.
+ONE_WORD = "Give a one-word answer after 'Answer:'."
+NUMBER = "Give the number after 'Answer:'."
 WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
          "seventeen eighteen nineteen twenty").split()
 
@@ -77,25 +79,6 @@ FACTS = [
     ("Which month comes after January?", ["February"]), ("Which day comes after Monday?", ["Tuesday"]),
     ("Which day comes after Friday?", ["Saturday"]), ("Which month comes before December?", ["November"]),
 ]
-# SFT-only: no question (or answer pattern) of the RL or held-out sets.
-STATE_CAPITALS = {
-    "Texas": "Austin", "California": "Sacramento", "New York": "Albany", "Florida": "Tallahassee",
-    "Ohio": "Columbus", "Colorado": "Denver", "Massachusetts": "Boston",
-    "Arizona": "Phoenix", "Tennessee": "Nashville", "Hawaii": "Honolulu", "Oregon": "Salem",
-    "Virginia": "Richmond", "Indiana": "Indianapolis", "Illinois": "Springfield", "Washington": "Olympia",
-}
-SFT_FACTS = [
-    ("How many legs does a cat have?", "4"), ("How many eyes does a person have?", "2"),
-    ("How many fingers are on one hand?", "5"), ("What color is a lemon?", "yellow"),
-    ("What color is a tomato?", "red"), ("What is the opposite of light?", "dark"),
-    ("What is the opposite of old?", "young"), ("What is the opposite of full?", "empty"),
-    ("Which animal says hiss?", "snake"), ("Which animal says baa?", "sheep"),
-    ("What is a baby horse called?", "foal"), ("What is a baby goat called?", "kid"),
-    ("Which planet is closest to the Sun?", "Mercury"), ("What do cows drink?", "water"),
-    ("Which month comes after March?", "April"), ("Which day comes after Sunday?", "Monday"),
-]
-
-
 def _row(question: str, answers: list[str], kind: str, suffix: str = ONE_WORD) -> dict:
     return {"prompt": f"{question} {suffix}", "answer": answers, "kind": kind}
 
@@ -109,30 +92,18 @@ def rl_rows() -> list[dict]:
     return rows
 
 
-def _pair(question: str, answer: str) -> dict:
-    # Conversational prompt/completion, as the sft method (TRL's SFTTrainer) takes it: loss on the answer only.
-    return {"prompt": [{"role": "user", "content": question}], "completion": [{"role": "assistant", "content": answer}]}
-
-
-def sft_rows() -> list[dict]:
-    rows = [_pair(f"What is the capital of {state}? {ONE_WORD}", city) for state, city in STATE_CAPITALS.items()]
-    rng = random.Random(7)
-    for _ in range(24):
-        a, b = rng.randint(10, 40), rng.randint(10, 40)
-        rows.append(_pair(f"What is {a} plus {b}? {NUMBER}", str(a + b)))
-    rows += [_pair(f"{q} {ONE_WORD}", a) for q, a in SFT_FACTS]
-    return rows
-
-
 def main() -> None:
     rows = rl_rows()
     rng = random.Random(42)
     heldout: list[dict] = []
     for kind in ("capital", "addition", "fact"):
         heldout += rng.sample([r for r in rows if r["kind"] == kind], 20)
-    train = [r for r in rows if r not in heldout]
-    rng.shuffle(train)
-    for name, part in (("train", train), ("heldout", heldout), ("sft", sft_rows())):
+    rest = [r for r in rows if r not in heldout]
+    rng.shuffle(rest)
+    # The SFT pool is cut from the RL questions before RL sees them: make_sft_pairs.py keeps those the untrained
+    # policy already answers right (in a sentence), so a warm start teaches the format, not new facts.
+    train, pool = rest[:104], rest[104:]
+    for name, part in (("train", train), ("heldout", heldout), ("sft_pool", pool)):
         (HERE / f"short_answers_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
         print(f"short_answers_{name}.jsonl: {len(part)} rows")
 
