@@ -6,8 +6,8 @@ per sequence of a batch of 8) and a training-sized one (2048x384 @ 384x1536, Min
 16 x 128 tokens). "busy" starts one process spinning on a core beside it (a second job, a notebook
 kernel, the other rank of a 2-process run).
 
-    .venv/bin/python bench/bench_threads.py                 # ~2-4 min on 2 cores
-    .venv/bin/python bench/bench_threads.py --rounds 1      # quicker
+    .venv/bin/python bench/bench_threads.py --rounds 1      # 2 min 44 s on 2 cores at load ~5; less idle
+    .venv/bin/python bench/bench_threads.py --rounds 2      # 5 min 24 s at load ~5 (40 fresh processes)
 
 Prints seconds per 1,000 matmuls (median over rounds, settings interleaved within each round) and
 each setting's ratio to 1 thread; the load average is printed as the confounder it is.
@@ -88,6 +88,7 @@ def main() -> None:
         worker(args.worker, args.threads, args.policy)
         return
 
+    started = time.perf_counter()
     cores = len(os.sched_getaffinity(0))
     print(f"usable cores: {cores}; load average before: {os.getloadavg()[0]:.2f} "
           "(a load above 0 means other jobs shared the machine: absolute times are not clean, compare ratios)")
@@ -101,7 +102,8 @@ def main() -> None:
                 for name in names:
                     r = run_setting(shape, SETTINGS[name], busy)
                     results.setdefault((busy, shape, name), []).append(r)
-    print(f"rounds: {args.rounds}; load average after: {os.getloadavg()[0]:.2f}")
+    print(f"rounds: {args.rounds}; load average after: {os.getloadavg()[0]:.2f}; "
+          f"took {time.perf_counter() - started:.0f} s")
     print(f"{'condition':<22}{'matmul':<26}{'setting':<36}{'s/1000':>9}{'incl. choice':>14}{'threads':>9}{'vs 1 thr':>10}")
     for busy in (False, True):
         for shape in SHAPES:
