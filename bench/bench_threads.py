@@ -6,7 +6,7 @@ per sequence of a batch of 8) and a training-sized one (2048x384 @ 384x1536, Min
 16 x 128 tokens). "busy" starts one process spinning on a core beside it (a second job, a notebook
 kernel, the other rank of a 2-process run).
 
-    .venv/bin/python bench/bench_threads.py --rounds 1      # 2 min 44 s on 2 cores at load ~5; less idle
+    .venv/bin/python bench/bench_threads.py --rounds 1      # half of --rounds 2 (20 fresh processes)
     .venv/bin/python bench/bench_threads.py --rounds 2      # 5 min 24 s at load ~5 (40 fresh processes)
 
 Prints seconds per 1,000 matmuls (median over rounds, settings interleaved within each round) and
