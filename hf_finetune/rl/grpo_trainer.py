@@ -89,7 +89,8 @@ class GroupTrainerMixin(RunTrainerMixin):
             name = getattr(getattr(model, "config", None), "_name_or_path", "")
             if isinstance(model, str):
                 name = model
-            if not name or (not os.path.isdir(name) and os.environ.get("HF_HUB_OFFLINE") == "1"):
+            if not name or (not os.path.isdir(name) and os.environ.get("HF_HUB_OFFLINE") == "1"
+                            and not _in_hub_cache(name)):
                 # TRL rebuilds the frozen reference model from model.config._name_or_path.
                 raise ValueError(
                     f"beta/kl_coef={args.beta} needs a reference model, which TRL reloads from "
@@ -213,3 +214,13 @@ def _reject_ppo_only(value_model, ref_model, name: str) -> None:
     if ref_model is not None:
         raise ValueError(f"{name} builds its own reference model (reloaded by name, or the adapter-disabled base "
                          "with LoRA): do not pass ref_model.")
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether ``from_pretrained(name)`` finds ``name`` offline in the Hugging Face cache (bundled models are there)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid Hub id
+        return False
