@@ -222,3 +222,30 @@ def test_grpo_decodes_at_the_thread_count_measured_fastest(tmp_path, tok_and_con
     asked, seen = _threads_inside_generate(model, monkeypatch)
     trainer.train()
     assert seen == [3] and asked == [(8, config.n_embd)]
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_stop_strings_end_a_group_methods_completion(method, tmp_path, tok_and_config):
+    from hf_finetune.rl.grpo_config import GRPOConfig
+    from hf_finetune.rl.grpo_trainer import GRPOTrainer
+    from hf_finetune.rl.rloo_config import RLOOConfig
+    from hf_finetune.rl.rloo_trainer import RLOOTrainer
+
+    config_class, trainer_class = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[method]
+    tokenizer, config = tok_and_config
+    seen, texts = [], []
+
+    def record(prompts, completions, completion_ids, **_):
+        seen.extend(completion_ids)
+        texts.extend(completions)
+        return [0.0] * len(prompts)
+
+    args = config_class(output_dir=str(tmp_path / method), max_steps=1, per_device_train_batch_size=8, num_generations=4,
+                        max_completion_length=6, kl_coef=0.0, report_to="none", use_cpu=True, save_strategy="no",
+                        stop_strings=["goal"])
+    model = skewed_policy(config, favourite_token(tokenizer))  # " goal" at p ~ 0.98 from the first token on
+    trainer_class(model, args, prompts(), processing_class=tokenizer, reward_funcs=[record]).train()
+    assert sum(len(ids) == 1 for ids in seen) >= 6, seen  # cut right after the stop string, not 6 tokens long
+    assert sum(t.strip() == "goal" for t in texts) >= 6, texts
+    with pytest.raises(ValueError, match="stop_strings"):
+        config_class(output_dir=str(tmp_path / "x"), stop_strings=[""])

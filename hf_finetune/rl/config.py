@@ -166,6 +166,11 @@ class GroupRLArguments:
     num_sample_generations: int = field(
         default=8, metadata={"help": "Evaluation generations written to the samples table (samples/eval_step*.jsonl and .md)."}
     )
+    stop_strings: list[str] | None = field(
+        default=None,
+        metadata={"help": "Strings that end a completion (besides every EOS id), as PPO's stop_strings: the completion "
+                  "keeps the string and nothing after it is scored or trained on."},
+    )
     bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (off by default: CPUs and older GPUs)."})
     # None (not TRL's True): transformers then resolves it from activation_checkpointing, default off.
     gradient_checkpointing: bool | None = field(
@@ -201,6 +206,8 @@ class GroupRLArguments:
             raise ValueError("training.truncate_prompts needs training.max_prompt_length (the length to cut to).")
         if self.max_completion_length < 1:
             raise ValueError("training.max_completion_length must be >= 1.")
+        if self.stop_strings is not None and not all(isinstance(s, str) and s for s in self.stop_strings):
+            raise ValueError("training.stop_strings must be a list of non-empty strings.")
         if self.num_generations < 2:
             raise ValueError(
                 f"training.num_generations={self.num_generations}: group-relative methods need >= 2 completions per "

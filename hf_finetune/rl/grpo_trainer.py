@@ -16,6 +16,8 @@ What the subclasses add to ``trl.GRPOTrainer`` / ``trl.RLOOTrainer``:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 from pathlib import Path
@@ -143,8 +145,17 @@ class GroupTrainerMixin(RunTrainerMixin):
         # the model's own generation config; TRL's log-probs assume plain softmax(logits / T) sampling.
         model = self.accelerator.unwrap_model(self.model)
         rows = len(args[0]) if args else len(kwargs.get("prompt_ids", [])) or 1
-        with exact_sampling(model), decoding_threads(model, rows, fixed=self.args.full_determinism):
-            return super()._generate_single_turn(*args, **kwargs)
+        stops = self.args.stop_strings
+        with exact_sampling(model), decoding_threads(model, rows, fixed=self.args.full_determinism), \
+                _stopping_at(model, stops, self.processing_class):
+            out = super()._generate_single_turn(*args, **kwargs)
+        if not stops:
+            return out
+        # TRL keeps every token up to the first EOS; a finished row is padded (with EOS, when pad == EOS) after its
+        # stop string, and those tokens were never sampled: cut each completion right after its stop string.
+        ids = out[0] if isinstance(out, tuple) else out  # GRPO returns (ids, logprobs), RLOO the ids
+        ids = [_cut_after_stop(row, stops, self.processing_class) for row in ids]
+        return (ids, *out[1:]) if isinstance(out, tuple) else ids
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Greedy generation on held-out prompts: mean reward, task metrics and a sample-generations table."""
@@ -169,6 +180,7 @@ class GroupTrainerMixin(RunTrainerMixin):
             max_new_tokens=self.args.max_completion_length,
             batch_size=self.args.per_device_eval_batch_size,
             num_logged=self.args.num_sample_generations,
+            stop_strings=self.args.stop_strings,
             fixed_threads=self.args.full_determinism,
         )
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
@@ -205,6 +217,33 @@ class GRPOTrainer(GroupTrainerMixin, trl.GRPOTrainer):
         ...                       processing_class=tok, reward_funcs=["exact_match"])  # doctest: +SKIP
         >>> trainer.train()  # doctest: +SKIP
     """
+
+
+@contextlib.contextmanager
+def _stopping_at(model, stop_strings, tokenizer):
+    """TRL's generate() call takes no stop strings (they need the tokenizer): add both to the call."""
+    if not stop_strings:
+        yield
+        return
+    own = "generate" in vars(model)  # already patched on the instance (a test's spy): restore that, not the class's
+    generate = model.generate
+    model.generate = functools.partial(generate, stop_strings=list(stop_strings), tokenizer=tokenizer)
+    try:
+        yield
+    finally:
+        if own:
+            model.generate = generate
+        else:
+            del model.generate
+
+
+def _cut_after_stop(ids: list[int], stop_strings, tokenizer) -> list[int]:
+    if not any(s in tokenizer.decode(ids) for s in stop_strings):
+        return ids
+    for end in range(1, len(ids) + 1):  # the first token after which a stop string is in the text
+        if any(s in tokenizer.decode(ids[:end]) for s in stop_strings):
+            return ids[:end]
+    return ids
 
 
 def _reject_ppo_only(value_model, ref_model, name: str) -> None:
