@@ -52,8 +52,10 @@ def worker(spec: dict) -> dict:
     if spec["method"] == "ppo":
         overrides += ["--num_ppo_epochs", str(spec["ppo_epochs"])]
     recipe = load_recipe(spec["recipe"], overrides)
-    if not spec["lora"]:
-        recipe.lora.use_lora = False
+    if not spec["evaluate"]:
+        # Memory runs compare fresh LoRA with full fine-tuning: no warm-start adapter (the task recipes carry one).
+        recipe.lora.lora_adapter_path = None
+        recipe.lora.use_lora = spec["lora"]
     started = time.time()
     metrics = run_recipe(recipe)
     wall = time.time() - started
@@ -97,7 +99,7 @@ def main() -> None:
     print(f"threads={os.environ.get('OMP_NUM_THREADS', 'default')} cpus={os.cpu_count()}", flush=True)
     for method in args.task_methods:
         spec = dict(common, method=method, recipe=RECIPES[method], steps=args.steps, evaluate=True,
-                    lora=method == "ppo", output_dir=f"{args.out}/task_{method}")
+                    lora=True, output_dir=f"{args.out}/task_{method}")  # the recipes carry the SFT adapter
         r = launch(spec)
         m = r["metrics"]
         kl = {k: v for k, v in m.items() if "kl" in k and "coef" not in k}

@@ -21,6 +21,8 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "rl").glob("
 def test_every_rl_recipe_parses_under_every_method(path, method):
     assert path.read_text().startswith("# Launch: ")
     data = read_recipe_yaml(path)
+    if data["method"] not in ("ppo", "grpo", "rloo"):  # a warm-start stage (sft) of a chained RL recipe
+        pytest.skip(f"{path.name} is a {data['method']} stage")
     data["method"] = method  # switching algorithm is changing this one word
     recipe = parse_recipe(data, blocks(method))
     assert recipe.training.prompt_column == "prompt" and recipe.reward.num_rewards >= 1
