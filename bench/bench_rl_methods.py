@@ -1,0 +1,219 @@
+"""PPO vs GRPO vs RLOO at equal wall-clock time on the short-answer task (SmolLM2-135M-Instruct, CPU, offline).
+
+Each (method, seed) runs ``recipes/rl/<method>_short_answers.yaml`` through the recipe API with only the seed and
+output folder overridden, and stops when its training time (evaluations excluded) reaches ``--budget-s``, or at
+the recipe's ``max_steps``, whichever comes first. Every logged step records reward, KL per token, completion
+length and the time since training began; every evaluation (``eval_steps`` of the recipe, and the final one)
+records the held-out ``exact_match`` (greedy, not part of the reward). Printed: one line per run and the mean per
+method; written: ``<out>/curves.png`` (reward, held-out exact_match, KL, length vs time) and ``<out>/runs.json``.
+
+KL: GRPO and RLOO log it per token; PPO logs it per sequence, divided here by the mean completion length.
+The three recipes start from the same SFT warm-start adapter (``recipes/rl/sft_short_answers.yaml``, which must
+have run first: ``outputs/rl/sft_short_answers``).
+
+Usage:
+    OMP_NUM_THREADS=1 python bench/bench_rl_methods.py --seeds 42 43 --budget-s 420
+    python bench/bench_rl_methods.py --methods grpo rloo --seeds 0 --budget-s 60   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = {m: f"recipes/rl/{m}_short_answers.yaml" for m in ("grpo", "rloo")}
+RECIPES["ppo"] = "recipes/rl/ppo_lora_short_answers.yaml"
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def worker(spec: dict) -> dict:
+    from transformers import TrainerCallback
+
+    from hf_finetune.cli import load_recipe, run_recipe
+
+    points: list[dict] = []
+    clock = {"start": None, "eval_s": 0.0, "eval_start": None, "last_step": 0.0}
+
+    def elapsed() -> float:
+        return time.perf_counter() - clock["start"] - clock["eval_s"] if clock["start"] else 0.0
+
+    class Budget(TrainerCallback):
+        """Training time only: evaluation (greedy generation on the held-out set) is not charged to the budget."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock["start"] = time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if clock["eval_start"] is not None:  # an evaluation ran since the last step ended
+                clock["eval_s"] += time.perf_counter() - clock["eval_start"]
+                clock["eval_start"] = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock["eval_start"] = time.perf_counter()
+            clock["last_step"] = elapsed()
+            if elapsed() >= spec["budget_s"]:
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = {k: _number(v) for k, v in (logs or {}).items() if _number(v) is not None}
+            if clock["start"] is None:
+                return
+            at = elapsed() if clock["eval_start"] is None else clock["eval_start"] - clock["start"] - clock["eval_s"]
+            points.append({"t": round(at, 1), "step": state.global_step, **logs})
+
+    overrides = ["--seed", str(spec["seed"]), "--output_dir", spec["output_dir"],
+                 # Held-out evaluation after the budget only (and of the starting policy once per bench, below):
+                 # greedy generation on 60 prompts costs minutes here, and would eat the wall-clock it is compared on.
+                 "--eval_strategy", "no", "--evaluate_before_training", str(spec["evaluate_start"]).lower()]
+    recipe = load_recipe(os.path.join(REPO, RECIPES[spec["method"]]), overrides)
+    started = time.perf_counter()
+    metrics = run_recipe(recipe, callbacks=[Budget()])
+    keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return {**spec, "wall_s": round(time.perf_counter() - started, 1), "train_s": round(clock["last_step"], 1),
+            "train_s_steps": round(clock["last_step"], 1),
+            "points": points, "metrics": keep}
+
+
+def launch(spec: dict) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True,
+                          text=True, cwd=REPO)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"worker failed: {spec}")
+    return json.loads(lines[-1][len("BENCH_RESULT "):])
+
+
+def train_seconds(run: dict) -> float:
+    """Training time up to the end of the last step (runs recorded before that field: their last logged step)."""
+    steps = [p["t"] for p in run["points"] if "eval_exact_match" not in p]
+    return run.get("train_s_steps") or (max(steps) if steps else run["train_s"])
+
+
+def series(run: dict, start: float | None = None) -> dict[str, list[tuple[float, float]]]:
+    """(time, value) per curve; KL per token for every method."""
+    out: dict[str, list] = {"reward": [], "kl": [], "length": [], "exact_match": []}
+    for p in run["points"]:
+        if "eval_exact_match" in p:
+            out["exact_match"].append((p["t"], p["eval_exact_match"]))
+        if run["method"] == "ppo" and "objective/scores" in p:
+            length = p.get("completion/length") or 1.0
+            out["reward"].append((p["t"], p["objective/scores"]))
+            out["kl"].append((p["t"], p["objective/kl"] / max(length, 1.0)))
+            out["length"].append((p["t"], length))
+        elif run["method"] != "ppo" and "reward" in p and "eval_reward" not in p:
+            out["reward"].append((p["t"], p["reward"]))
+            out["kl"].append((p["t"], p.get("kl", float("nan"))))
+            out["length"].append((p["t"], p.get("completions/mean_length", float("nan"))))
+    before = run["metrics"].get("before_eval_exact_match", start)
+    if before is not None:
+        out["exact_match"].insert(0, (0.0, before))
+    final = run["metrics"].get("eval_exact_match")
+    # Logged values arrive rounded to 4 digits: the final evaluation is usually among the points already.
+    if final is not None and (not out["exact_match"] or abs(out["exact_match"][-1][1] - final) > 1e-3):
+        out["exact_match"].append((train_seconds(run), final))
+    return out
+
+
+def plot(runs: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"ppo": "tab:blue", "grpo": "tab:orange", "rloo": "tab:green"}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    titles = {"reward": "training reward (sampled)", "exact_match": "held-out exact_match (greedy)",
+              "kl": "KL to reference, per token", "length": "completion length (tokens)"}
+    seen = set()
+    start = next((r["metrics"]["before_eval_exact_match"] for r in runs if "before_eval_exact_match" in r["metrics"]), None)
+    for run in runs:
+        for ax, (key, points) in zip(axes.flat, ((k, series(run, start)[k]) for k in titles)):
+            if points:
+                label = run["method"] if run["method"] not in seen else None
+                ax.plot(*zip(*points), color=colors[run["method"]], alpha=0.8, label=label,
+                        marker="o" if key == "exact_match" else None, markersize=3)
+        seen.add(run["method"])
+    for ax, title in zip(axes.flat, titles.values()):
+        ax.set_title(title)
+        ax.set_xlabel("training time (s, evaluation excluded)")
+    axes[0, 0].legend()
+    fig.suptitle("PPO vs GRPO vs RLOO, SmolLM2-135M short answers, equal wall-clock (machine shared)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["ppo", "grpo", "rloo"], choices=sorted(RECIPES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
+    parser.add_argument("--budget-s", type=float, default=420.0, help="training seconds per run (evaluation excluded)")
+    parser.add_argument("--out", default="/tmp/bench_rl_methods")
+    parser.add_argument("--replot", action="store_true", help="redraw and reprint from <out>/runs.json only")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("BENCH_RESULT " + json.dumps(worker(json.loads(args.worker))))
+        return
+    os.makedirs(args.out, exist_ok=True)
+    if args.replot:
+        with open(os.path.join(args.out, "runs.json")) as f:
+            runs = json.load(f)
+        for run in runs:
+            summarize(run, runs)
+        plot(runs, os.path.join(args.out, "curves.png"))
+        means(runs, sorted({r["method"] for r in runs}, key=list(RECIPES).index))
+        return
+    print(f"bench_rl_methods: budget {args.budget_s:.0f} s of training per run, OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, load average {os.getloadavg()[0]:.2f} at start")
+    runs = []
+    for seed in args.seeds:  # seed-major, so an interrupted bench still has every method at the first seed
+        for method in args.methods:
+            # The three recipes start from the same adapter and evaluate greedily: one evaluation of the start serves all.
+            spec = {"method": method, "seed": seed, "budget_s": args.budget_s, "evaluate_start": not runs,
+                    "output_dir": os.path.join(args.out, f"{method}_seed{seed}")}
+            run = launch(spec)
+            runs.append(run)
+            summarize(run, runs)
+            with open(os.path.join(args.out, "runs.json"), "w") as f:
+                json.dump(runs, f)
+            plot(runs, os.path.join(args.out, "curves.png"))
+    means(runs, args.methods)
+    print(f"curves: {os.path.join(args.out, 'curves.png')}; load average {os.getloadavg()[0]:.2f} at the end "
+          "(the machine was shared with other jobs)")
+
+
+def summarize(run: dict, runs: list[dict]) -> None:
+    m, start = run["metrics"], runs[0]["metrics"].get("before_eval_exact_match", float("nan"))
+    s = series(run, start)
+    print(f"{run['method']:5s} seed {run['seed']}: steps {max((p['step'] for p in run['points']), default=0):3d} in "
+          f"{train_seconds(run):.0f} s | held-out exact_match {start:.3f} -> {m.get('eval_exact_match', float('nan')):.3f}"
+          f" | eval reward {m.get('eval_reward', float('nan')):.3f} | eval length "
+          f"{m.get('eval_completion_length', float('nan')):.1f}, EOS rate {m.get('eval_eos_rate', float('nan')):.2f} | "
+          f"last KL/token {s['kl'][-1][1] if s['kl'] else 0:.4f}", flush=True)
+
+
+def means(runs: list[dict], methods) -> None:
+    start = runs[0]["metrics"].get("before_eval_exact_match", float("nan"))
+    print("mean over seeds (held-out exact_match after the budget):")
+    for method in methods:
+        finals = [r["metrics"].get("eval_exact_match", float("nan")) for r in runs if r["method"] == method]
+        if finals:
+            print(f"  {method:5s} {start:.3f} -> {sum(finals) / len(finals):.3f}  "
+                  f"(seeds: {', '.join(f'{x:.3f}' for x in finals)})")
+
+
+if __name__ == "__main__":
+    main()
