@@ -7,6 +7,7 @@ with the same prompts, the same sampling settings and the same seeds. Per policy
 
 - ``words``: share of completions in which the recipe's sports word list (its ``eval_metrics`` regex)
   matches. The word list never enters the reward.
+- ``broad``: the same with the looser word list ``BROAD_WORDS``.
 - ``judge``: share classified as the target label by a second classifier (``--judge-model``, e.g. the
   quickstart recipe trained with another seed and split), when given.
 - ``P(target)``: mean probability of the label under the reward model itself (what PPO maximises).
@@ -35,6 +36,9 @@ import time
 import torch
 
 RECIPE = "recipes/rl/ppo_topic_reward_model.yaml"
+# The looser list of the recipe's first version (before issue 11b), fixed before any run was looked at: it also
+# counts "team", "season", "win", "match", "cup", which business and TV stories use too (more false positives).
+BROAD_WORDS = re.compile(r"(?i)\b(sports?|match|team|cup|league|goals?|win|season|players?|coach|football|tennis)\b")
 
 
 def load_recipe_bits(path: str):
@@ -156,7 +160,7 @@ def main() -> None:
           f"T={temperature}, {args.samples} per prompt x seeds {args.seeds}; label {label!r}", flush=True)
     print(f"word list: {words.pattern}", flush=True)
 
-    header = (f"{'policy':<42} {'mode':<8} {'n':>4} {'words':>6} {'judge':>6} {'P(tgt)':>7} {'KL':>6} "
+    header = (f"{'policy':<42} {'mode':<8} {'n':>4} {'words':>6} {'broad':>6} {'judge':>6} {'P(tgt)':>7} {'KL':>6} "
               f"{'ppl_ref':>8} {'len':>5} {'eos':>5} {'distinct':>8}")
     results = []
     for spec in ["base", *args.runs]:
@@ -179,6 +183,7 @@ def main() -> None:
             fig = {
                 "n": len(rows),
                 "words": sum(bool(words.search(t)) for t in texts) / len(texts),
+                "broad": sum(bool(BROAD_WORDS.search(t)) for t in texts) / len(texts),
                 "P(tgt)": label_probs(reward[0], reward[1], texts, reward[2])[:, reward[2]].mean().item(),
                 "judge": (label_probs(judge[0], judge[1], texts, judge[2]).argmax(-1) == judge[2]).float().mean().item()
                 if judge else float("nan"),
@@ -203,13 +208,13 @@ def main() -> None:
     print("\n" + header)
     for spec, mode, f in results:
         name = spec if len(spec) <= 42 else "..." + spec[-39:]
-        print(f"{name:<42} {mode:<8} {f['n']:>4} {f['words']:>6.3f} {f['judge']:>6.3f} {f['P(tgt)']:>7.3f} "
+        print(f"{name:<42} {mode:<8} {f['n']:>4} {f['words']:>6.3f} {f['broad']:>6.3f} {f['judge']:>6.3f} {f['P(tgt)']:>7.3f} "
               f"{f['KL']:>6.2f} {f['ppl_ref']:>8.2f} {f['len']:>5.1f} {f['eos']:>5.2f} {f['distinct']:>8.2f}")
     base = {mode: f for spec, mode, f in results if spec == "base"}
     for spec, mode, f in results:
         if spec != "base":
             print(f"change vs untrained, {spec} [{mode}]: words {100 * (f['words'] - base[mode]['words']):+.1f} "
-                  f"points, judge {100 * (f['judge'] - base[mode]['judge']):+.1f} points, P(target) "
+                  f"points, broad words {100 * (f['broad'] - base[mode]['broad']):+.1f} points, judge {100 * (f['judge'] - base[mode]['judge']):+.1f} points, P(target) "
                   f"{base[mode]['P(tgt)']:.3f} -> {f['P(tgt)']:.3f}")
 
 
