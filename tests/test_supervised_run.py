@@ -110,3 +110,19 @@ def test_quickstart_recipe_cut_down(tmp_path):
     metrics = run_recipe(load_recipe(str(REPO / "recipes/quickstart.yaml"), overrides))
     assert {"eval_accuracy", "eval_f1_macro"} <= metrics.keys()
     assert len(json.loads((tmp_path / "qs" / "config.json").read_text())["id2label"]) == 5
+
+
+def test_a_supervised_run_does_not_import_evaluate(tiny_bert_dir, topic_csv, tmp_path):
+    # `import evaluate` costs ~1 s per run (it imports transformers.pipelines and scipy.stats); the run's metrics are
+    # the same numbers computed by plain functions, and the evaluate modules stay available through load_metric.
+    import subprocess
+    import sys
+
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_bert_dir, topic_csv, tmp_path / "run", max_steps=2))
+    code = ("import sys; from hf_finetune.recipe import load_recipe, run_recipe; "
+            f"m = run_recipe(load_recipe({str(path)!r})); assert 'eval_accuracy' in m; "
+            "print('evaluate imported:', 'evaluate' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "evaluate imported: False" in out.stdout
+    assert ClassificationMetric().compute(predictions=[1, 0], references=[1, 1], num_labels=2)["accuracy"] == 0.5
