@@ -159,7 +159,7 @@ def worker(spec: dict) -> dict:
     trainer.train()
     wall = time.perf_counter() - started
     lengths = [e["completions/mean_length"] for e in trainer.state.log_history if "completions/mean_length" in e]
-    lengths += [e["objective/length"] for e in trainer.state.log_history if "objective/length" in e]
+    lengths += [e["completion/length"] for e in trainer.state.log_history if "completion/length" in e]
     return {**spec, "threads": threads, "steps_timed": clock.steps, "train_s": round(wall, 1),
             "mean_completion_tokens": round(sum(lengths) / max(len(lengths), 1), 1)}
 
