@@ -140,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         message, code = _describe(err)
         print(f"hf-finetune: error: {message}", file=sys.stderr)
         return code
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    # A process that exits with its gloo group still open can abort in interpreter teardown
+    # ("terminate called without an active exception", SIGABRT: pytorch/pytorch#190489), turning
+    # a finished, saved `accelerate launch` run into a failed launch. Trainer never destroys it.
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _main(argv: list[str] | None = None) -> int:

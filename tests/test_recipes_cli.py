@@ -113,3 +113,18 @@ def test_every_recipe_parses():
             f"{path} must start with a comment giving its launch command"
         )
         load_recipe(str(path))
+
+
+def test_cli_closes_the_process_group_it_ran_in(tmp_path, capsys):
+    # An `accelerate launch` run that exits with its gloo group open can abort in interpreter
+    # teardown (SIGABRT) after the run was saved; the CLI closes the group on every exit path.
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert main(["--help"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
