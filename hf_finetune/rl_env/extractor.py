@@ -343,11 +343,14 @@ class MissionAttentionPool(nn.Module):
         """``table`` ``(n, hidden)`` distinct sentences; ``indices`` ``(batch, s)`` into it, column 0 the mission;
         ``mask`` True where a sentence is."""
         batch, head_dim = indices.shape[0], self.dim // self.heads
-        query = self.query(table)[indices[:, 0]].view(batch, 1, self.heads, head_dim)
+        # Project only the distinct sentences this batch uses: the table grows with every sentence seen.
+        used, local = torch.unique(indices, return_inverse=True)
+        rows = table[used]
+        query = self.query(rows)[local[:, 0]].view(batch, 1, self.heads, head_dim)
         # Row 0 of the key/value tables is "nothing seen"; sentence i is row i + 1.
-        others = torch.cat([torch.zeros_like(indices[:, :1]), indices[:, 1:] + 1], dim=1)
-        keys = torch.cat([self.empty_key[0], self.key(table)])[others].view(batch, -1, self.heads, head_dim)
-        values = torch.cat([self.empty_value[0], self.value(table)])[others].view(batch, -1, self.heads, head_dim)
+        others = torch.cat([torch.zeros_like(local[:, :1]), local[:, 1:] + 1], dim=1)
+        keys = torch.cat([self.empty_key[0], self.key(rows)])[others].view(batch, -1, self.heads, head_dim)
+        values = torch.cat([self.empty_value[0], self.value(rows)])[others].view(batch, -1, self.heads, head_dim)
         valid = torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)
         # Elementwise rather than matmul: one query per row, so the products are tiny and bmm's overhead dominates.
         scores = (keys * query).sum(-1) / head_dim**0.5  # (batch, s, heads)
