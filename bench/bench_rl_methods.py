@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
+
+from bench_rl_step import launch  # the same fresh-process worker protocol (BENCH_RESULT line)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {m: f"recipes/rl/{m}_short_answers.yaml" for m in ("grpo", "rloo")}
@@ -83,17 +83,6 @@ def worker(spec: dict) -> dict:
     return {**spec, "wall_s": round(time.perf_counter() - started, 1), "train_s": round(clock["last_step"], 1),
             "train_s_steps": round(clock["last_step"], 1),
             "points": points, "metrics": keep}
-
-
-def launch(spec: dict) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True,
-                          text=True, cwd=REPO)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"worker failed: {spec}")
-    return json.loads(lines[-1][len("BENCH_RESULT "):])
 
 
 def train_seconds(run: dict) -> float:
@@ -184,7 +173,7 @@ def main() -> None:
             # The three recipes start from the same adapter and evaluate greedily: one evaluation of the start serves all.
             spec = {"method": method, "seed": seed, "budget_s": args.budget_s, "evaluate_start": not runs,
                     "output_dir": os.path.join(args.out, f"{method}_seed{seed}")}
-            run = launch(spec)
+            run = launch(spec, __file__)
             runs.append(run)
             summarize(run, runs)
             with open(os.path.join(args.out, "runs.json"), "w") as f:

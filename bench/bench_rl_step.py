@@ -164,9 +164,10 @@ def worker(spec: dict) -> dict:
             "mean_completion_tokens": round(sum(lengths) / max(len(lengths), 1), 1)}
 
 
-def launch(spec: dict) -> dict:
+def launch(spec: dict, script: str = __file__) -> dict:
+    """Run ``script --worker SPEC`` in a fresh process (imports and threads as a user's run) and read its result."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)], env=env, capture_output=True,
                           text=True, cwd=REPO)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
