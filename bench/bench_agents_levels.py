@@ -81,12 +81,14 @@ def flat_env(level: str, n_envs: int, seed: int, held_out: list[str] | None = No
 def symbolic_ppo(level: str, steps: int, episodes: int, eval_every: int,
                  held_out: list[str] | None = None, seed: int = 0) -> tuple[dict, list]:
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import VecNormalize
 
     env = VecNormalize(flat_env(level, 8, seed, held_out), gamma=ZOO_PPO["gamma"])
     eval_env = VecNormalize(flat_env(level, 1, EVAL_SEED, held_out, "held_out" if held_out else "train"),
                             training=False, norm_reward=False)
     model = PPO("MlpPolicy", env, seed=seed, device="cpu", **ZOO_PPO)
+    model.set_logger(Logger(None, []))  # without a logger, learn() leaves a /tmp/SB3-<time> folder per call
     curve = []
     greedy = lambda o: model.predict(o, deterministic=True)[0]  # noqa: E731
     while model.num_timesteps < steps:

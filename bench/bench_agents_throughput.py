@@ -83,6 +83,9 @@ def lm_ppo(env, cache_size: int = 100_000, sentences: bool = False):
 
 def timed_learn(model, steps: int) -> tuple[float, float]:
     """(steps/s over all ``steps``, steps/s over the second half)."""
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(None, []))  # without a logger, learn() leaves a /tmp/SB3-<time> folder per call
     half = max(steps // 2, 512)
     start = time.perf_counter()
     model.learn(half)
@@ -103,6 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import Logger
 
     from hf_finetune.rl_env.extractor import frozen_encoders
 
@@ -126,6 +130,7 @@ def main() -> None:
         model.get_env().close()
     if args.uncached_steps:
         model = lm_ppo(text_envs(args.n_envs), cache_size=0)
+        model.set_logger(Logger(None, []))
         start = time.perf_counter()
         model.learn(args.uncached_steps)
         rate = model.num_timesteps / (time.perf_counter() - start)

@@ -37,6 +37,7 @@ def main() -> None:
     import torch
     import yaml
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import VecNormalize
 
     from hf_finetune.config import parse_recipe
@@ -59,6 +60,7 @@ def main() -> None:
     if isinstance(train, str):
         env = VecNormalize(flat_env(train, 8, 0), gamma=ZOO_PPO["gamma"])
         symbolic = PPO("MlpPolicy", env, seed=0, device="cpu", **ZOO_PPO)
+        symbolic.set_logger(Logger(None, []))  # without a logger, learn() leaves a /tmp/SB3-<time> folder
         symbolic.learn(args.steps)
     sym_seconds = time.perf_counter() - start
 
