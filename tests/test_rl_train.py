@@ -10,7 +10,7 @@ import yaml
 from conftest import write_recipe
 
 from hf_finetune.cli import load_recipe, main, run_recipe
-from hf_finetune.config import parse_recipe, read_recipe_yaml
+from hf_finetune.config import parse_recipe, read_recipe_yaml, recipe_fields
 from hf_finetune.rl.train import blocks
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "rl").glob("*.yaml"))
@@ -23,7 +23,14 @@ def test_every_rl_recipe_parses_under_every_method(path, method):
     data = read_recipe_yaml(path)
     if data["method"] not in ("ppo", "grpo", "rloo"):  # a warm-start stage (sft) of a chained RL recipe
         pytest.skip(f"{path.name} is a {data['method']} stage")
-    data["method"] = method  # switching algorithm is changing this one word
+    own = parse_recipe(data, blocks(data["method"]))  # strict: a typo fails here, under the recipe's own method
+    # Switching algorithm is changing this one word, less the knobs only the recipe's own method has (PPO's
+    # adaptive_kl_target, lam, ...): each dropped key must be a field of the own method that the other lacks.
+    own_fields, other_fields = recipe_fields(type(own.training)), recipe_fields(blocks(method)["training"])
+    dropped = {k for k in data["training"] if k not in other_fields}
+    assert dropped <= set(own_fields), dropped
+    data["training"] = {k: v for k, v in data["training"].items() if k not in dropped}
+    data["method"] = method
     recipe = parse_recipe(data, blocks(method))
     assert recipe.training.prompt_column == "prompt" and recipe.reward.num_rewards >= 1
     assert recipe.training.bf16 is False
