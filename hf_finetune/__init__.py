@@ -56,7 +56,7 @@ _LAZY = {
     "RLOOConfig": "hf_finetune.rl.rloo_config",
     "RLOOTrainer": "hf_finetune.rl.rloo_trainer",
     "RewardArguments": "hf_finetune.rl.config",
-    "RewardModelScorer": "hf_finetune.rl.rewards",
+    "RewardModelScorer": "hf_finetune.rl.reward_model",
     "compute_rewards": "hf_finetune.rl.rewards",
 }
 

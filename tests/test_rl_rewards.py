@@ -224,3 +224,12 @@ def test_brevity_pays_for_every_word_dropped():
     (brevity,) = resolve_reward_funcs(["brevity"])
     assert brevity(["q"] * 4, ["Madrid", "It is Madrid", "The capital of Spain is Madrid.", ""]) == [
         1.0, 1 / 3, 1 / 6, 0.0]
+
+
+def test_reward_model_scorer_keeps_its_public_import_paths():
+    """RewardModelScorer moved to rl/reward_model.py; the old paths name the very same class (isinstance checks)."""
+    import hf_finetune
+    from hf_finetune.rl import reward_model, rewards
+
+    assert hf_finetune.RewardModelScorer is rewards.RewardModelScorer is reward_model.RewardModelScorer
+    assert rewards.load_reward_model is reward_model.load_reward_model
