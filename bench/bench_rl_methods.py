@@ -11,8 +11,14 @@ KL: GRPO and RLOO log it per token; PPO logs it per sequence, divided here by th
 The three recipes start from the same SFT warm-start adapter (``recipes/rl/sft_short_answers.yaml``, which must
 have run first: ``outputs/rl/sft_short_answers``).
 
+``--task topic`` runs the topic-steering recipe (``recipes/rl/ppo_topic_reward_model.yaml``) under each method
+with only the method word switched (the keys only PPO has, e.g. ``adaptive_kl_target``, dropped for GRPO/RLOO); its
+held-out metric is the recipe's strict sports word list (``regex_match``). Score the saved runs with a judge that is
+not the reward afterwards: ``bench/bench_rl_topic.py --runs <out>/*_seed* --judge-model ... --modes greedy``.
+
 Usage:
     OMP_NUM_THREADS=1 python bench/bench_rl_methods.py --seeds 42 43 --budget-s 420
+    OMP_NUM_THREADS=1 python bench/bench_rl_methods.py --task topic --seeds 42 --budget-s 600
     python bench/bench_rl_methods.py --methods grpo rloo --seeds 0 --budget-s 60   # quick look
 """
 
@@ -28,6 +34,23 @@ from bench_rl_step import launch  # the same fresh-process worker protocol (BENC
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {m: f"recipes/rl/{m}_short_answers.yaml" for m in ("grpo", "rloo")}
 RECIPES["ppo"] = "recipes/rl/ppo_lora_short_answers.yaml"
+TOPIC_RECIPE = "recipes/rl/ppo_topic_reward_model.yaml"
+METRIC = "exact_match"  # the held-out metric of the task: regex_match (strict word list) for --task topic
+
+
+def load_task_recipe(spec: dict, overrides: list[str]):
+    """The method's recipe; for the topic task, the one topic recipe with its method word switched."""
+    from hf_finetune.config import parse_recipe, read_recipe_yaml, recipe_fields
+    from hf_finetune.recipe import load_recipe, method_entry
+
+    if spec.get("task", "short_answers") != "topic":
+        return load_recipe(os.path.join(REPO, RECIPES[spec["method"]]), overrides)
+    data = read_recipe_yaml(os.path.join(REPO, TOPIC_RECIPE))
+    blocks = method_entry(spec["method"]).blocks()
+    known = recipe_fields(blocks["training"])
+    data["training"] = {k: v for k, v in data["training"].items() if k in known}
+    data["method"] = spec["method"]
+    return parse_recipe(data, blocks, overrides, source=TOPIC_RECIPE)
 
 
 def _number(value):
@@ -40,7 +63,7 @@ def _number(value):
 def worker(spec: dict) -> dict:
     from transformers import TrainerCallback
 
-    from hf_finetune.cli import load_recipe, run_recipe
+    from hf_finetune.cli import run_recipe
 
     points: list[dict] = []
     clock = {"start": None, "eval_s": 0.0, "eval_start": None, "last_step": 0.0}
@@ -76,7 +99,7 @@ def worker(spec: dict) -> dict:
                  # Held-out evaluation after the budget only (and of the starting policy once per bench, below):
                  # greedy generation on 60 prompts costs minutes here, and would eat the wall-clock it is compared on.
                  "--eval_strategy", "no", "--evaluate_before_training", str(spec["evaluate_start"]).lower()]
-    recipe = load_recipe(os.path.join(REPO, RECIPES[spec["method"]]), overrides)
+    recipe = load_task_recipe(spec, overrides)
     started = time.perf_counter()
     metrics = run_recipe(recipe, callbacks=[Budget()])
     keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -87,7 +110,7 @@ def worker(spec: dict) -> dict:
 
 def train_seconds(run: dict) -> float:
     """Training time up to the end of the last step (runs recorded before that field: their last logged step)."""
-    steps = [p["t"] for p in run["points"] if "eval_exact_match" not in p]
+    steps = [p["t"] for p in run["points"] if f"eval_{METRIC}" not in p]
     return run.get("train_s_steps") or (max(steps) if steps else run["train_s"])
 
 
@@ -95,8 +118,8 @@ def series(run: dict, start: float | None = None) -> dict[str, list[tuple[float,
     """(time, value) per curve; KL per token for every method."""
     out: dict[str, list] = {"reward": [], "kl": [], "length": [], "exact_match": []}
     for p in run["points"]:
-        if "eval_exact_match" in p:
-            out["exact_match"].append((p["t"], p["eval_exact_match"]))
+        if f"eval_{METRIC}" in p:
+            out["exact_match"].append((p["t"], p[f"eval_{METRIC}"]))
         if run["method"] == "ppo" and "objective/scores" in p:
             length = p.get("completion/length") or 1.0
             out["reward"].append((p["t"], p["objective/scores"]))
@@ -106,10 +129,10 @@ def series(run: dict, start: float | None = None) -> dict[str, list[tuple[float,
             out["reward"].append((p["t"], p["reward"]))
             out["kl"].append((p["t"], p.get("kl", float("nan"))))
             out["length"].append((p["t"], p.get("completions/mean_length", float("nan"))))
-    before = run["metrics"].get("before_eval_exact_match", start)
+    before = run["metrics"].get(f"before_eval_{METRIC}", start)
     if before is not None:
         out["exact_match"].insert(0, (0.0, before))
-    final = run["metrics"].get("eval_exact_match")
+    final = run["metrics"].get(f"eval_{METRIC}")
     # Logged values arrive rounded to 4 digits: the final evaluation is usually among the points already.
     if final is not None and (not out["exact_match"] or abs(out["exact_match"][-1][1] - final) > 1e-3):
         out["exact_match"].append((train_seconds(run), final))
@@ -124,10 +147,10 @@ def plot(runs: list[dict], path: str) -> None:
 
     colors = {"ppo": "tab:blue", "grpo": "tab:orange", "rloo": "tab:green"}
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    titles = {"reward": "training reward (sampled)", "exact_match": "held-out exact_match (greedy)",
+    titles = {"reward": "training reward (sampled)", "exact_match": f"held-out {METRIC} (greedy)",
               "kl": "KL to reference, per token", "length": "completion length (tokens)"}
     seen = set()
-    start = next((r["metrics"]["before_eval_exact_match"] for r in runs if "before_eval_exact_match" in r["metrics"]), None)
+    start = next((r["metrics"][f"before_eval_{METRIC}"] for r in runs if f"before_eval_{METRIC}" in r["metrics"]), None)
     for run in runs:
         for ax, (key, points) in zip(axes.flat, ((k, series(run, start)[k]) for k in titles)):
             if points:
@@ -139,7 +162,8 @@ def plot(runs: list[dict], path: str) -> None:
         ax.set_title(title)
         ax.set_xlabel("training time (s, evaluation excluded)")
     axes[0, 0].legend()
-    fig.suptitle("PPO vs GRPO vs RLOO, SmolLM2-135M short answers, equal wall-clock (machine shared)")
+    task = "topic steering" if METRIC == "regex_match" else "short answers"
+    fig.suptitle(f"PPO vs GRPO vs RLOO, SmolLM2-135M {task}, equal wall-clock (machine shared)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
@@ -149,10 +173,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["ppo", "grpo", "rloo"], choices=sorted(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     parser.add_argument("--budget-s", type=float, default=420.0, help="training seconds per run (evaluation excluded)")
+    parser.add_argument("--task", default="short_answers", choices=["short_answers", "topic"])
     parser.add_argument("--out", default="/tmp/bench_rl_methods")
     parser.add_argument("--replot", action="store_true", help="redraw and reprint from <out>/runs.json only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global METRIC
+    METRIC = "regex_match" if args.task == "topic" else "exact_match"
     if args.worker:
         print("BENCH_RESULT " + json.dumps(worker(json.loads(args.worker))))
         return
@@ -171,7 +198,7 @@ def main() -> None:
     for seed in args.seeds:  # seed-major, so an interrupted bench still has every method at the first seed
         for method in args.methods:
             # The three recipes start from the same adapter and evaluate greedily: one evaluation of the start serves all.
-            spec = {"method": method, "seed": seed, "budget_s": args.budget_s, "evaluate_start": not runs,
+            spec = {"method": method, "task": args.task, "seed": seed, "budget_s": args.budget_s, "evaluate_start": not runs,
                     "output_dir": os.path.join(args.out, f"{method}_seed{seed}")}
             run = launch(spec, __file__)
             runs.append(run)
@@ -185,20 +212,20 @@ def main() -> None:
 
 
 def summarize(run: dict, runs: list[dict]) -> None:
-    m, start = run["metrics"], runs[0]["metrics"].get("before_eval_exact_match", float("nan"))
+    m, start = run["metrics"], runs[0]["metrics"].get(f"before_eval_{METRIC}", float("nan"))
     s = series(run, start)
     print(f"{run['method']:5s} seed {run['seed']}: steps {max((p['step'] for p in run['points']), default=0):3d} in "
-          f"{train_seconds(run):.0f} s | held-out exact_match {start:.3f} -> {m.get('eval_exact_match', float('nan')):.3f}"
+          f"{train_seconds(run):.0f} s | held-out {METRIC} {start:.3f} -> {m.get(f'eval_{METRIC}', float('nan')):.3f}"
           f" | eval reward {m.get('eval_reward', float('nan')):.3f} | eval length "
           f"{m.get('eval_completion_length', float('nan')):.1f}, EOS rate {m.get('eval_eos_rate', float('nan')):.2f} | "
           f"last KL/token {s['kl'][-1][1] if s['kl'] else 0:.4f}", flush=True)
 
 
 def means(runs: list[dict], methods) -> None:
-    start = runs[0]["metrics"].get("before_eval_exact_match", float("nan"))
-    print("mean over seeds (held-out exact_match after the budget):")
+    start = runs[0]["metrics"].get(f"before_eval_{METRIC}", float("nan"))
+    print(f"mean over seeds (held-out {METRIC} after the budget):")
     for method in methods:
-        finals = [r["metrics"].get("eval_exact_match", float("nan")) for r in runs if r["method"] == method]
+        finals = [r["metrics"].get(f"eval_{METRIC}", float("nan")) for r in runs if r["method"] == method]
         if finals:
             print(f"  {method:5s} {start:.3f} -> {sum(finals) / len(finals):.3f}  "
                   f"(seeds: {', '.join(f'{x:.3f}' for x in finals)})")

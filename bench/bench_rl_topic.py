@@ -23,11 +23,14 @@ Usage:
     OMP_NUM_THREADS=1 python bench/bench_rl_topic.py --runs outputs/rl/ppo_topic_reward_model \\
         --judge-model /tmp/judge --samples 4 --seeds 0 1
     python bench/bench_rl_topic.py --split train --samples 4 --show 10   # the untrained policy on train prompts
+    python bench/bench_rl_topic.py --runs /tmp/m/ppo_seed42 /tmp/m/grpo_seed42 --judge-model /tmp/judge --modes greedy \
+        --json /tmp/m/judge.json   # the method comparison's runs (bench_rl_methods.py --task topic), greedy only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -126,6 +129,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--show", type=int, default=4, help="completions printed per policy")
+    parser.add_argument("--modes", nargs="+", default=["greedy", "sampled"], choices=["greedy", "sampled"],
+                        help="greedy only is ~4x cheaper but gives no KL estimate")
+    parser.add_argument("--json", default=None, help="also write the table here")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
@@ -166,7 +172,7 @@ def main() -> None:
     for spec in ["base", *args.runs]:
         started = time.time()
         policy = reference if spec == "base" else load_policy(spec, base_source)
-        for mode in ("greedy", "sampled"):
+        for mode in args.modes:
             rows, prompt_of = [], []
             if mode == "greedy":
                 rows = generate(policy, tok, prompts, eos_ids, max_new, None, args.batch_size)
@@ -211,6 +217,9 @@ def main() -> None:
         print(f"{name:<42} {mode:<8} {f['n']:>4} {f['words']:>6.3f} {f['broad']:>6.3f} {f['judge']:>6.3f} {f['P(tgt)']:>7.3f} "
               f"{f['KL']:>6.2f} {f['ppl_ref']:>8.2f} {f['len']:>5.1f} {f['eos']:>5.2f} {f['distinct']:>8.2f}")
     base = {mode: f for spec, mode, f in results if spec == "base"}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{"policy": spec, "mode": mode, **fig} for spec, mode, fig in results], f, indent=1)
     for spec, mode, f in results:
         if spec != "base":
             print(f"change vs untrained, {spec} [{mode}]: words {100 * (f['words'] - base[mode]['words']):+.1f} "
