@@ -372,8 +372,6 @@ def test_clear_errors_before_step_one(tmp_path, tok_and_config):
                    reward_funcs=reward)
     with pytest.raises(ValueError, match="value_model"):
         ppo_args(tmp_path, value_model="critic")
-    with pytest.raises(ValueError, match="not supported by PPO"):
-        ppo_args(tmp_path, gradient_checkpointing=True)
     with pytest.raises(ValueError, match=r"train_dataset row \d+ has \d+ prompt tokens > max_prompt_length=2"):
         PPOTrainer(tiny_policy(config), ppo_args(tmp_path, max_prompt_length=2), prompt_dataset(4),
                    processing_class=tokenizer, reward_funcs=reward)
@@ -421,6 +419,63 @@ def test_rollout_micro_batches_give_the_same_rollout(tmp_path, tok_and_config):
         assert torch.allclose(out[0][key], out[1][key], atol=1e-5), key
 
 
+def _lora():
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full+separate-critic", "lora+shared-head"])
+def test_gradient_checkpointing_trains_and_matches_the_first_step(tmp_path, tok_and_config, lora):
+    tokenizer, config = tok_and_config
+    results = []
+    for checkpointing in (False, True):
+        args = ppo_args(tmp_path / str(checkpointing), max_steps=1, num_ppo_epochs=1, gradient_checkpointing=checkpointing)
+        trainer = PPOTrainer(tiny_policy(config), args, prompt_dataset(16), processing_class=tokenizer,
+                             reward_funcs=target_token_reward(tokenizer), peft_config=_lora() if lora else None)
+        # Recomputation shows as a second call of the attention modules (policy's, and a separate critic's).
+        modules = [(trainer.policy.get_base_model() if lora else trainer.policy).transformer.h[0].attn]
+        modules += [] if lora else [trainer.value.transformer.h[0].attn]
+        calls = [0] * len(modules)
+        for i, module in enumerate(modules):
+            module.register_forward_hook(lambda *_, i=i, calls=calls: calls.__setitem__(i, calls[i] + 1))
+        before = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+        trainer.train()
+        after = dict(trainer.model.named_parameters())
+        loss = next(e["loss"] for e in trainer.state.log_history if "loss" in e)
+        results.append((loss, {k: after[k].detach().clone() for k in before}, calls))
+        assert any(not torch.equal(v, after[k]) for k, v in before.items() if "lora_" in k or not lora)  # it trains
+        assert any(not torch.equal(v, after[k]) for k, v in before.items() if k.startswith("value."))
+    (loss0, params0, calls0), (loss1, params1, calls1) = results
+    assert all(c1 > c0 for c0, c1 in zip(calls0, calls1))  # checkpointing recomputed the layers (critic's too)
+    assert loss1 == pytest.approx(loss0, rel=1e-5, abs=1e-6)  # same function: eval mode kept, no dropout
+    assert all(torch.allclose(params0[k], params1[k], atol=1e-6) for k in params0)
+
+
+def test_detach_value_head_keeps_value_gradients_out_of_the_policy(tmp_path, tok_and_config):
+    tokenizer, config = tok_and_config
+    rows = [prompt_dataset(4)[i] for i in range(4)]
+    grads = {}
+    for detach in (False, True):
+        trainer = PPOTrainer(tiny_policy(config), ppo_args(tmp_path, detach_value_head=detach), prompt_dataset(4),
+                             processing_class=tokenizer, reward_funcs=target_token_reward(tokenizer), peft_config=_lora())
+        trainer.model.eval()
+        torch.manual_seed(0)
+        batch = trainer._rollout(rows)
+        with torch.no_grad():
+            trainer.value.weight.normal_()  # a zero head passes no gradient at all
+        _, values = trainer.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+                                  batch["responses"].shape[1])
+        values.square().mean().backward()  # a value loss alone
+        grads[detach] = [p.grad for n, p in trainer.policy.named_parameters() if "lora_" in n and p.requires_grad]
+        assert trainer.value.weight.grad.abs().sum() > 0  # the head itself still learns
+    assert any(g is not None and g.abs().sum() > 0 for g in grads[False])  # default: the value loss moves LoRA
+    assert all(g is None or not g.any() for g in grads[True])
+    with pytest.raises(ValueError, match="detach_value_head applies to a shared value head"):
+        PPOTrainer(tiny_policy(config), ppo_args(tmp_path, detach_value_head=True), prompt_dataset(4),
+                   processing_class=tokenizer, reward_funcs=target_token_reward(tokenizer))
+
+
 def test_target_kl_is_a_deprecated_alias_of_adaptive_kl_target(tmp_path):
     with pytest.warns(DeprecationWarning, match="adaptive_kl_target"):
         args = ppo_args(tmp_path, target_kl=0.5)
@@ -440,36 +495,78 @@ DDP_SCRIPT = '''
 import hashlib, json, os, sys
 sys.path.insert(0, os.environ["TESTS_DIR"])
 import torch
-from conftest import build_bpe_tokenizer, make_topic_rows
+from conftest import build_bpe_tokenizer
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel
 from hf_finetune.rl.ppo_config import PPOConfig
 from hf_finetune.rl.ppo_trainer import PPOTrainer
 
 tok = build_bpe_tokenizer()
-torch.manual_seed(0)
+world = int(os.environ.get("WORLD_SIZE", "1"))
 config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-data = Dataset.from_list([{"prompt": "the match goal"}] * 30)  # one prompt: only the RNG can make ranks differ
-seen = []
-args = PPOConfig(output_dir=os.environ["OUT"], max_steps=2, per_device_train_batch_size=4, report_to=[],
-                 disable_tqdm=True, logging_steps=1, save_strategy="no", use_cpu=True, learning_rate=1e-3)
-trainer = PPOTrainer(GPT2LMHeadModel(config), args, data, processing_class=tok,
-                     reward_funcs=lambda prompts, completions, **_: seen.extend(completions) or [len(c) / 50 for c in completions])
-before = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
+data = Dataset.from_list([{"prompt": "the match goal"}] * 32)  # one prompt: only the RNG can make ranks differ
+
+
+def digest(model):
+    return hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+
+
+def trainer_for(out, per_device, reward):
+    torch.manual_seed(0)
+    args = PPOConfig(output_dir=out, max_steps=2, per_device_train_batch_size=per_device, report_to=[],
+                     disable_tqdm=True, logging_steps=1, save_strategy="no", use_cpu=True, learning_rate=1e-3)
+    return PPOTrainer(GPT2LMHeadModel(config), args, data, processing_class=tok, reward_funcs=reward)
+
+
+if not os.environ.get("FIXED_ONLY"):
+    # Part 1, real sampling: each rank draws from its own stream, and the replicas stay identical.
+    seen = []
+    trainer = trainer_for(os.path.join(os.environ["OUT"], "sampled"), 4,
+                          lambda prompts, completions, **_: seen.extend(completions) or [len(c) / 50 for c in completions])
+    before = digest(trainer.model)
+    trainer.train()
+    args = trainer.args
+    record = {"rank": args.process_index, "world_size": args.world_size, "before": before, "after": digest(trainer.model),
+              "completions": seen}
+    with open(os.path.join(os.environ["OUT"], f"rank{args.process_index}.json"), "w") as f:
+        json.dump(record, f)
+
+# Part 2, the same global batch of 8 rollouts (2 ranks x 4, or 1 process x 8): generate() returns fixed responses, the
+# slice of the global batch this rank holds, so the update can be compared with a 1-process run of that batch.
+# No EOS in them: every rank then holds the same number of response tokens, and the mean of the ranks' token means
+# (what DDP's gradient averaging computes) equals the token mean of the global batch (what one process computes).
+# Ragged lengths would weight tokens differently, as in every DDP PPO; sampling can never match (one stream per rank).
+fixed = torch.randint(1, len(tok), (2, 8, 5), generator=torch.Generator().manual_seed(1))  # 2 steps; EOS id is 0
+calls = []
+
+
+def fixed_generate(self, input_ids, attention_mask=None, **_):
+    rows = input_ids.shape[0]
+    start = int(os.environ.get("RANK", "0")) * rows
+    responses = fixed[len(calls), start : start + rows]
+    calls.append(rows)
+    return torch.cat([input_ids, responses], dim=1)
+
+
+GPT2LMHeadModel.generate = fixed_generate
+trainer = trainer_for(os.path.join(os.environ["OUT"], "fixed"), 8 // world,
+                      lambda prompts, completions, **_: [len(set(c)) / 10 for c in completions])
+initial = [p.detach().clone() for p in trainer.model.parameters()]
 trainer.train()
-after = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
-record = {"rank": args.process_index, "world_size": args.world_size, "before": before, "after": after,
-          "completions": seen}
-with open(os.path.join(os.environ["OUT"], f"rank{args.process_index}.json"), "w") as f:
-    json.dump(record, f)
-# An open gloo group can abort the process in interpreter teardown (SIGABRT, seen once in CI).
-torch.distributed.destroy_process_group()
+if trainer.args.process_index == 0:
+    torch.save({"params": [p.detach().clone() for p in trainer.model.parameters()], "initial": initial,
+                "scores": [e["objective/scores"] for e in trainer.state.log_history if "objective/scores" in e],
+                "calls": calls, "world_size": trainer.args.world_size},
+               os.path.join(os.environ["OUT"], "fixed.pt"))
+if torch.distributed.is_initialized():
+    # An open gloo group can abort the process in interpreter teardown (SIGABRT, seen once in CI).
+    torch.distributed.destroy_process_group()
 '''
 
 
 @pytest.mark.slow
-def test_two_process_cpu_ddp_keeps_replicas_identical(tmp_path):
+def test_two_process_cpu_ddp_keeps_replicas_identical_and_matches_one_process(tmp_path):
     import os
     import shutil
     import socket
@@ -494,3 +591,18 @@ def test_two_process_cpu_ddp_keeps_replicas_identical(tmp_path):
     assert [r["world_size"] for r in records] == [2, 2]
     assert records[0]["after"] == records[1]["after"] != records[0]["before"]  # trained, and replicas in sync
     assert records[0]["completions"] != records[1]["completions"]  # each rank samples its own stream
+
+    one_dir = tmp_path / "one"
+    one_dir.mkdir()
+    proc = subprocess.run([sys.executable, str(script)], env={**env, "OUT": str(one_dir), "FIXED_ONLY": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = torch.load(tmp_path / "fixed.pt"), torch.load(one_dir / "fixed.pt")
+    assert (two["world_size"], one["world_size"], two["calls"], one["calls"]) == (2, 1, [4, 4], [8, 8])
+    # Same global batch: global reward statistics and whitening, averaged gradients -> the same update (to float
+    # summation order: the ranks reduce in another order than one process does).
+    assert two["scores"] == pytest.approx(one["scores"], abs=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(one["initial"], two["initial"]))
+    moved = max((a - b).abs().max().item() for a, b in zip(one["params"], one["initial"]))
+    apart = max((a - b).abs().max().item() for a, b in zip(one["params"], two["params"]))
+    assert moved > 1e-3 and apart < 1e-5, (moved, apart)  # trained (2 steps x 4 epochs at lr 1e-3), and alike

@@ -93,7 +93,18 @@ class PPOConfig(CheckedRanges, TrainingArguments):
         metadata={
             "help": "separate: a critic AutoModelForSequenceClassification (num_labels=1) used per token (a second "
             "full copy of the backbone, all trainable); shared: a linear value head on the policy's last hidden "
-            "state; auto: shared when the policy trains LoRA adapters (one frozen copy of the base), else separate."
+            "state; auto: shared when the policy trains LoRA adapters (one frozen copy of the base), else separate. "
+            "A shared head reads the policy's hidden states, so the value loss (times vf_coef) also trains the "
+            "policy's weights (its LoRA adapters), unless detach_value_head is set."
+        },
+    )
+    detach_value_head: bool = field(
+        default=False,
+        metadata={
+            "help": "With a shared value head: stop the value loss's gradient at the head's input, so only the "
+            "policy loss moves the policy (its LoRA adapters) and the critic is a linear probe of the policy's "
+            "features. Off (default): the value loss also shapes the shared adapters, as in TRL's former "
+            "value-head models; with large or unscaled rewards it can then dominate the policy's update."
         },
     )
     # --- evaluation ------------------------------------------------------------------------------
@@ -139,9 +150,6 @@ class PPOConfig(CheckedRanges, TrainingArguments):
             raise ValueError("num_ppo_epochs and num_mini_batches must both be >= 1.")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ValueError("gamma and lam must lie in [0, 1].")
-        if self.activation_checkpointing:
-            # HF checkpointing only acts in train mode; PPO runs its models in eval mode (no dropout).
-            raise ValueError("activation_checkpointing (gradient_checkpointing) is not supported by PPO: leave it off.")
         if self.load_best_model_at_end:
             raise ValueError("load_best_model_at_end is not supported by PPO: evaluate the saved checkpoints instead.")
         if self.adaptive_kl_target is not None and self.adaptive_kl_target <= 0:

@@ -185,6 +185,9 @@ class PPOTrainer(RunTrainerMixin, Trainer):
         self.eos_token_ids = eos_token_ids(model, tokenizer)
         # LoRA: a head on the policy, so the critic shares the one frozen copy of the base weights.
         self.value_kind = args.value_model if args.value_model != "auto" else "shared" if self.is_peft else "separate"
+        if self.value_kind != "shared" and args.detach_value_head:
+            raise ValueError("detach_value_head applies to a shared value head (value_model='shared', or 'auto' with "
+                             "LoRA); a separate critic never trains the policy: unset detach_value_head.")
         if self.value_kind == "shared":
             if value_model is not None:
                 raise ValueError("value_model='shared' uses a head on the policy: do not pass a value_model too.")
@@ -209,7 +212,7 @@ class PPOTrainer(RunTrainerMixin, Trainer):
         if not any(isinstance(c, NonFiniteGuardCallback) for c in callbacks):
             callbacks.append(NonFiniteGuardCallback())
         super().__init__(
-            model=PolicyAndValue(model, value),
+            model=PolicyAndValue(model, value, detach_value_input=args.detach_value_head),
             args=args,
             data_collator=lambda rows: rows,  # prompts are tokenized per rollout, with left padding
             train_dataset=train_dataset,

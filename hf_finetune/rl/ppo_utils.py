@@ -125,29 +125,69 @@ class PolicyAndValue(nn.Module):
     through its scalar head at every position) or a ``nn.Linear`` head on the policy's last hidden state.
     """
 
-    def __init__(self, policy: nn.Module, value: nn.Module):
+    def __init__(self, policy: nn.Module, value: nn.Module, detach_value_input: bool = False):
         super().__init__()
         self.policy = policy
         self.value = value
         self.shared = isinstance(value, nn.Linear)
+        self.detach_value_input = detach_value_input
         self.config = policy.config  # Trainer's model card and Hub push read the policy's config here
+        self._checkpointed: list[nn.Module] = []
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False) -> None:
+        """What ``Trainer`` calls for ``activation_checkpointing=True``: the policy's layers and, for a separate
+        critic, its backbone's layers recompute their activations in the backward pass."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        for model in (self.policy,) if self.shared else (self.policy, self.value):
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            if not getattr(base, "supports_gradient_checkpointing", False):
+                raise ValueError(f"{type(base).__name__} does not support gradient checkpointing: set "
+                                 "activation_checkpointing (gradient_checkpointing) to false.")
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                 every_n_layers=every_n_layers, offload=offload)
+            if hasattr(model, "disable_adapter"):  # frozen embeddings: reentrant checkpointing needs a grad input
+                base.enable_input_require_grads()
+        self._checkpointed = [m for m in self.modules()
+                              if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+
+    @contextlib.contextmanager
+    def _checkpointing(self):
+        # transformers checkpoints a layer only in train mode, but PPO runs in eval mode (no dropout, so the first
+        # pass has ratio 1 exactly): flag the checkpointed layers alone as training; their submodules (dropout,
+        # attention) stay in eval mode, so the recomputed forward is the same function.
+        if not self._checkpointed or not torch.is_grad_enabled():
+            yield
+            return
+        modes = [m.training for m in self._checkpointed]
+        for m in self._checkpointed:
+            m.training = True
+        try:
+            yield
+        finally:
+            for m, mode in zip(self._checkpointed, modes):
+                m.training = mode
 
     def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int):
-        out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_hidden_states=self.shared,
-            use_cache=False,
-            logits_to_keep=logits_to_keep + 1,
-        )
-        if self.shared:
-            return out.logits, self.value(out.hidden_states[-1]).squeeze(-1)
-        backbone = getattr(self.value, self.value.base_model_prefix)
-        hidden = backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
-        return out.logits, _value_head(self.value)(hidden).squeeze(-1)
+        with self._checkpointing():
+            out = self.policy(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                output_hidden_states=self.shared,
+                use_cache=False,
+                logits_to_keep=logits_to_keep + 1,
+            )
+            if self.shared:
+                hidden = out.hidden_states[-1]
+                # detach: the value loss trains the head only, not the policy weights it reads from.
+                return out.logits, self.value(hidden.detach() if self.detach_value_input else hidden).squeeze(-1)
+            backbone = getattr(self.value, self.value.base_model_prefix)
+            hidden = backbone(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+            return out.logits, _value_head(self.value)(hidden).squeeze(-1)
 
 
 def _value_head(model: nn.Module) -> nn.Module:
