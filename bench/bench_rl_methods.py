@@ -18,6 +18,7 @@ not the reward afterwards: ``bench/bench_rl_topic.py --runs <out>/*_seed* --judg
 
 Usage:
     OMP_NUM_THREADS=1 python bench/bench_rl_methods.py --seeds 42 43 --budget-s 420
+    python bench/bench_rl_methods.py --replot --out /tmp/all --runs /tmp/a/runs.json /tmp/b/runs.json  # merge seeds
     OMP_NUM_THREADS=1 python bench/bench_rl_methods.py --task topic --seeds 42 --budget-s 600
     python bench/bench_rl_methods.py --methods grpo rloo --seeds 0 --budget-s 60   # quick look
 """
@@ -176,6 +177,8 @@ def main() -> None:
     parser.add_argument("--task", default="short_answers", choices=["short_answers", "topic"])
     parser.add_argument("--out", default="/tmp/bench_rl_methods")
     parser.add_argument("--replot", action="store_true", help="redraw and reprint from <out>/runs.json only")
+    parser.add_argument("--runs", nargs="+", help="with --replot: merge these runs.json files (e.g. a bench of more "
+                        "seeds run later) into <out>/runs.json first")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     global METRIC
@@ -185,6 +188,13 @@ def main() -> None:
         return
     os.makedirs(args.out, exist_ok=True)
     if args.replot:
+        if args.runs:
+            runs = []
+            for path in args.runs:
+                with open(path) as f:
+                    runs += json.load(f)
+            with open(os.path.join(args.out, "runs.json"), "w") as f:
+                json.dump(runs, f)
         with open(os.path.join(args.out, "runs.json")) as f:
             runs = json.load(f)
         for run in runs:
@@ -225,10 +235,19 @@ def means(runs: list[dict], methods) -> None:
     start = runs[0]["metrics"].get(f"before_eval_{METRIC}", float("nan"))
     print(f"mean over seeds (held-out {METRIC} after the budget):")
     for method in methods:
-        finals = [r["metrics"].get(f"eval_{METRIC}", float("nan")) for r in runs if r["method"] == method]
+        mine = [r for r in runs if r["method"] == method]
+        finals = [r["metrics"].get(f"eval_{METRIC}", float("nan")) for r in mine]
         if finals:
-            print(f"  {method:5s} {start:.3f} -> {sum(finals) / len(finals):.3f}  "
-                  f"(seeds: {', '.join(f'{x:.3f}' for x in finals)})")
+            def mean(values):
+                return sum(values) / len(values)
+
+            kls = [series(r, start)["kl"] for r in mine]
+            print(f"  {method:5s} {start:.3f} -> {mean(finals):.3f}  (seeds: {', '.join(f'{x:.3f}' for x in finals)})"
+                  f" | steps {mean([max((p['step'] for p in r['points']), default=0) for r in mine]):.1f} in "
+                  f"{mean([train_seconds(r) for r in mine]):.0f} s | eval length "
+                  f"{mean([r['metrics'].get('eval_completion_length', float('nan')) for r in mine]):.1f}, EOS rate "
+                  f"{mean([r['metrics'].get('eval_eos_rate', float('nan')) for r in mine]):.2f} | last KL/token "
+                  f"{mean([k[-1][1] if k else 0.0 for k in kls]):.4f}")
 
 
 if __name__ == "__main__":
