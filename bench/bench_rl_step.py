@@ -102,7 +102,7 @@ def worker(spec: dict) -> dict:
 
     from hf_finetune.config import LoraArguments
     from hf_finetune.models import apply_lora, resolve_model_path
-    from hf_finetune.threads import apply_thread_policy
+    from hf_finetune.threads import apply_thread_policy, thread_policy_callback
 
     threads = apply_thread_policy()
     torch.manual_seed(0)
@@ -113,6 +113,8 @@ def worker(spec: dict) -> dict:
     model = apply_lora(model, LoraArguments(use_lora=True, lora_r=16, lora_alpha=32, lora_dropout=0.0),
                        task_type="CAUSAL_LM")
     clock = Clock()
+    # --thread-policy-callback: the update under the training-phase thread policy, as `hf-finetune train` runs it.
+    extra = [thread_policy_callback()] if spec.get("thread_policy_callback") else []
 
     class StepClock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -133,7 +135,7 @@ def worker(spec: dict) -> dict:
 
         args = GRPOConfig(per_device_train_batch_size=n, num_generations=spec["group"], **common)
         trainer = GRPOTrainer(model, args, prompts_dataset(tokenizer, 64), processing_class=tokenizer,
-                              reward_funcs=reward_funcs, callbacks=[StepClock()])
+                              reward_funcs=reward_funcs, callbacks=[StepClock(), *extra])
         wrap(trainer, "_generate_single_turn", clock, "rollout")
         # No-grad log-prob passes are the reference's (and the old policy's when reused); with grad: the update.
         wrap(trainer, "_get_per_token_logps_and_entropies", clock, lambda grad: None if grad else "reference")
@@ -146,7 +148,7 @@ def worker(spec: dict) -> dict:
 
         args = PPOConfig(per_device_train_batch_size=n, num_ppo_epochs=spec["ppo_epochs"], **common)
         trainer = PPOTrainer(model, args, prompts_dataset(tokenizer, 64), processing_class=tokenizer,
-                             reward_funcs=reward_funcs, callbacks=[StepClock()])
+                             reward_funcs=reward_funcs, callbacks=[StepClock(), *extra])
         wrap(trainer.policy, "generate", clock, "rollout")
         wrap(trainer, "_ref_logprobs", clock, "reference")
         wrap(trainer.model_wrapped, "forward", clock, lambda grad: None if grad else "reference")
@@ -160,7 +162,7 @@ def worker(spec: dict) -> dict:
     wall = time.perf_counter() - started
     lengths = [e["completions/mean_length"] for e in trainer.state.log_history if "completions/mean_length" in e]
     lengths += [e["completion/length"] for e in trainer.state.log_history if "completion/length" in e]
-    return {**spec, "threads": threads, "steps_timed": clock.steps, "train_s": round(wall, 1),
+    return {**spec, "threads": threads, "threads_at_end": torch.get_num_threads(), "steps_timed": clock.steps, "train_s": round(wall, 1),
             "mean_completion_tokens": round(sum(lengths) / max(len(lengths), 1), 1)}
 
 
@@ -198,6 +200,8 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4, help="GRPO completions per prompt")
     parser.add_argument("--tokens", type=int, default=16, help="most tokens per completion")
     parser.add_argument("--ppo-epochs", type=int, default=4)
+    parser.add_argument("--thread-policy-callback", action="store_true",
+                        help="add hf_finetune.threads.thread_policy_callback (what `hf-finetune train` adds)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -208,7 +212,8 @@ def main() -> None:
           "(other jobs on the machine slow every phase)")
     for method in args.methods:
         spec = {"method": method, "steps": args.steps, "completions": args.completions, "group": args.group,
-                "tokens": args.tokens, "ppo_epochs": args.ppo_epochs}
+                "tokens": args.tokens, "ppo_epochs": args.ppo_epochs,
+                "thread_policy_callback": args.thread_policy_callback}
         report(launch(spec))
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 

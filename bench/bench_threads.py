@@ -76,13 +76,85 @@ def run_setting(shape: str, setting: dict, busy: bool) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def spinner_process() -> subprocess.Popen:
+    """One process spinning on a core: the "second busy process" (another job, a notebook kernel)."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(0.2)
+    return spinner
+
+
+RL_SETTINGS = {  # name -> (environment, add the training-phase thread_policy_callback)
+    "1 thread (OMP_NUM_THREADS=1)": ({"OMP_NUM_THREADS": "1"}, False),
+    "policy count, update not chosen": ({}, False),
+    "policy (hf-finetune train)": ({}, True),
+}
+
+
+def rl_update(rounds: int, steps: int, conditions: list[str]) -> None:
+    """A PPO step (bench_rl_step.py: SmolLM2 + LoRA, 8 completions x 16 tokens, 4 PPO epochs) per setting.
+
+    Like for like: the same step under 1 thread, under the policy's count with no training-phase choice
+    (what bench_rl_step.py measured alone), and under the policy as a run applies it (the training-phase
+    choice, thread_policy_callback, which bench_rl_step.py adds with --thread-policy-callback).
+    """
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_rl_step
+
+    results: dict = {}
+    for round_index in range(rounds):
+        for condition in conditions:
+            names = list(RL_SETTINGS)[::-1 if round_index % 2 else 1]
+            for name in names:
+                env, callback = RL_SETTINGS[name]
+                spec = {"method": "ppo", "steps": steps, "completions": 8, "group": 4, "tokens": 16, "ppo_epochs": 4,
+                        "thread_policy_callback": callback}
+                saved = dict(os.environ)
+                for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_FINETUNE_NUM_THREADS"):
+                    os.environ.pop(key, None)
+                os.environ.update(env)
+                spinner = spinner_process() if condition == "busy" else None
+                try:
+                    result = bench_rl_step.launch(spec)
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
+                    if spinner is not None:
+                        spinner.kill()
+                        spinner.wait()
+                timed = result["steps_timed"][1:] or result["steps_timed"]
+                row = {k: sum(s[k] for s in timed) / len(timed) for k in ("rollout", "reference", "update", "total")}
+                row["threads"] = f"{result['threads']}->{result.get('threads_at_end', '?')}"
+                results.setdefault((condition, name), []).append(row)
+                print(f"round {round_index + 1} {condition:<5} {name:<34} " + "  ".join(
+                    f"{k} {row[k]:.2f}" for k in ("rollout", "reference", "update", "total"))
+                    + f"  threads {row['threads']}  load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"\nPPO step, s (mean of steps 2-{steps}, median over {rounds} round(s)); "
+          "busy = one spinning process beside it; threads = policy count -> count at the end of training")
+    print(f"{'condition':<10}{'setting':<36}{'rollout':>9}{'reference':>11}{'update':>9}{'total':>9}  threads")
+    for condition in conditions:
+        for name in RL_SETTINGS:
+            rows = results[(condition, name)]
+            med = {k: statistics.median(r[k] for r in rows) for k in ("rollout", "reference", "update", "total")}
+            print(f"{condition:<10}{name:<36}{med['rollout']:>9.2f}{med['reference']:>11.2f}{med['update']:>9.2f}"
+                  f"{med['total']:>9.2f}  {'/'.join(r['threads'] for r in rows)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", choices=list(SHAPES))
     parser.add_argument("--threads")
     parser.add_argument("--policy", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rl-update", action="store_true",
+                        help="instead: a PPO step per thread setting (bench_rl_step.py; ~2 min per run)")
+    parser.add_argument("--rl-steps", type=int, default=3)
+    parser.add_argument("--rl-conditions", nargs="+", default=["busy"], choices=["alone", "busy"])
     args = parser.parse_args()
+    if args.rl_update:
+        print(f"usable cores: {len(os.sched_getaffinity(0))}; load average before: {os.getloadavg()[0]:.2f}")
+        rl_update(args.rounds, args.rl_steps, args.rl_conditions)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return
     if args.worker:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         worker(args.worker, args.threads, args.policy)

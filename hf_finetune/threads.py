@@ -9,7 +9,8 @@ policies: 8x576 @ 576x1536) tens of times slower than one thread (bench/bench_th
   its launch on this machine (``LOCAL_WORLD_SIZE``, which torchrun and accelerate set);
 * a phase of small matmuls runs under :func:`small_matmul_threads`, and training under
   :func:`thread_policy_callback`: each times its kind of matmul with that count and with one
-  thread, keeps whichever is faster, and measures again every minute;
+  thread (interleaved batches), keeps the count unless one thread is clearly faster, and measures
+  again every minute;
 * ``HF_FINETUNE_NUM_THREADS`` or an explicit ``OMP_NUM_THREADS`` overrides the count (and the
   small-matmul measurement, which then uses that count too); the choice is logged once.
 
@@ -25,12 +26,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import statistics
 import time
 
 logger = logging.getLogger(__name__)
 
 ENV_THREADS = "HF_FINETUNE_NUM_THREADS"
 REMEASURE_S = 60.0
+ROUNDS = 5  # interleaved timing batches per thread count
+MARGIN = 0.05  # one thread must be this much faster (median paired ratio) to replace the policy's count
 _applied: int | None = None
 _choice: dict[tuple[int, int, int], tuple[int, float]] = {}  # shape -> (threads, when measured)
 
@@ -88,33 +92,77 @@ def apply_thread_policy(threads: int | None = None) -> int:
     return n
 
 
-def _time_matmul(rows: int, hidden: int, out: int, threads: int, seconds: float) -> float:
-    """Seconds per (rows x hidden) @ (hidden x out) matmul with ``threads``, over ~``seconds`` (>= 2 runs)."""
+def _time_batch(a, b, threads: int, seconds: float) -> float:
+    """Seconds per ``a @ b`` with ``threads``, over ~``seconds`` after one untimed call."""
     import torch
 
     torch.set_num_threads(threads)
-    # A generator of its own: drawing from torch's global one would shift every later random draw of
-    # the run (data order, dropout, heads), so a seeded run would depend on whether and when the
-    # policy measured (a notebook without an override gave 0.9708 where the CLI gives 0.9753).
-    generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(rows, hidden, generator=generator), torch.randn(hidden, out, generator=generator)
-    a @ b  # the first call after a thread-count change starts the threads
+    a @ b  # the first call after a thread-count change wakes (or starts) the other threads
     count, start = 0, time.perf_counter()
     while True:
         a @ b
         count += 1
         elapsed = time.perf_counter() - start
-        if (elapsed >= seconds and count >= 2) or count >= 2000:
+        if elapsed >= seconds or count >= 2000:
             return elapsed / count
 
 
-def fastest_threads(rows: int, hidden: int, out: int | None = None, seconds: float = 0.05,
+def _time_matmul(rows: int, hidden: int, out: int, counts: tuple[int, ...], seconds: float,
+                 rounds: int = ROUNDS) -> dict[int, list[float]]:
+    """Seconds per (rows x hidden) @ (hidden x out) matmul, ``rounds`` short batches per thread count.
+
+    The counts are interleaved (1, n, n, 1, 1, n, ...): a batch of one count is next in time to one of
+    the other, so a change in the background load, a scheduler tick taken by another task or the
+    threads' start-up lands on one pair, and the median of the pairs drops it. One long window per
+    count (the first version) let a single stall of a few ms decide: idle, it once kept 1 thread for
+    a decoding-sized matmul that 2 threads ran 25% faster.
+    """
+    import torch
+
+    # A generator of its own: drawing from torch's global one would shift every later random draw of
+    # the run (data order, dropout, heads), so a seeded run would depend on whether and when the
+    # policy measured (a notebook without an override gave 0.9708 where the CLI gives 0.9753).
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(rows, hidden, generator=generator), torch.randn(hidden, out, generator=generator)
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    for index in range(rounds):
+        for n in counts if index % 2 == 0 else counts[::-1]:
+            times[n].append(_time_batch(a, b, n, seconds / rounds))
+    return times
+
+
+def choose_threads(policy: int, times: dict[int, list[float]], margin: float = MARGIN) -> int:
+    """The policy's count unless one thread is clearly faster in the paired timings ``times``.
+
+    ``times[n][i]`` is the i-th batch's seconds per matmul with ``n`` threads; batches with the same ``i``
+    ran next to each other. One thread is chosen when the median over pairs of (policy time / one-thread
+    time) exceeds ``1 + margin``. On a tie the policy's count stays: idle, that is torch's default and
+    what the machine was bought for; beside a busy process the spin-wait makes the policy's count 10-36x
+    slower on small matmuls (1.15x on training-sized ones), far beyond the margin.
+
+    Example:
+        >>> choose_threads(2, {1: [1.0, 1.0, 1.0], 2: [0.8, 3.0, 0.8]})   # one stall in the 2-thread batches
+        2
+        >>> choose_threads(2, {1: [1.0, 1.0, 1.0], 2: [30.0, 0.9, 28.0]})  # spin-waiting beside a busy process
+        1
+    """
+    if policy == 1:
+        return 1
+    ratios = [many / one for one, many in zip(times[1], times[policy]) if one > 0]
+    if not ratios:
+        return policy
+    return 1 if statistics.median(ratios) > 1 + margin else policy
+
+
+def fastest_threads(rows: int, hidden: int, out: int | None = None, seconds: float = 0.1,
                     max_age_s: float = REMEASURE_S) -> int:
     """The thread count (the policy's or 1) that runs this matmul shape faster right now.
 
-    Measured in the process itself (~0.1-0.5 s), because whether extra threads help depends on what
-    else runs: alone they do, beside a busy process they spin-wait for its core. The answer is kept
-    for ``max_age_s`` seconds, then measured again (load changes during a run). With an override
+    Measured in the process itself (~0.2-0.5 s: ``seconds`` per count, in :data:`ROUNDS` interleaved
+    batches), because whether extra threads help depends on what else runs: alone they do, beside a
+    busy process they spin-wait for its core. The choice follows :func:`choose_threads` (the policy's
+    count unless one thread is clearly faster). The answer is kept for ``max_age_s`` seconds, then
+    measured again (load changes during a run). With an override
     (``HF_FINETUNE_NUM_THREADS``/``OMP_NUM_THREADS``) nothing is measured: the override is used.
     """
     import torch
@@ -129,14 +177,14 @@ def fastest_threads(rows: int, hidden: int, out: int | None = None, seconds: flo
         return cached[0]
     previous = torch.get_num_threads()
     try:
-        one = _time_matmul(rows, hidden, out, 1, seconds)
-        many = _time_matmul(rows, hidden, out, policy, seconds)
+        times = _time_matmul(rows, hidden, out, (1, policy), seconds)
     finally:
         torch.set_num_threads(previous)
-    choice = policy if many < one else 1
+    choice = choose_threads(policy, times)
     if cached is None or cached[0] != choice:
-        logger.info("Matmuls of %dx%d @ %dx%d: %d thread(s) measured fastest (%.0f us with 1, %.0f us with %d).",
-                    rows, hidden, hidden, out, choice, one * 1e6, many * 1e6, policy)
+        logger.info("Matmuls of %dx%d @ %dx%d: %d thread(s) chosen (median of %d batches: %.0f us with 1, "
+                    "%.0f us with %d).", rows, hidden, hidden, out, choice, len(times[1]),
+                    statistics.median(times[1]) * 1e6, statistics.median(times[policy]) * 1e6, policy)
     _choice[key] = (choice, time.monotonic())
     return choice
 
@@ -194,3 +242,48 @@ def thread_policy_callback(every_s: float = REMEASURE_S):
             self._choose()
 
     return ThreadPolicyCallback()
+
+
+def sb3_thread_policy_callback(every_s: float = REMEASURE_S):
+    """A Stable-Baselines3 ``BaseCallback`` that gives rollouts and updates the faster thread count.
+
+    An SB3 agent alternates between collecting a rollout (the policy on ``n_envs`` observations per
+    step) and an update (``batch_size`` rows forward and backward). Both are small matmuls whose
+    extra threads spin-wait beside a busy process, so each phase runs with :func:`fastest_threads` for
+    its rows and the policy's widest layer, measured again every ``every_s`` seconds. Evaluation after
+    training keeps the rollout's count. Built on first use (importing this module imports no SB3).
+
+    Example:
+        >>> model.learn(10_000, callback=sb3_thread_policy_callback())  # doctest: +SKIP
+    """
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class SB3ThreadPolicyCallback(BaseCallback):
+        def _on_training_start(self) -> None:
+            apply_thread_policy()
+            widths = [m.in_features for m in self.model.policy.modules() if isinstance(m, torch.nn.Linear)]
+            self.hidden = max(widths, default=64)
+            n_envs = self.model.n_envs
+            self.rollout_rows = n_envs
+            # PPO/DQN/SAC: batch_size rows per gradient step; A2C: the whole rollout (n_steps x n_envs).
+            self.update_rows = getattr(self.model, "batch_size", None) or n_envs * getattr(self.model, "n_steps", 1)
+
+        def _set(self, rows: int) -> int:
+            n = fastest_threads(max(1, int(rows)), self.hidden, max_age_s=every_s)
+            torch.set_num_threads(n)
+            return n
+
+        def _on_rollout_start(self) -> None:
+            self._set(self.rollout_rows)
+
+        def _on_rollout_end(self) -> None:
+            self._set(self.update_rows)
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_training_end(self) -> None:
+            self._set(self.rollout_rows)
+
+    return SB3ThreadPolicyCallback()

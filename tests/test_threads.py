@@ -53,9 +53,14 @@ def test_apply_sets_torch_and_logs_once(monkeypatch, caplog):
         "CPU threads per process: 1 (4 usable core(s) / 4 local process(es); override with HF_FINETUNE_NUM_THREADS).") == 1
 
 
+def fake_timings(per_thread: dict[int, float]):
+    """A stand-in for ``_time_matmul``: every batch of ``n`` threads takes ``per_thread[n]`` s (no real timing)."""
+    return lambda rows, hidden, out, counts, seconds: {n: [per_thread[n]] * threads.ROUNDS for n in counts}
+
+
 def test_fastest_threads_keeps_the_faster_count_and_measures_again(monkeypatch):
     timings = {1: 1.0, 4: 30.0}  # beside a busy process: the 4 threads spin-wait
-    monkeypatch.setattr(threads, "_time_matmul", lambda rows, hidden, out, n, seconds: timings[n])
+    monkeypatch.setattr(threads, "_time_matmul", fake_timings(timings))
     assert threads.fastest_threads(8, 576) == 1
     timings.update({1: 1.0, 4: 0.4})  # the other job ended
     assert threads.fastest_threads(8, 576) == 1  # kept for max_age_s
@@ -64,8 +69,32 @@ def test_fastest_threads_keeps_the_faster_count_and_measures_again(monkeypatch):
     assert threads.fastest_threads(8, 576) == 2  # an override is not second-guessed
 
 
+def test_choice_keeps_the_policy_count_on_a_tie_and_ignores_a_stalled_batch():
+    # Idle, decoding-sized: 2 threads 25% faster, but one 2-thread batch met a scheduler stall (the case
+    # the first version, one window per count compared by its mean, got wrong).
+    assert threads.choose_threads(2, {1: [0.26] * 5, 2: [0.195, 0.9, 0.2, 0.19, 0.2]}) == 2
+    # Two stalled batches of five are still outvoted.
+    assert threads.choose_threads(2, {1: [0.26] * 5, 2: [0.195, 0.9, 0.2, 0.19, 2.0]}) == 2
+    # A tie, or one thread faster by less than the margin: the policy's count stays.
+    assert threads.choose_threads(2, {1: [1.0] * 5, 2: [1.0] * 5}) == 2
+    assert threads.choose_threads(2, {1: [1.0] * 5, 2: [1.04] * 5}) == 2
+    # One thread clearly faster: beside a busy process (small matmuls 10-36x, training-sized ~1.15x).
+    assert threads.choose_threads(2, {1: [0.27] * 5, 2: [16.0, 0.3, 15.0, 31.0, 0.29]}) == 1
+    assert threads.choose_threads(2, {1: [28.1] * 5, 2: [32.2] * 5}) == 1
+    assert threads.choose_threads(1, {1: [1.0]}) == 1
+
+
+def test_measurement_interleaves_the_counts(monkeypatch):
+    order = []
+    monkeypatch.setattr(threads, "_time_batch", lambda a, b, n, seconds: order.append((n, seconds)) or 1.0)
+    times = threads._time_matmul(8, 16, 64, (1, 4), seconds=0.1, rounds=4)
+    assert [n for n, _ in order] == [1, 4, 4, 1, 1, 4, 4, 1]
+    assert all(abs(s - 0.025) < 1e-12 for _, s in order)  # the budget per count, split over the rounds
+    assert times == {1: [1.0] * 4, 4: [1.0] * 4}
+
+
 def test_small_matmul_threads_restores_the_count(monkeypatch):
-    monkeypatch.setattr(threads, "_time_matmul", lambda rows, hidden, out, n, seconds: 1.0 if n == 1 else 9.0)
+    monkeypatch.setattr(threads, "_time_matmul", fake_timings({1: 1.0, 4: 9.0}))
     torch.set_num_threads(2)
     with threads.small_matmul_threads(hidden=64):
         assert torch.get_num_threads() == 1
@@ -91,7 +120,7 @@ def test_measuring_leaves_the_global_random_stream_alone():
 def test_callback_chooses_at_train_begin(monkeypatch):
     from types import SimpleNamespace
 
-    monkeypatch.setattr(threads, "_time_matmul", lambda rows, hidden, out, n, seconds: 1.0 if n == 1 else 9.0)
+    monkeypatch.setattr(threads, "_time_matmul", fake_timings({1: 1.0, 4: 9.0}))
     seen = []
     original = threads.fastest_threads
     monkeypatch.setattr(threads, "fastest_threads", lambda *a, **k: seen.append(a) or original(*a, **k))
@@ -112,3 +141,45 @@ def test_callback_keeps_one_count_under_full_determinism(monkeypatch):
     callback.on_train_begin(args, None, None, model=SimpleNamespace(config=SimpleNamespace(hidden_size=32)))
     callback.on_step_end(args, None, None)
     assert torch.get_num_threads() == 4  # the policy's count (4 usable cores, 1 process), kept
+
+
+def test_sb3_agent_without_torch_threads_gets_the_faster_count_per_phase(monkeypatch, tiny_bert_dir, tmp_path):
+    # rl_env's `agent.torch_threads` unset = the thread policy: rollouts (n_envs = 4 rows) and updates
+    # (batch_size = 16 rows) each run with the count their own matmul size measures fastest.
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from test_agents_train import bandit_recipe
+
+    from hf_finetune.config import parse_recipe
+    from hf_finetune.rl_env.train import BLOCKS, run
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    measured = []
+
+    def timings(rows, hidden, out, counts, seconds):
+        measured.append(rows)
+        return {1: [1.0] * threads.ROUNDS, 2: [(9.0 if rows == 4 else 0.5)] * threads.ROUNDS}
+
+    monkeypatch.setattr(threads, "_time_matmul", timings)
+    seen = {"rollout": set(), "update": set()}
+
+    class Rollouts(BaseCallback):
+        def _on_step(self) -> bool:  # called after each environment step of a rollout
+            seen["rollout"].add(torch.get_num_threads())
+            return True
+
+    train = PPO.train
+    monkeypatch.setattr(PPO, "train", lambda self: seen["update"].add(torch.get_num_threads()) or train(self))
+    small = {"n_steps": 16, "batch_size": 16, "n_epochs": 1, "learning_rate": 0.003}
+    recipe = bandit_recipe(tiny_bert_dir, tmp_path / "policy", "ppo", total_timesteps=128, algo_kwargs=small)
+    metrics = run(parse_recipe(recipe, BLOCKS), callbacks=[Rollouts()])
+    assert metrics["num_timesteps"] == 128  # two rollouts of 16 steps x 4 envs, two updates
+    assert seen == {"rollout": {1}, "update": {2}}, seen
+    assert sorted(set(measured)) == [4, 16] and len(measured) == 2  # once per phase: kept for a minute
+
+    monkeypatch.setattr(threads, "_time_matmul", lambda *a: pytest.fail("measured although torch_threads is set"))
+    seen = {"rollout": set(), "update": set()}
+    recipe = bandit_recipe(tiny_bert_dir, tmp_path / "fixed", "ppo", total_timesteps=64, algo_kwargs=small,
+                           torch_threads=2)
+    run(parse_recipe(recipe, BLOCKS), callbacks=[Rollouts()])
+    assert seen == {"rollout": {2}, "update": {2}}

@@ -121,7 +121,8 @@ class AgentConfig:
     torch_threads: int | None = field(
         default=None,
         metadata={"help": "torch CPU threads (torch.set_num_threads). 1 is often fastest for SB3's small policies "
-                  "on CPU, and much faster on a busy machine; default: torch's choice."},
+                  "on CPU, and much faster on a busy machine; unset: the thread policy (hf_finetune.threads: "
+                  "rollouts and updates each get the faster of all usable cores and 1, measured every minute)."},
     )
     encoder_mode: str = field(
         default="frozen",

@@ -38,6 +38,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from ..callbacks import NonFiniteLossError
 from ..config import LoraArguments, MethodEntry, ModelArguments, Recipe, parse_recipe
 from ..runs import TrainingRun
+from ..threads import sb3_thread_policy_callback
 from .config import AgentConfig, EnvArguments
 from .envs import make_env
 from .extractor import EncoderLRAdam, LMFeaturesExtractor, frozen_encoders, lm_extractors
@@ -449,6 +450,8 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
     _lora_settings(recipe)  # fail on frozen + LoRA before loading anything
     with TrainingRun(recipe, callbacks) as run_:
         set_random_seed(agent.seed)
+        # A fixed count, or else the thread policy: the faster count for rollouts and for updates, re-measured.
+        threads = [] if agent.torch_threads else [sb3_thread_policy_callback()]
         if agent.torch_threads:
             torch.set_num_threads(agent.torch_threads)
         run_dir = run_.run_dir
@@ -464,7 +467,7 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
         done = resume(model, _checkpoint_path(agent)) if agent.resume_from_checkpoint else 0
 
         n_envs = recipe.env.n_envs
-        own: list[BaseCallback] = [EncoderStatsCallback()]
+        own: list[BaseCallback] = [EncoderStatsCallback(), *threads]
         if agent.eval_freq > 0:
             own.append(HeldOutEvalCallback(
                 eval_env, recipe.env.eval_seed, n_eval_episodes=agent.n_eval_episodes,
