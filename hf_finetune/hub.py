@@ -218,7 +218,14 @@ def _usage(meta: dict[str, Any], task_type: str) -> list[str]:
     """"How to use" lines for classifiers: the plain transformers/PEFT calls, labels included for adapters."""
     if task_type not in ("text-classification", "token-classification"):
         return []
-    where = meta.get("repo_id") or meta.get("local_path") or meta.get("model_name") or "RUN_DIR"
+    where, note = meta.get("repo_id"), []
+    if not where:
+        # A local card: an absolute output_dir names a folder of the training machine, wrong once the run is
+        # copied or moved; a relative one (as recipes write it) stays right beside the checkout it came from.
+        local = meta.get("local_path")
+        where = local if local and not Path(local).is_absolute() else (
+            meta.get("model_name") or (Path(local).name if local else "RUN_DIR"))
+        note = [f"# {where!r}: this run's folder (its path from where you run this) or, once pushed, its Hub id"]
     if not meta.get("adapter"):
         code = [f'classify = pipeline("{task_type}", model="{where}")']
         head = "from transformers import pipeline"
@@ -231,7 +238,7 @@ def _usage(meta: dict[str, Any], task_type: str) -> list[str]:
                                                     else "SequenceClassification")
                 + f'.from_pretrained("{where}", id2label=id2label)']
         head = "from transformers import pipeline"
-    return ["## How to use", "", "```python", head, *code, "```", ""]
+    return ["## How to use", "", "```python", head, *note, *code, "```", ""]
 
 
 def model_card(meta: dict[str, Any]):

@@ -48,7 +48,20 @@ def test_test_set_is_scored_and_results_files_written(trained):
     rows = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 18 and {r["label"] for r in rows} == {"business", "sport", "tech"}
     card = (out / "README.md").read_text()  # a local card, though nothing was pushed
-    assert "## How to use" in card and f'pipeline("text-classification", model="{out}")' in card
+    # output_dir was absolute: the card names the run's folder, not the training machine's path to it.
+    assert "## How to use" in card and 'pipeline("text-classification", model="out")' in card
+    assert str(out) not in card
+
+
+def test_local_card_usage_names_a_path_that_survives_a_move():
+    from hf_finetune.hub import _usage
+
+    meta = {"model_name": "quickstart", "local_path": "/home/me/work/outputs/quickstart"}
+    assert 'model="quickstart"' in "\n".join(_usage(meta, "text-classification"))
+    meta["local_path"] = "outputs/quickstart"  # relative, as recipes write it: relative to the checkout
+    assert 'model="outputs/quickstart"' in "\n".join(_usage(meta, "text-classification"))
+    pushed = "\n".join(_usage({**meta, "repo_id": "me/quickstart"}, "text-classification"))
+    assert 'model="me/quickstart"' in pushed and "this run's folder" not in pushed
 
 
 def test_eval_reads_label_names_in_the_file(trained, named_csv):
