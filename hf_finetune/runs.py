@@ -250,6 +250,8 @@ class TrainingRun:
                            keys=curve_keys)
         self.in_background("README.md (model card)", write_card, self.run_dir, model_name=self.final_dir.name)
         self.commit()
+        if trainer is None:  # Trainer methods print them with trainer.log_metrics; SB3 agents here, alike
+            print_metrics("eval", metrics)
         shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in headline if isinstance(metrics.get(k), float))
         print(f"[hf-finetune] done in {metrics['train_runtime_s']:.0f}s: {shown or 'no metrics'} | run saved to {self.run_dir}")
         if getattr(self.args, "push_to_hub", False):
@@ -321,6 +323,18 @@ def check_sharding(recipe: Recipe) -> None:
     if recipe.method == "ppo":
         raise ValueError(f"PPO cannot run under {which}: it steps a policy and a value model with its own optimizer. "
                          "Use DDP (recipes/accelerate/ddp.yaml), or GRPO/RLOO, which TRL supports under both.")
+
+
+def print_metrics(split: str, metrics: dict[str, Any]) -> None:
+    """Print ``metrics`` as ``Trainer.log_metrics`` does (a ``***** eval metrics *****`` block), for runs without a Trainer."""
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if not numbers:
+        return
+    print(f"***** {split} metrics *****")
+    width = max(len(k) for k in numbers)
+    for key in sorted(numbers):
+        value = numbers[key]
+        print(f"  {key: <{width}} = {round(value, 4) if isinstance(value, float) else value:>10}")
 
 
 def start_run(recipe: Recipe, run_dir: str | Path | None = None, recorded_output_dir: str | None = None) -> float:

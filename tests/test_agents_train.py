@@ -76,8 +76,11 @@ def test_same_seed_twice_gives_identical_results(tiny_bert_dir, tmp_path):
         assert not all(torch.equal(f.get_tensor(k), w1[k]) for k in w1)
 
 
-def test_save_load_without_pickle_and_card(tiny_bert_dir, tmp_path):
+def test_save_load_without_pickle_and_card(tiny_bert_dir, tmp_path, capsys):
     metrics = run(parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "a2c"), BLOCKS))
+    out = capsys.readouterr().out  # the final metrics on stdout too, as Trainer methods print them
+    assert "***** eval metrics *****" in out
+    assert ["eval_success_rate", "=", str(round(metrics["eval_success_rate"], 4))] in [line.split() for line in out.splitlines()]
     with safe_open(tmp_path / "policy.safetensors", "pt") as f:
         keys = list(f.keys())
     assert keys and not any("embeddings" in k for k in keys)  # the frozen encoder is not duplicated into the file

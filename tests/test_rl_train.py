@@ -56,10 +56,12 @@ def toy_recipe(tmp_path, tiny_gpt2_dir, method, **training):
 
 
 @pytest.mark.parametrize("method", ["grpo", "rloo", "ppo"])
-def test_run_end_to_end_on_tiny_settings(method, tmp_path, tiny_gpt2_dir):
+def test_run_end_to_end_on_tiny_settings(method, tmp_path, tiny_gpt2_dir, capsys):
     pytest.importorskip(f"hf_finetune.rl.{'ppo_trainer' if method == 'ppo' else 'grpo'}")
     recipe = load_recipe(toy_recipe(tmp_path, tiny_gpt2_dir, method))
     metrics = run_recipe(recipe)
+    out = capsys.readouterr().out  # the final metrics on stdout too, as supervised runs print them
+    assert "***** eval metrics *****" in out and "  eval_exact_match " in out
     run_dir = tmp_path / method
     for key in ("before_eval_reward", "eval_reward", "eval_exact_match", "before_eval_exact_match",
                 "eval_reward/length_reward", "eval_completion_length"):

@@ -185,6 +185,7 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
         else:
             trainer.save_model(args.output_dir)
         headline = ("before_eval_reward", "eval_reward", *(f"eval_{getattr(f, '__name__', '')}" for f in task_metrics))
+        trainer.log_metrics("eval", metrics)  # on stdout, as every other Trainer method prints them
         return run_.finish(metrics, headline, trainer=trainer)
 
 
