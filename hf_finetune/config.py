@@ -594,6 +594,31 @@ def _parse_cli(parser: HfArgumentParser, argv: list[str], actions: dict[str, tup
     return vars(namespace)
 
 
+DATA_PATH_FIELDS = ("dataset", "eval_dataset", "test_dataset")
+
+
+def resolve_data_path(value: Any, source: str | None) -> Any:
+    """A relative data path of the recipe ``source``, found from the current folder first, else beside the recipe.
+
+    Recipes name their data relative to the checkout (``recipes/rl/data/...``), which only works from its root.
+    When ``value`` does not exist from the current folder, the recipe's folder and then each folder above it
+    are tried, and the first place where it exists is returned (absolute); otherwise ``value`` is returned
+    unchanged (a Hub id, a bundled name, or a path that the data loader then reports as missing).
+
+    Example:
+        >>> resolve_data_path("bbc_news", "recipes/quickstart.yaml")
+        'bbc_news'
+    """
+    if not source or not isinstance(value, str) or not value or Path(value).is_absolute() or Path(value).exists():
+        return value
+    folder = Path(source).resolve().parent
+    for base in (folder, *folder.parents):
+        candidate = base / value
+        if candidate.exists():
+            return str(candidate)
+    return value
+
+
 def parse_recipe(
     data: dict[str, Any],
     blocks: dict[str, type],
@@ -608,7 +633,8 @@ def parse_recipe(
     (``["--num_train_epochs", "1"]``) or a mapping of field name to value (``{"num_train_epochs": 1}``);
     either replaces the YAML's values. Blocks missing from the YAML get their defaults. The ``lora``
     block, when present, sets ``use_lora: true`` unless it says otherwise. Every block's numbers are
-    range-checked (:func:`check_ranges`) before anything loads.
+    range-checked (:func:`check_ranges`) before anything loads. Relative data paths of the YAML that do not
+    exist from the current folder are looked up beside the recipe ``source`` (:func:`resolve_data_path`).
     """
     data = dict(data)
     method = data.pop("method")
@@ -634,6 +660,8 @@ def parse_recipe(
                 raise _unknown_key(str(key), name, known)
             if value is None or value == []:
                 continue  # the field's default
+            if name == "data" and key in DATA_PATH_FIELDS:  # not overrides: those are typed relative to the shell
+                value = resolve_data_path(value, source)
             values[name][key] = _convert(name, key, value, actions[key][1])
     if isinstance(overrides, dict):
         for key, value in overrides.items():
