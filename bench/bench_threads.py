@@ -139,6 +139,73 @@ def rl_update(rounds: int, steps: int, conditions: list[str]) -> None:
                   f"{med['total']:>9.2f}  {'/'.join(r['threads'] for r in rows)}")
 
 
+SB3_SETTINGS = ("1 thread", "policy count, not chosen", "policy (rl_env without torch_threads)")
+
+
+def sb3_worker(setting: str, steps: int) -> None:
+    """SB3 PPO env steps/s on BabyAI-Text (bench_agents_throughput.py's lm-sentences agent) under one setting."""
+    import torch
+    from stable_baselines3.common.logger import Logger
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_agents_throughput as agents
+
+    from hf_finetune import threads
+
+    count = threads.apply_thread_policy()
+    if setting == "1 thread":
+        torch.set_num_threads(1)
+    callback = threads.sb3_thread_policy_callback() if setting.startswith("policy (") else None
+    model = agents.lm_ppo(agents.text_envs(4), sentences=True)
+    model.set_logger(Logger(None, []))
+    half = steps // 2
+    start = time.perf_counter()
+    model.learn(half, callback=callback)
+    middle = time.perf_counter()
+    model.learn(steps - half, callback=callback, reset_num_timesteps=False)
+    end = time.perf_counter()
+    chosen = {rows: n for (rows, _, _), (n, _) in threads._choice.items()}
+    print(json.dumps({"overall": model.num_timesteps / (end - start), "warm": (model.num_timesteps - half) / (end - middle),
+                      "threads": "/".join(f"{n} for {rows} rows" for rows, n in sorted(chosen.items()))
+                      or str(torch.get_num_threads() if setting == "1 thread" else count)}))
+
+
+def sb3_bench(rounds: int, steps: int, conditions: list[str]) -> None:
+    """Each setting in a fresh process, interleaved, alone and/or beside one spinning process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                               "HF_FINETUNE_NUM_THREADS")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    results: dict = {}
+    for round_index in range(rounds):
+        for condition in conditions:
+            for name in SB3_SETTINGS[::-1 if round_index % 2 else 1]:
+                spinner = spinner_process() if condition == "busy" else None
+                try:
+                    out = subprocess.run([sys.executable, __file__, "--sb3-worker", name, "--sb3-steps", str(steps)],
+                                         env=env, capture_output=True, text=True)
+                finally:
+                    if spinner is not None:
+                        spinner.kill()
+                        spinner.wait()
+                if out.returncode != 0:
+                    sys.stderr.write(out.stderr[-3000:])
+                    raise SystemExit(f"sb3 worker failed: {name}")
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                results.setdefault((condition, name), []).append(row)
+                print(f"round {round_index + 1} {condition:<5} {name:<40} {row['warm']:7.0f} steps/s warm "
+                      f"({row['overall']:.0f} overall), threads {row['threads']}, load {os.getloadavg()[0]:.2f}",
+                      flush=True)
+    print(f"\nSB3 PPO on BabyAI-Text GoToObj (frozen MiniLM, sentence cache, 4 envs, n_steps 128, batch 64): "
+          f"env steps/s over the second half of {steps} (caches warmer than in the first), median of {rounds} round(s)")
+    print(f"{'condition':<10}{'setting':<42}{'steps/s':>9}{'vs 1 thr':>10}  threads")
+    for condition in conditions:
+        base = statistics.median(r["warm"] for r in results[(condition, "1 thread")])
+        for name in SB3_SETTINGS:
+            rows = results[(condition, name)]
+            med = statistics.median(r["warm"] for r in rows)
+            print(f"{condition:<10}{name:<42}{med:>9.0f}{med / base:>10.2f}  {' | '.join(r['threads'] for r in rows)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", choices=list(SHAPES))
@@ -148,8 +215,22 @@ def main() -> None:
     parser.add_argument("--rl-update", action="store_true",
                         help="instead: a PPO step per thread setting (bench_rl_step.py; ~2 min per run)")
     parser.add_argument("--rl-steps", type=int, default=3)
-    parser.add_argument("--rl-conditions", nargs="+", default=["busy"], choices=["alone", "busy"])
+    parser.add_argument("--rl-conditions", nargs="+", default=["busy"], choices=["alone", "busy"],
+                        help="conditions of --rl-update and --sb3")
+    parser.add_argument("--sb3", action="store_true",
+                        help="instead: SB3 PPO env steps/s per thread setting (~1 min per run)")
+    parser.add_argument("--sb3-steps", type=int, default=4096)
+    parser.add_argument("--sb3-worker", choices=SB3_SETTINGS)
     args = parser.parse_args()
+    if args.sb3_worker:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        sb3_worker(args.sb3_worker, args.sb3_steps)
+        return
+    if args.sb3:
+        print(f"usable cores: {len(os.sched_getaffinity(0))}; load average before: {os.getloadavg()[0]:.2f}")
+        sb3_bench(args.rounds, args.sb3_steps, args.rl_conditions)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return
     if args.rl_update:
         print(f"usable cores: {len(os.sched_getaffinity(0))}; load average before: {os.getloadavg()[0]:.2f}")
         rl_update(args.rounds, args.rl_steps, args.rl_conditions)
@@ -187,6 +268,15 @@ def main() -> None:
                 threads = "/".join(str(r["threads"]) for r in rs)
                 cond = "beside a busy process" if busy else "alone"
                 print(f"{cond:<22}{shape:<26}{name:<36}{med:>9.3f}{incl:>14.3f}{threads:>9}{med / base:>10.2f}")
+    # The issue's goal: beside a busy process never slower than 1 thread; alone not slower than torch's default.
+    print("\ngoal check (policy row, median s/1000; > 1.00 = slower, within this run's noise of ~5-10%):")
+    for busy in (False, True):
+        ref = "1 thread" if busy else "torch default (all cores)"
+        for shape in SHAPES:
+            policy = statistics.median(r["per_1000"] for r in results[(busy, shape, "hf_finetune.threads policy")])
+            other = statistics.median(r["per_1000"] for r in results[(busy, shape, ref)])
+            cond = "beside a busy process" if busy else "alone"
+            print(f"  {cond:<22}{shape:<26}policy / {ref}: {policy / other:.2f}")
 
 
 if __name__ == "__main__":

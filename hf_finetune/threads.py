@@ -93,29 +93,37 @@ def apply_thread_policy(threads: int | None = None) -> int:
 
 
 def _time_batch(a, b, threads: int, seconds: float) -> float:
-    """Seconds per ``a @ b`` with ``threads``, over ~``seconds`` after one untimed call."""
+    """Seconds per ``a @ b`` with ``threads``, over ~``seconds`` (at least one call).
+
+    The first call after a thread-count change wakes (or starts) the other threads: it is left out
+    when the batch has at least 3 calls (short matmuls, where a wake-up is a large share of a call);
+    a long matmul's batch of one or two calls keeps it (the wake-up is then a tiny share).
+    """
     import torch
 
     torch.set_num_threads(threads)
-    a @ b  # the first call after a thread-count change wakes (or starts) the other threads
-    count, start = 0, time.perf_counter()
+    durations: list[float] = []
+    start = time.perf_counter()
     while True:
+        before = time.perf_counter()
         a @ b
-        count += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds or count >= 2000:
-            return elapsed / count
+        durations.append(time.perf_counter() - before)
+        if time.perf_counter() - start >= seconds or len(durations) >= 2000:
+            kept = durations[1:] if len(durations) >= 3 else durations
+            return sum(kept) / len(kept)
 
 
 def _time_matmul(rows: int, hidden: int, out: int, counts: tuple[int, ...], seconds: float,
                  rounds: int = ROUNDS) -> dict[int, list[float]]:
-    """Seconds per (rows x hidden) @ (hidden x out) matmul, ``rounds`` short batches per thread count.
+    """Seconds per (rows x hidden) @ (hidden x out) matmul, up to ``rounds`` short batches per thread count.
 
     The counts are interleaved (1, n, n, 1, 1, n, ...): a batch of one count is next in time to one of
     the other, so a change in the background load, a scheduler tick taken by another task or the
     threads' start-up lands on one pair, and the median of the pairs drops it. One long window per
     count (the first version) let a single stall of a few ms decide: idle, it once kept 1 thread for
-    a decoding-sized matmul that 2 threads ran 25% faster.
+    a decoding-sized matmul that 2 threads ran 25% faster. Matmuls so large that the batches overrun
+    the budget (``seconds`` per count) twice stop after 3 rounds: the measurement is repeated every
+    minute, and must stay a small share of it.
     """
     import torch
 
@@ -125,9 +133,12 @@ def _time_matmul(rows: int, hidden: int, out: int, counts: tuple[int, ...], seco
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(rows, hidden, generator=generator), torch.randn(hidden, out, generator=generator)
     times: dict[int, list[float]] = {n: [] for n in counts}
+    start = time.perf_counter()
     for index in range(rounds):
         for n in counts if index % 2 == 0 else counts[::-1]:
             times[n].append(_time_batch(a, b, n, seconds / rounds))
+        if index + 1 >= min(3, rounds) and time.perf_counter() - start > 2 * seconds * len(counts):
+            break
     return times
 
 

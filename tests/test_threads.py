@@ -93,6 +93,20 @@ def test_measurement_interleaves_the_counts(monkeypatch):
     assert times == {1: [1.0] * 4, 4: [1.0] * 4}
 
 
+def test_measurement_of_a_large_matmul_stops_after_three_rounds(monkeypatch):
+    # Each batch takes 0.1 s of a fake clock (one long matmul) against a budget of 0.05 s per count.
+    clock = [0.0]
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
+
+    def batch(a, b, n, seconds):
+        clock[0] += 0.1
+        return 0.1
+
+    monkeypatch.setattr(threads, "_time_batch", batch)
+    times = threads._time_matmul(8, 16, 64, (1, 4), seconds=0.05, rounds=5)
+    assert times == {1: [0.1] * 3, 4: [0.1] * 3}
+
+
 def test_small_matmul_threads_restores_the_count(monkeypatch):
     monkeypatch.setattr(threads, "_time_matmul", fake_timings({1: 1.0, 4: 9.0}))
     torch.set_num_threads(2)
