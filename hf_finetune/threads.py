@@ -8,9 +8,10 @@ policies: 8x576 @ 576x1536) tens of times slower than one thread (bench/bench_th
 * each process gets the cores it may use (``os.sched_getaffinity``) divided by the processes of
   its launch on this machine (``LOCAL_WORLD_SIZE``, which torchrun and accelerate set);
 * a phase of small matmuls runs under :func:`small_matmul_threads`, and training under
-  :func:`thread_policy_callback`: each times its kind of matmul with that count and with one
-  thread (interleaved batches), keeps the count unless one thread is clearly faster, and measures
-  again every minute;
+  :func:`thread_policy_callback`: each times its kind of work (a matmul of the phase's size; one
+  transformer layer's forward and backward on a micro-batch) with that count and with one thread
+  (interleaved batches), keeps the count unless one thread is clearly faster, and measures again
+  every minute;
 * ``HF_FINETUNE_NUM_THREADS`` or an explicit ``OMP_NUM_THREADS`` overrides the count (and the
   small-matmul measurement, which then uses that count too); the choice is logged once.
 
@@ -36,7 +37,7 @@ REMEASURE_S = 60.0
 ROUNDS = 5  # interleaved timing batches per thread count
 MARGIN = 0.05  # one thread must be this much faster (median paired ratio) to replace the policy's count
 _applied: int | None = None
-_choice: dict[tuple[int, int, int], tuple[int, float]] = {}  # shape -> (threads, when measured)
+_choice: dict[tuple, tuple[int, float]] = {}  # (probe, shape...) -> (threads, when measured)
 
 
 def usable_cores() -> int:
@@ -92,12 +93,12 @@ def apply_thread_policy(threads: int | None = None) -> int:
     return n
 
 
-def _time_batch(a, b, threads: int, seconds: float) -> float:
-    """Seconds per ``a @ b`` with ``threads``, over ~``seconds`` (at least one call).
+def _time_batch(work, threads: int, seconds: float) -> float:
+    """Seconds per ``work()`` call with ``threads``, over ~``seconds`` (at least one call).
 
     The first call after a thread-count change wakes (or starts) the other threads: it is left out
-    when the batch has at least 3 calls (short matmuls, where a wake-up is a large share of a call);
-    a long matmul's batch of one or two calls keeps it (the wake-up is then a tiny share).
+    when the batch has at least 3 calls (short work, where a wake-up is a large share of a call);
+    a batch of one or two long calls keeps it (the wake-up is then a tiny share).
     """
     import torch
 
@@ -106,25 +107,40 @@ def _time_batch(a, b, threads: int, seconds: float) -> float:
     start = time.perf_counter()
     while True:
         before = time.perf_counter()
-        a @ b
+        work()
         durations.append(time.perf_counter() - before)
         if time.perf_counter() - start >= seconds or len(durations) >= 2000:
             kept = durations[1:] if len(durations) >= 3 else durations
             return sum(kept) / len(kept)
 
 
+def _interleaved(work, counts: tuple[int, ...], seconds: float, rounds: int = ROUNDS) -> dict[int, list[float]]:
+    """Seconds per ``work()`` call, up to ``rounds`` short batches per thread count, the counts interleaved.
+
+    The order is 1, n, n, 1, 1, n, ...: a batch of one count is next in time to one of the other, so a
+    change in the background load, a scheduler tick taken by another task or the threads' start-up
+    lands on one pair, and the median of the pairs drops it. One long window per count (the first
+    version) let a single stall of a few ms decide: idle, it once kept 1 thread for a decoding-sized
+    matmul that 2 threads ran 25% faster. Work so long that the batches overrun the budget
+    (``seconds`` per count) twice stops after 3 rounds, or after 2 when both pairs differ more than
+    2x the same way: the measurement is repeated every minute, and must stay a small share of it.
+    """
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    start = time.perf_counter()
+    for index in range(rounds):
+        for n in counts if index % 2 == 0 else counts[::-1]:
+            times[n].append(_time_batch(work, n, seconds / rounds))
+        over_budget = time.perf_counter() - start > 2 * seconds * len(counts)
+        ratios = [m / o for o, m in zip(times[counts[0]], times[counts[-1]]) if o > 0]
+        clear = len(ratios) >= 2 and (min(ratios) > 2 or max(ratios) < 0.5)
+        if over_budget and (index + 1 >= min(3, rounds) or clear):
+            break
+    return times
+
+
 def _time_matmul(rows: int, hidden: int, out: int, counts: tuple[int, ...], seconds: float,
                  rounds: int = ROUNDS) -> dict[int, list[float]]:
-    """Seconds per (rows x hidden) @ (hidden x out) matmul, up to ``rounds`` short batches per thread count.
-
-    The counts are interleaved (1, n, n, 1, 1, n, ...): a batch of one count is next in time to one of
-    the other, so a change in the background load, a scheduler tick taken by another task or the
-    threads' start-up lands on one pair, and the median of the pairs drops it. One long window per
-    count (the first version) let a single stall of a few ms decide: idle, it once kept 1 thread for
-    a decoding-sized matmul that 2 threads ran 25% faster. Matmuls so large that the batches overrun
-    the budget (``seconds`` per count) twice stop after 3 rounds: the measurement is repeated every
-    minute, and must stay a small share of it.
-    """
+    """Seconds per (rows x hidden) @ (hidden x out) matmul per thread count (:func:`_interleaved`)."""
     import torch
 
     # A generator of its own: drawing from torch's global one would shift every later random draw of
@@ -132,14 +148,32 @@ def _time_matmul(rows: int, hidden: int, out: int, counts: tuple[int, ...], seco
     # policy measured (a notebook without an override gave 0.9708 where the CLI gives 0.9753).
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(rows, hidden, generator=generator), torch.randn(hidden, out, generator=generator)
-    times: dict[int, list[float]] = {n: [] for n in counts}
-    start = time.perf_counter()
-    for index in range(rounds):
-        for n in counts if index % 2 == 0 else counts[::-1]:
-            times[n].append(_time_batch(a, b, n, seconds / rounds))
-        if index + 1 >= min(3, rounds) and time.perf_counter() - start > 2 * seconds * len(counts):
-            break
-    return times
+    return _interleaved(lambda: a @ b, counts, seconds, rounds)
+
+
+def _time_layer(batch: int, seq: int, hidden: int, heads: int, counts: tuple[int, ...], seconds: float,
+                rounds: int = ROUNDS) -> dict[int, list[float]]:
+    """Seconds per forward + backward of one transformer layer on a (batch, seq, hidden) micro-batch.
+
+    A training step is thousands of parallel regions (attention per head, norms, activations, their
+    gradients), most far shorter than one big matmul; beside a busy process each region can wait a
+    time slice for a descheduled sibling thread. One big matmul hides that: beside busy processes a
+    1024x576 @ 576x2304 matmul ran 0.8x as long with 2 threads as with 1, while PPO's update on
+    SmolLM2 took 3.7x as long (312 s vs 85 s per step). This layer at PPO's micro-batch (8 x 46 x 576)
+    measured 3.6-3.8x: the same granularity, the same answer.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # leave the run's random stream alone (see _time_matmul)
+        torch.manual_seed(0)
+        layer = torch.nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout=0.0, batch_first=True)
+        x = torch.randn(batch, seq, hidden)
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)
+        layer(x).pow(2).mean().backward()
+
+    return _interleaved(step, counts, seconds, rounds)
 
 
 def choose_threads(policy: int, times: dict[int, list[float]], margin: float = MARGIN) -> int:
@@ -165,21 +199,10 @@ def choose_threads(policy: int, times: dict[int, list[float]], margin: float = M
     return 1 if statistics.median(ratios) > 1 + margin else policy
 
 
-def fastest_threads(rows: int, hidden: int, out: int | None = None, seconds: float = 0.1,
-                    max_age_s: float = REMEASURE_S) -> int:
-    """The thread count (the policy's or 1) that runs this matmul shape faster right now.
-
-    Measured in the process itself (~0.2-0.5 s: ``seconds`` per count, in :data:`ROUNDS` interleaved
-    batches), because whether extra threads help depends on what else runs: alone they do, beside a
-    busy process they spin-wait for its core. The choice follows :func:`choose_threads` (the policy's
-    count unless one thread is clearly faster). The answer is kept for ``max_age_s`` seconds, then
-    measured again (load changes during a run). With an override
-    (``HF_FINETUNE_NUM_THREADS``/``OMP_NUM_THREADS``) nothing is measured: the override is used.
-    """
+def _measured_choice(key: tuple, measure, what: str, max_age_s: float) -> int:
+    """The policy's count or 1 for ``key``, by ``measure(counts)`` (paired timings), kept ``max_age_s`` seconds."""
     import torch
 
-    out = out or 4 * hidden
-    key = (rows, hidden, out)
     policy, _ = policy_threads()
     if policy == 1 or _override()[0] is not None:
         return policy
@@ -188,16 +211,47 @@ def fastest_threads(rows: int, hidden: int, out: int | None = None, seconds: flo
         return cached[0]
     previous = torch.get_num_threads()
     try:
-        times = _time_matmul(rows, hidden, out, (1, policy), seconds)
+        times = measure((1, policy))
     finally:
         torch.set_num_threads(previous)
     choice = choose_threads(policy, times)
     if cached is None or cached[0] != choice:
-        logger.info("Matmuls of %dx%d @ %dx%d: %d thread(s) chosen (median of %d batches: %.0f us with 1, "
-                    "%.0f us with %d).", rows, hidden, hidden, out, choice, len(times[1]),
-                    statistics.median(times[1]) * 1e6, statistics.median(times[policy]) * 1e6, policy)
+        logger.info("%s: %d thread(s) chosen (median of %d batches: %.0f us with 1, %.0f us with %d).", what, choice,
+                    len(times[1]), statistics.median(times[1]) * 1e6, statistics.median(times[policy]) * 1e6, policy)
     _choice[key] = (choice, time.monotonic())
     return choice
+
+
+def fastest_threads(rows: int, hidden: int, out: int | None = None, seconds: float = 0.1,
+                    max_age_s: float = REMEASURE_S) -> int:
+    """The thread count (the policy's or 1) that runs this matmul shape faster right now.
+
+    Measured in the process itself (~0.2-0.5 s: ``seconds`` per count, in up to :data:`ROUNDS`
+    interleaved batches), because whether extra threads help depends on what else runs: alone they
+    do, beside a busy process they spin-wait for its core. The choice follows :func:`choose_threads`
+    (the policy's count unless one thread is clearly faster). The answer is kept for ``max_age_s``
+    seconds, then measured again (load changes during a run). With an override
+    (``HF_FINETUNE_NUM_THREADS``/``OMP_NUM_THREADS``) nothing is measured: the override is used.
+    """
+    out = out or 4 * hidden
+    return _measured_choice(("matmul", rows, hidden, out), lambda counts: _time_matmul(rows, hidden, out, counts, seconds),
+                            f"Matmuls of {rows}x{hidden} @ {hidden}x{out}", max_age_s)
+
+
+def fastest_training_threads(batch: int, seq: int, hidden: int, heads: int = 0, seconds: float = 0.1,
+                             max_age_s: float = REMEASURE_S) -> int:
+    """The thread count (the policy's or 1) that runs a training micro-batch faster right now.
+
+    As :func:`fastest_threads`, timing one transformer layer's forward and backward on a
+    ``batch x seq x hidden`` micro-batch (:func:`_time_layer`) instead of one matmul. ``heads``
+    defaults to ``hidden // 64``; it is lowered until it divides ``hidden``.
+    """
+    heads = max(1, heads or hidden // 64)
+    while hidden % heads:
+        heads -= 1
+    return _measured_choice(("layer", batch, seq, hidden, heads),
+                            lambda counts: _time_layer(batch, seq, hidden, heads, counts, seconds),
+                            f"Training micro-batches of {batch}x{seq}x{hidden}", max_age_s)
 
 
 @contextlib.contextmanager
@@ -216,17 +270,20 @@ def small_matmul_threads(rows: int = 8, hidden: int = 576):
 def thread_policy_callback(every_s: float = REMEASURE_S):
     """A ``TrainerCallback`` that applies the policy at the start of training and keeps the faster count.
 
-    It times a matmul of the step's size (batch x length rows, the model's hidden width) with the
-    policy's count and with one thread at the start and every ``every_s`` seconds. A different count
-    sums in a different order, so weights differ in their last bits between runs that chose
-    differently: with ``full_determinism`` (or an override) the count is fixed. The class is
-    built on first use so that importing this module does not import transformers.
+    It times one transformer layer's forward and backward on a micro-batch of the run's size
+    (:func:`fastest_training_threads`: batch x length tokens, the model's width and heads) with the
+    policy's count and with one thread, at the start and every ``every_s`` seconds. The length is
+    the prompt and completion budget of RL configs (``max_prompt_length``, 32 when unset, plus
+    ``max_completion_length``), else ``max_length``, else 128; at most 2,048 tokens are timed. A
+    different count sums in a different order, so weights differ in their last bits between runs
+    that chose differently: with ``full_determinism`` (or an override) the count is fixed. The class
+    is built on first use so that importing this module does not import transformers.
     """
     from transformers import TrainerCallback
 
     class ThreadPolicyCallback(TrainerCallback):
         def __init__(self) -> None:
-            self.shape: tuple[int, int] | None = None
+            self.shape: tuple[int, int, int, int] | None = None
             self.checked = 0.0
 
         def _choose(self, force: bool = False) -> None:
@@ -235,7 +292,7 @@ def thread_policy_callback(every_s: float = REMEASURE_S):
             if self.shape is None or (not force and time.monotonic() - self.checked < every_s):
                 return
             self.checked = time.monotonic()
-            torch.set_num_threads(fastest_threads(*self.shape, seconds=0.1, max_age_s=every_s))
+            torch.set_num_threads(fastest_training_threads(*self.shape, seconds=0.1, max_age_s=every_s))
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             apply_thread_policy()
@@ -245,8 +302,14 @@ def thread_policy_callback(every_s: float = REMEASURE_S):
                 return
             config = getattr(model, "config", None)
             hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or 384
-            rows = max(1, args.per_device_train_batch_size) * 128
-            self.shape = (min(rows, 4096), int(hidden))
+            heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 0
+            if getattr(args, "max_completion_length", None):
+                seq = (getattr(args, "max_prompt_length", None) or 32) + int(args.max_completion_length)
+            else:
+                seq = getattr(args, "max_length", None) or 128
+            seq = max(1, min(int(seq), 2048))
+            batch = max(1, min(int(args.per_device_train_batch_size or 1), 2048 // seq))
+            self.shape = (batch, seq, int(hidden), int(heads))
             self._choose(force=True)
 
         def on_step_end(self, args, state, control, **kwargs):

@@ -86,7 +86,7 @@ def test_choice_keeps_the_policy_count_on_a_tie_and_ignores_a_stalled_batch():
 
 def test_measurement_interleaves_the_counts(monkeypatch):
     order = []
-    monkeypatch.setattr(threads, "_time_batch", lambda a, b, n, seconds: order.append((n, seconds)) or 1.0)
+    monkeypatch.setattr(threads, "_time_batch", lambda work, n, seconds: order.append((n, seconds)) or 1.0)
     times = threads._time_matmul(8, 16, 64, (1, 4), seconds=0.1, rounds=4)
     assert [n for n, _ in order] == [1, 4, 4, 1, 1, 4, 4, 1]
     assert all(abs(s - 0.025) < 1e-12 for _, s in order)  # the budget per count, split over the rounds
@@ -98,7 +98,7 @@ def test_measurement_of_a_large_matmul_stops_after_three_rounds(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
 
-    def batch(a, b, n, seconds):
+    def batch(work, n, seconds):
         clock[0] += 0.1
         return 0.1
 
@@ -134,22 +134,51 @@ def test_measuring_leaves_the_global_random_stream_alone():
 def test_callback_chooses_at_train_begin(monkeypatch):
     from types import SimpleNamespace
 
-    monkeypatch.setattr(threads, "_time_matmul", fake_timings({1: 1.0, 4: 9.0}))
+    monkeypatch.setattr(threads, "_time_layer", lambda *a: {1: [1.0] * threads.ROUNDS, 4: [9.0] * threads.ROUNDS})
     seen = []
-    original = threads.fastest_threads
-    monkeypatch.setattr(threads, "fastest_threads", lambda *a, **k: seen.append(a) or original(*a, **k))
+    original = threads.fastest_training_threads
+    monkeypatch.setattr(threads, "fastest_training_threads", lambda *a, **k: seen.append(a) or original(*a, **k))
     callback = threads.thread_policy_callback()
-    model = SimpleNamespace(config=SimpleNamespace(hidden_size=32))
+    model = SimpleNamespace(config=SimpleNamespace(hidden_size=32, num_attention_heads=4))
     callback.on_train_begin(SimpleNamespace(per_device_train_batch_size=4), None, None, model=model)
-    assert seen == [(512, 32)] and torch.get_num_threads() == 1
+    assert seen == [(4, 128, 32, 4)] and torch.get_num_threads() == 1  # batch x 128 tokens by default
     callback.on_step_end(None, None, None)  # within every_s: no new measurement
     assert len(seen) == 1
+    # RL configs: prompt (32 when max_prompt_length is unset) + completion budget; SFT: max_length, capped.
+    rl = SimpleNamespace(per_device_train_batch_size=8, max_completion_length=16, max_prompt_length=None)
+    threads.thread_policy_callback().on_train_begin(rl, None, None, model=model)
+    sft = SimpleNamespace(per_device_train_batch_size=8, max_length=1024)
+    threads.thread_policy_callback().on_train_begin(sft, None, None, model=model)
+    assert seen[1:] == [(8, 48, 32, 4), (2, 1024, 32, 4)]
+
+
+def test_layer_probe_measures_both_counts_and_leaves_the_random_stream_alone(monkeypatch):
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    times = threads._time_layer(2, 4, 8, 2, (1, 4), seconds=0.002, rounds=2)
+    assert set(times) == {1, 4} and all(len(v) == 2 and min(v) > 0 for v in times.values())
+    assert torch.equal(torch.rand(3), expected)
+    assert threads.fastest_training_threads(2, 4, 12, heads=5, seconds=0.002) in (1, 4)  # 5 heads -> 4 (divides 12)
+
+
+def test_a_clear_answer_on_long_work_stops_after_two_rounds(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
+
+    def batch(work, n, seconds):  # beside busy processes: 2 threads 3.7x slower, each batch over budget
+        clock[0] += 0.8 if n == 1 else 3.0
+        return 0.8 if n == 1 else 3.0
+
+    monkeypatch.setattr(threads, "_time_batch", batch)
+    times = threads._interleaved(None, (1, 2), seconds=0.1)
+    assert times == {1: [0.8, 0.8], 2: [3.0, 3.0]} and threads.choose_threads(2, times) == 1
 
 
 def test_callback_keeps_one_count_under_full_determinism(monkeypatch):
     from types import SimpleNamespace
 
-    monkeypatch.setattr(threads, "_time_matmul", lambda *a: pytest.fail("measured under full_determinism"))
+    monkeypatch.setattr(threads, "_time_layer", lambda *a: pytest.fail("measured under full_determinism"))
     callback = threads.thread_policy_callback()
     args = SimpleNamespace(per_device_train_batch_size=4, full_determinism=True)
     callback.on_train_begin(args, None, None, model=SimpleNamespace(config=SimpleNamespace(hidden_size=32)))
