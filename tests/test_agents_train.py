@@ -315,3 +315,22 @@ def test_attention_pooling_needs_the_sentence_separator(tiny_bert_dir, tmp_path)
     with pytest.raises(ValueError, match="use mean or attention"):
         parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_separator=".", sentence_pooling="max"),
                      BLOCKS)
+
+
+def test_linear_learning_rate_schedule_decays_to_zero_and_reloads(tiny_bert_dir, tmp_path):
+    import csv
+
+    rates = {}
+    for schedule in ("constant", "linear"):
+        out = tmp_path / schedule
+        run(parse_recipe(bandit_recipe(tiny_bert_dir, out, "ppo", total_timesteps=1024,
+                                       learning_rate_schedule=schedule), BLOCKS))
+        with open(out / "progress.csv") as f:
+            rates[schedule] = [float(r["train/learning_rate"]) for r in csv.DictReader(f) if r["train/learning_rate"]]
+    # 1,024 steps = 4 rollouts of 4 envs x 64 steps; SB3 sets the rate before each update from the fraction of
+    # training left (0.75, 0.5, 0.25, 0) and the csv holds the first three updates' rows.
+    assert rates["constant"] == [0.003] * 3
+    assert rates["linear"] == pytest.approx([0.00225, 0.0015, 0.00075]), rates
+    assert load_agent(tmp_path / "linear").lr_schedule(0.5) == pytest.approx(0.0015)
+    with pytest.raises(ValueError, match="learning_rate_schedule='cosine': use constant or linear"):
+        parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", learning_rate_schedule="cosine"), BLOCKS)

@@ -116,6 +116,11 @@ class AgentConfig:
         default=None, metadata={"help": "Hidden sizes of the policy/value (or Q) heads after the extractor."}
     )
     total_timesteps: int = field(default=10_000, metadata={"help": "Environment steps to train for."})
+    learning_rate_schedule: str = field(
+        default="constant",
+        metadata={"help": "constant, or linear: algo_kwargs.learning_rate decays linearly to 0 over total_timesteps "
+                  "(the zoo's lin_ prefix, CleanRL's anneal_lr), so late updates cannot undo a learned policy."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the algorithm and of the training envs (seed + rank)."})
     device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda or auto."})
     torch_threads: int | None = field(
@@ -199,6 +204,8 @@ class AgentConfig:
             raise ValueError(f"agent.algorithm={self.algorithm!r}: use one of {ALGORITHMS}{hint}.")
         if self.encoder_mode not in ("frozen", "lora", "full"):
             raise ValueError(f"agent.encoder_mode={self.encoder_mode!r}: use frozen, lora or full.")
+        if self.learning_rate_schedule not in ("constant", "linear"):
+            raise ValueError(f"agent.learning_rate_schedule={self.learning_rate_schedule!r}: use constant or linear.")
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"agent.pooling={self.pooling!r}: use mean or cls.")
         if self.total_timesteps < 1:

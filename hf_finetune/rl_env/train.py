@@ -32,7 +32,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Check
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.utils import LinearSchedule, set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from ..callbacks import NonFiniteLossError
@@ -133,6 +133,8 @@ def build_agent(recipe: Recipe, env):
     check_action_space(agent.algorithm, env.action_space)
     if agent.algorithm == "dqn":
         check_replay_buffer(env.observation_space, env.action_space, algo_kwargs)
+    if agent.learning_rate_schedule == "linear":  # SB3 calls it with the fraction of training left (1 -> 0)
+        algo_kwargs["learning_rate"] = LinearSchedule(float(learning_rate), 0.0, 1.0)
     policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy"
     try:
         return cls(policy, env, seed=agent.seed, device=agent.device, verbose=agent.verbose,
