@@ -90,7 +90,7 @@ RL_SETTINGS = {  # name -> (environment, add the training-phase thread_policy_ca
 }
 
 
-def rl_update(rounds: int, steps: int, conditions: list[str]) -> None:
+def rl_update(rounds: int, steps: int, conditions: list[str], settings: list[str]) -> None:
     """A PPO step (bench_rl_step.py: SmolLM2 + LoRA, 8 completions x 16 tokens, 4 PPO epochs) per setting.
 
     Like for like: the same step under 1 thread, under the policy's count with no training-phase choice
@@ -103,7 +103,7 @@ def rl_update(rounds: int, steps: int, conditions: list[str]) -> None:
     results: dict = {}
     for round_index in range(rounds):
         for condition in conditions:
-            names = list(RL_SETTINGS)[::-1 if round_index % 2 else 1]
+            names = settings[::-1 if round_index % 2 else 1]
             for name in names:
                 env, callback = RL_SETTINGS[name]
                 spec = {"method": "ppo", "steps": steps, "completions": 8, "group": 4, "tokens": 16, "ppo_epochs": 4,
@@ -132,7 +132,7 @@ def rl_update(rounds: int, steps: int, conditions: list[str]) -> None:
           "busy = one spinning process beside it; threads = policy count -> count at the end of training")
     print(f"{'condition':<10}{'setting':<36}{'rollout':>9}{'reference':>11}{'update':>9}{'total':>9}  threads")
     for condition in conditions:
-        for name in RL_SETTINGS:
+        for name in settings:
             rows = results[(condition, name)]
             med = {k: statistics.median(r[k] for r in rows) for k in ("rollout", "reference", "update", "total")}
             print(f"{condition:<10}{name:<36}{med['rollout']:>9.2f}{med['reference']:>11.2f}{med['update']:>9.2f}"
@@ -164,7 +164,7 @@ def sb3_worker(setting: str, steps: int) -> None:
     middle = time.perf_counter()
     model.learn(steps - half, callback=callback, reset_num_timesteps=False)
     end = time.perf_counter()
-    chosen = {rows: n for (rows, _, _), (n, _) in threads._choice.items()}
+    chosen = {key[1]: n for key, (n, _) in threads._choice.items() if key[0] == "matmul"}  # rows -> threads
     print(json.dumps({"overall": model.num_timesteps / (end - start), "warm": (model.num_timesteps - half) / (end - middle),
                       "threads": "/".join(f"{n} for {rows} rows" for rows, n in sorted(chosen.items()))
                       or str(torch.get_num_threads() if setting == "1 thread" else count)}))
@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument("--rl-update", action="store_true",
                         help="instead: a PPO step per thread setting (bench_rl_step.py; ~2 min per run)")
     parser.add_argument("--rl-steps", type=int, default=3)
+    parser.add_argument("--rl-settings", nargs="+", default=list(RL_SETTINGS), choices=list(RL_SETTINGS))
     parser.add_argument("--rl-conditions", nargs="+", default=["busy"], choices=["alone", "busy"],
                         help="conditions of --rl-update and --sb3")
     parser.add_argument("--sb3", action="store_true",
@@ -233,7 +234,7 @@ def main() -> None:
         return
     if args.rl_update:
         print(f"usable cores: {len(os.sched_getaffinity(0))}; load average before: {os.getloadavg()[0]:.2f}")
-        rl_update(args.rounds, args.rl_steps, args.rl_conditions)
+        rl_update(args.rounds, args.rl_steps, args.rl_conditions, args.rl_settings)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         return
     if args.worker:
