@@ -1,16 +1,20 @@
 """Threads per process: 1 thread vs PyTorch's default vs hf_finetune.threads, alone and beside a busy process.
 
-Each setting runs in a fresh process (OpenMP reads its environment once, at load), timing two
-matmuls: the small one of decoding and SB3 policies (8x576 @ 576x1536, SmolLM2's MLP on one token
-per sequence of a batch of 8) and a training-sized one (2048x384 @ 384x1536, MiniLM's MLP at batch
-16 x 128 tokens). "busy" starts one process spinning on a core beside it (a second job, a notebook
+Each setting runs in a fresh process (OpenMP reads its environment once, at load), timing three kinds
+of work: the small matmul of decoding and SB3 policies (8x576 @ 576x1536, SmolLM2's MLP on one token
+per sequence of a batch of 8), a training-sized matmul (2048x384 @ 384x1536, MiniLM's MLP at batch
+16 x 128 tokens) and one MiniLM-sized transformer layer's forward + backward at that batch (what a
+training step is made of: many short parallel regions). The policy rows choose as a run does: the
+small matmul by ``fastest_threads``, the training rows by ``fastest_training_threads`` (the Trainer
+callback's probe). "busy" starts one process spinning on a core beside it (a second job, a notebook
 kernel, the other rank of a 2-process run).
 
-    .venv/bin/python bench/bench_threads.py --rounds 1      # half of --rounds 2 (20 fresh processes)
-    .venv/bin/python bench/bench_threads.py --rounds 2      # 5 min 24 s at load ~5 (40 fresh processes)
+    .venv/bin/python bench/bench_threads.py --rounds 3      # the goal rows, alone and busy (30 fresh processes each round)
+    .venv/bin/python bench/bench_threads.py --rl-update --rl-conditions alone busy   # PPO step per setting (~25 min)
+    .venv/bin/python bench/bench_threads.py --sb3 --rl-conditions alone busy         # SB3 PPO steps/s per setting
 
-Prints seconds per 1,000 matmuls (median over rounds, settings interleaved within each round) and
-each setting's ratio to 1 thread; the load average is printed as the confounder it is.
+Prints seconds per 1,000 calls (median over rounds, settings interleaved within each round), each
+setting's ratio to 1 thread and a goal check; the load average is printed as the confounder it is.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ import subprocess
 import sys
 import time
 
-SHAPES = {"small 8x576@576x1536": (8, 576, 1536, 300), "train 2048x384@384x1536": (2048, 384, 1536, 20)}
+SHAPES = {  # name -> (kind, sizes, calls timed)
+    "small 8x576@576x1536": ("matmul", (8, 576, 1536), 300),
+    "train 2048x384@384x1536": ("matmul", (2048, 384, 1536), 20),
+    "train layer fwd+bwd 16x128x384": ("layer", (16, 128, 384, 12), 10),
+}
 SETTINGS = {
     "1 thread": {"threads": "1"},
     "torch default (all cores)": {},
@@ -36,21 +44,37 @@ SETTINGS = {
 def worker(shape: str, threads: str | None, policy: bool) -> None:
     import torch
 
-    rows, hidden, out, reps = SHAPES[shape]
+    kind, sizes, reps = SHAPES[shape]
     start = time.perf_counter()
     if threads:
         torch.set_num_threads(int(threads))
-    if policy:  # what a run does: the policy's count, then the faster of it and 1 for this matmul
-        from hf_finetune.threads import apply_thread_policy, fastest_threads
+    if policy:  # what a run does: the policy's count, then the faster of it and 1 for this phase's probe
+        from hf_finetune.threads import apply_thread_policy, fastest_threads, fastest_training_threads
 
         apply_thread_policy()
-        torch.set_num_threads(fastest_threads(rows, hidden, out))
-    a, b = torch.randn(rows, hidden), torch.randn(hidden, out)
+        if shape.startswith("small"):
+            torch.set_num_threads(fastest_threads(*sizes))
+        else:  # the Trainer callback's probe at the quickstart's micro-batch (16 x 128 tokens, MiniLM)
+            torch.set_num_threads(fastest_training_threads(16, 128, 384, 12))
+    if kind == "matmul":
+        rows, hidden, out = sizes
+        a, b = torch.randn(rows, hidden), torch.randn(hidden, out)
+
+        def work():
+            a @ b
+    else:
+        batch, seq, hidden, heads = sizes
+        layer = torch.nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout=0.0, batch_first=True)
+        x = torch.randn(batch, seq, hidden)
+
+        def work():
+            layer.zero_grad(set_to_none=True)
+            layer(x).pow(2).mean().backward()
     for _ in range(3):
-        a @ b
+        work()
     t0 = time.perf_counter()
     for _ in range(reps):
-        a @ b
+        work()
     elapsed = time.perf_counter() - t0
     total = time.perf_counter() - start  # includes the policy's own measurement
     print(json.dumps({"per_1000": elapsed / reps * 1000, "with_choice_per_1000": total / reps * 1000,
@@ -164,7 +188,7 @@ def sb3_worker(setting: str, steps: int) -> None:
     middle = time.perf_counter()
     model.learn(steps - half, callback=callback, reset_num_timesteps=False)
     end = time.perf_counter()
-    chosen = {key[1]: n for key, (n, _) in threads._choice.items() if key[0] == "matmul"}  # rows -> threads
+    chosen = {key[1]: value[0] for key, value in threads._choice.items() if key[0] == "matmul"}  # rows -> threads
     print(json.dumps({"overall": model.num_timesteps / (end - start), "warm": (model.num_timesteps - half) / (end - middle),
                       "threads": "/".join(f"{n} for {rows} rows" for rows, n in sorted(chosen.items()))
                       or str(torch.get_num_threads() if setting == "1 thread" else count)}))
@@ -258,7 +282,7 @@ def main() -> None:
                     results.setdefault((busy, shape, name), []).append(r)
     print(f"rounds: {args.rounds}; load average after: {os.getloadavg()[0]:.2f}; "
           f"took {time.perf_counter() - started:.0f} s")
-    print(f"{'condition':<22}{'matmul':<26}{'setting':<36}{'s/1000':>9}{'incl. choice':>14}{'threads':>9}{'vs 1 thr':>10}")
+    print(f"{'condition':<22}{'work':<32}{'setting':<36}{'s/1000':>9}{'incl. choice':>14}{'threads':>9}{'vs 1 thr':>10}")
     for busy in (False, True):
         for shape in SHAPES:
             base = statistics.median(r["per_1000"] for r in results[(busy, shape, "1 thread")])
@@ -268,7 +292,7 @@ def main() -> None:
                 incl = statistics.median(r["with_choice_per_1000"] for r in rs)
                 threads = "/".join(str(r["threads"]) for r in rs)
                 cond = "beside a busy process" if busy else "alone"
-                print(f"{cond:<22}{shape:<26}{name:<36}{med:>9.3f}{incl:>14.3f}{threads:>9}{med / base:>10.2f}")
+                print(f"{cond:<22}{shape:<32}{name:<36}{med:>9.3f}{incl:>14.3f}{threads:>9}{med / base:>10.2f}")
     # The issue's goal: beside a busy process never slower than 1 thread; alone not slower than torch's default.
     print("\ngoal check (policy row, median s/1000; > 1.00 = slower, within this run's noise of ~5-10%):")
     for busy in (False, True):
@@ -277,7 +301,7 @@ def main() -> None:
             policy = statistics.median(r["per_1000"] for r in results[(busy, shape, "hf_finetune.threads policy")])
             other = statistics.median(r["per_1000"] for r in results[(busy, shape, ref)])
             cond = "beside a busy process" if busy else "alone"
-            print(f"  {cond:<22}{shape:<26}policy / {ref}: {policy / other:.2f}")
+            print(f"  {cond:<22}{shape:<32}policy / {ref}: {policy / other:.2f}")
 
 
 if __name__ == "__main__":

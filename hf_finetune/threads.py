@@ -36,8 +36,9 @@ ENV_THREADS = "HF_FINETUNE_NUM_THREADS"
 REMEASURE_S = 60.0
 ROUNDS = 5  # interleaved timing batches per thread count
 MARGIN = 0.05  # one thread must be this much faster (median paired ratio) to replace the policy's count
+MAX_COST_SHARE = 50  # a measurement that took t seconds is kept at least 50 t seconds (<= 2% of the time)
 _applied: int | None = None
-_choice: dict[tuple, tuple[int, float]] = {}  # (probe, shape...) -> (threads, when measured)
+_choice: dict[tuple, tuple[int, float, float]] = {}  # (probe, shape...) -> (threads, when, seconds it took)
 
 
 def usable_cores() -> int:
@@ -207,9 +208,12 @@ def _measured_choice(key: tuple, measure, what: str, max_age_s: float) -> int:
     if policy == 1 or _override()[0] is not None:
         return policy
     cached = _choice.get(key)
-    if cached is not None and time.monotonic() - cached[1] < max_age_s:
+    # A measurement that took long (big work on a crowded machine: a layer probe took 20 s beside 4 busy
+    # processes) is repeated less often, so that measuring stays under 1/MAX_COST_SHARE of the run.
+    if cached is not None and max_age_s > 0 and time.monotonic() - cached[1] < max(max_age_s, cached[2] * MAX_COST_SHARE):
         return cached[0]
     previous = torch.get_num_threads()
+    started = time.monotonic()
     try:
         times = measure((1, policy))
     finally:
@@ -218,7 +222,7 @@ def _measured_choice(key: tuple, measure, what: str, max_age_s: float) -> int:
     if cached is None or cached[0] != choice:
         logger.info("%s: %d thread(s) chosen (median of %d batches: %.0f us with 1, %.0f us with %d).", what, choice,
                     len(times[1]), statistics.median(times[1]) * 1e6, statistics.median(times[policy]) * 1e6, policy)
-    _choice[key] = (choice, time.monotonic())
+    _choice[key] = (choice, time.monotonic(), time.monotonic() - started)
     return choice
 
 

@@ -69,6 +69,26 @@ def test_fastest_threads_keeps_the_faster_count_and_measures_again(monkeypatch):
     assert threads.fastest_threads(8, 576) == 2  # an override is not second-guessed
 
 
+def test_a_slow_measurement_is_repeated_less_often(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    calls = []
+
+    def slow(rows, hidden, out, counts, seconds):  # 10 s of measuring (a crowded machine)
+        calls.append(clock[0])
+        clock[0] += 10.0
+        return {n: [1.0] * threads.ROUNDS for n in counts}
+
+    monkeypatch.setattr(threads, "_time_matmul", slow)
+    threads.fastest_threads(8, 576)
+    clock[0] += 120  # past max_age_s (60 s), within 50 x 10 s
+    threads.fastest_threads(8, 576)
+    assert len(calls) == 1
+    clock[0] += 400
+    threads.fastest_threads(8, 576)
+    assert len(calls) == 2
+
+
 def test_choice_keeps_the_policy_count_on_a_tie_and_ignores_a_stalled_batch():
     # Idle, decoding-sized: 2 threads 25% faster, but one 2-thread batch met a scheduler stall (the case
     # the first version, one window per count compared by its mean, got wrong).
