@@ -51,6 +51,9 @@ def load_task_recipe(spec: dict, overrides: list[str]):
     known = recipe_fields(blocks["training"])
     data["training"] = {k: v for k, v in data["training"].items() if k in known}
     data["method"] = spec["method"]
+    # The budget, not the recipe's 30 steps, ends each run (a GRPO step is cheaper than a PPO step); the recipe's
+    # learning rate is constant after warm-up, so max_steps changes nothing else.
+    data["training"]["max_steps"] = 10_000
     return parse_recipe(data, blocks, overrides, source=TOPIC_RECIPE)
 
 
