@@ -15,11 +15,19 @@ have run first: ``outputs/rl/sft_short_answers``).
 with only the method word switched (the keys only PPO has, e.g. ``adaptive_kl_target``, dropped for GRPO/RLOO); its
 held-out metric is the recipe's strict sports word list (``regex_match``). Score the saved runs with a judge that is
 not the reward afterwards: ``bench/bench_rl_topic.py --runs <out>/*_seed* --judge-model ... --modes greedy``.
+``--recipe PATH`` runs a fixed copy of that recipe instead (the shipped one may change between sessions).
+
+``--budget-clock cpu`` charges the budget in CPU seconds of the training process (``time.process_time``, evaluation
+excluded) instead of wall-clock seconds: with ``OMP_NUM_THREADS=1`` that is about what an idle machine's
+wall-clock would be, so runs on a shared machine get the same amount of computation whatever else runs beside
+them. Each run records both (``train_cpu_s``, ``train_wall_s``); the curves' time axis is the budget's clock.
 
 Usage:
     OMP_NUM_THREADS=1 python bench/bench_rl_methods.py --seeds 42 43 --budget-s 420
     python bench/bench_rl_methods.py --replot --out /tmp/all --runs /tmp/a/runs.json /tmp/b/runs.json  # merge seeds
     OMP_NUM_THREADS=1 python bench/bench_rl_methods.py --task topic --seeds 42 --budget-s 600
+    OMP_NUM_THREADS=1 python bench/bench_rl_methods.py --task topic --recipe /tmp/pinned.yaml --budget-clock cpu \
+        --seeds 44 --budget-s 600 --out /tmp/s44   # a shared machine: CPU seconds, a fixed recipe copy
     python bench/bench_rl_methods.py --methods grpo rloo --seeds 0 --budget-s 60   # quick look
 """
 
@@ -46,7 +54,8 @@ def load_task_recipe(spec: dict, overrides: list[str]):
 
     if spec.get("task", "short_answers") != "topic":
         return load_recipe(os.path.join(REPO, RECIPES[spec["method"]]), overrides)
-    data = read_recipe_yaml(os.path.join(REPO, TOPIC_RECIPE))
+    source = spec.get("recipe") or TOPIC_RECIPE
+    data = read_recipe_yaml(os.path.join(REPO, source))
     blocks = method_entry(spec["method"]).blocks()
     known = recipe_fields(blocks["training"])
     data["training"] = {k: v for k, v in data["training"].items() if k in known}
@@ -54,7 +63,7 @@ def load_task_recipe(spec: dict, overrides: list[str]):
     # The budget, not the recipe's 30 steps, ends each run (a GRPO step is cheaper than a PPO step); the recipe's
     # learning rate is constant after warm-up, so max_steps changes nothing else.
     data["training"]["max_steps"] = 10_000
-    return parse_recipe(data, blocks, overrides, source=TOPIC_RECIPE)
+    return parse_recipe(data, blocks, overrides, source=source)
 
 
 def _number(value):
@@ -71,24 +80,31 @@ def worker(spec: dict) -> dict:
 
     points: list[dict] = []
     clock = {"start": None, "eval_s": 0.0, "eval_start": None, "last_step": 0.0}
+    # The budget's clock. The other one is kept beside it (wall: CPU seconds too, and the reverse) for the report.
+    now, other_now = time.perf_counter, time.process_time
+    if spec.get("budget_clock") == "cpu":
+        now, other_now = other_now, now
+    other = {"start": None, "eval_s": 0.0, "eval_start": None, "last_step": 0.0}
 
     def elapsed() -> float:
-        return time.perf_counter() - clock["start"] - clock["eval_s"] if clock["start"] else 0.0
+        return now() - clock["start"] - clock["eval_s"] if clock["start"] else 0.0
 
     class Budget(TrainerCallback):
         """Training time only: evaluation (greedy generation on the held-out set) is not charged to the budget."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            clock["start"] = time.perf_counter()
+            clock["start"], other["start"] = now(), other_now()
 
         def on_step_begin(self, args, state, control, **kwargs):
             if clock["eval_start"] is not None:  # an evaluation ran since the last step ended
-                clock["eval_s"] += time.perf_counter() - clock["eval_start"]
-                clock["eval_start"] = None
+                clock["eval_s"] += now() - clock["eval_start"]
+                other["eval_s"] += other_now() - other["eval_start"]
+                clock["eval_start"] = other["eval_start"] = None
 
         def on_step_end(self, args, state, control, **kwargs):
-            clock["eval_start"] = time.perf_counter()
+            clock["eval_start"], other["eval_start"] = now(), other_now()
             clock["last_step"] = elapsed()
+            other["last_step"] = other_now() - other["start"] - other["eval_s"]
             if elapsed() >= spec["budget_s"]:
                 control.should_training_stop = True
 
@@ -104,11 +120,15 @@ def worker(spec: dict) -> dict:
                  # greedy generation on 60 prompts costs minutes here, and would eat the wall-clock it is compared on.
                  "--eval_strategy", "no", "--evaluate_before_training", str(spec["evaluate_start"]).lower()]
     recipe = load_task_recipe(spec, overrides)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     metrics = run_recipe(recipe, callbacks=[Budget()])
     keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    cpu = spec.get("budget_clock") == "cpu"
+    wall_train, cpu_train = (other, clock) if cpu else (clock, other)
     return {**spec, "wall_s": round(time.perf_counter() - started, 1), "train_s": round(clock["last_step"], 1),
             "train_s_steps": round(clock["last_step"], 1),
+            "train_wall_s": round(wall_train["last_step"], 1), "train_cpu_s": round(cpu_train["last_step"], 1),
+            "cpu_s": round(time.process_time() - cpu_started, 1),
             "points": points, "metrics": keep}
 
 
@@ -144,6 +164,11 @@ def series(run: dict, start: float | None = None) -> dict[str, list[tuple[float,
 
 
 def plot(runs: list[dict], path: str) -> None:
+    clocks = {r.get("budget_clock", "wall") for r in runs}
+    xlabel = {"wall": "training time (s, evaluation excluded)",
+              "cpu": "training CPU time (s, evaluation excluded)"}.get(clocks.pop(), "") if len(clocks) == 1 else \
+        "training time (s, evaluation excluded; CPU s for cpu-budget runs, wall s for the others)"
+    equal = "equal CPU time" if {r.get("budget_clock", "wall") for r in runs} == {"cpu"} else "equal wall-clock"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,10 +189,10 @@ def plot(runs: list[dict], path: str) -> None:
         seen.add(run["method"])
     for ax, title in zip(axes.flat, titles.values()):
         ax.set_title(title)
-        ax.set_xlabel("training time (s, evaluation excluded)")
+        ax.set_xlabel(xlabel)
     axes[0, 0].legend()
     task = "topic steering" if METRIC == "regex_match" else "short answers"
-    fig.suptitle(f"PPO vs GRPO vs RLOO, SmolLM2-135M {task}, equal wall-clock (machine shared)")
+    fig.suptitle(f"PPO vs GRPO vs RLOO, SmolLM2-135M {task}, {equal} (machine shared)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
@@ -178,6 +203,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     parser.add_argument("--budget-s", type=float, default=420.0, help="training seconds per run (evaluation excluded)")
     parser.add_argument("--task", default="short_answers", choices=["short_answers", "topic"])
+    parser.add_argument("--budget-clock", default="wall", choices=["wall", "cpu"],
+                        help="what --budget-s counts: wall-clock seconds, or CPU seconds of the training process "
+                        "(robust to a shared machine when OMP_NUM_THREADS=1)")
+    parser.add_argument("--recipe", help=f"--task topic: the recipe to run under each method (default {TOPIC_RECIPE}); "
+                        "pass a fixed copy so a comparison does not follow later edits of the shipped one")
     parser.add_argument("--out", default="/tmp/bench_rl_methods")
     parser.add_argument("--replot", action="store_true", help="redraw and reprint from <out>/runs.json only")
     parser.add_argument("--runs", nargs="+", help="with --replot: merge these runs.json files (e.g. a bench of more "
@@ -186,6 +216,10 @@ def main() -> None:
     args = parser.parse_args()
     global METRIC
     METRIC = "regex_match" if args.task == "topic" else "exact_match"
+    if args.recipe and args.task != "topic":
+        parser.error("--recipe applies to --task topic only (the short-answer task has one recipe per method)")
+    if args.recipe and not os.path.isfile(args.recipe):
+        parser.error(f"--recipe {args.recipe}: no such file")
     if args.worker:
         print("BENCH_RESULT " + json.dumps(worker(json.loads(args.worker))))
         return
@@ -205,7 +239,8 @@ def main() -> None:
         plot(runs, os.path.join(args.out, "curves.png"))
         means(runs, sorted({r["method"] for r in runs}, key=list(RECIPES).index))
         return
-    print(f"bench_rl_methods: budget {args.budget_s:.0f} s of training per run, OMP_NUM_THREADS="
+    clock = " CPU" if args.budget_clock == "cpu" else ""
+    print(f"bench_rl_methods: budget {args.budget_s:.0f}{clock} s of training per run, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, load average {os.getloadavg()[0]:.2f} at start")
     runs = []
     for seed in args.seeds:  # seed-major, so an interrupted bench still has every method at the first seed
@@ -213,6 +248,10 @@ def main() -> None:
             # The three recipes start from the same adapter and evaluate greedily: one evaluation of the start serves all.
             spec = {"method": method, "task": args.task, "seed": seed, "budget_s": args.budget_s, "evaluate_start": not runs,
                     "output_dir": os.path.join(args.out, f"{method}_seed{seed}")}
+            if args.budget_clock != "wall":  # the default's spec (and runs.json) as before
+                spec["budget_clock"] = args.budget_clock
+            if args.recipe:
+                spec["recipe"] = os.path.abspath(args.recipe)
             run = launch(spec, __file__)
             runs.append(run)
             summarize(run, runs)
@@ -231,7 +270,15 @@ def summarize(run: dict, runs: list[dict]) -> None:
           f"{train_seconds(run):.0f} s | held-out {METRIC} {start:.3f} -> {m.get(f'eval_{METRIC}', float('nan')):.3f}"
           f" | eval reward {m.get('eval_reward', float('nan')):.3f} | eval length "
           f"{m.get('eval_completion_length', float('nan')):.1f}, EOS rate {m.get('eval_eos_rate', float('nan')):.2f} | "
-          f"last KL/token {s['kl'][-1][1] if s['kl'] else 0:.4f}", flush=True)
+          f"last KL/token {s['kl'][-1][1] if s['kl'] else 0:.4f}" + _both_clocks(run), flush=True)
+
+
+def _both_clocks(run: dict) -> str:
+    """Training wall and CPU seconds, for runs that recorded both (runs from before that print as they did)."""
+    if "train_cpu_s" not in run:
+        return ""
+    return (f" | training {run['train_cpu_s']:.0f} CPU s, {run['train_wall_s']:.0f} wall s "
+            f"(budget clock: {run.get('budget_clock', 'wall')}); whole run {run['wall_s']:.0f} wall s")
 
 
 def means(runs: list[dict], methods) -> None:
@@ -250,7 +297,10 @@ def means(runs: list[dict], methods) -> None:
                   f"{mean([train_seconds(r) for r in mine]):.0f} s | eval length "
                   f"{mean([r['metrics'].get('eval_completion_length', float('nan')) for r in mine]):.1f}, EOS rate "
                   f"{mean([r['metrics'].get('eval_eos_rate', float('nan')) for r in mine]):.2f} | last KL/token "
-                  f"{mean([k[-1][1] if k else 0.0 for k in kls]):.4f}")
+                  f"{mean([k[-1][1] if k else 0.0 for k in kls]):.4f}"
+                  + (f" | training {mean([r['train_cpu_s'] for r in mine]):.0f} CPU s, "
+                     f"{mean([r['train_wall_s'] for r in mine]):.0f} wall s" if all("train_cpu_s" in r for r in mine)
+                     else ""))
 
 
 if __name__ == "__main__":
