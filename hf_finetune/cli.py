@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import json
 import logging
 import os
@@ -126,8 +127,11 @@ def _describe(err: BaseException) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 for a user error, 130 for Ctrl-C)."""
+    finished = False
     try:
-        return _main(argv)
+        code = _main(argv)
+        finished = code == 0
+        return code
     except BrokenPipeError:
         # The reader of our output went away (`hf-finetune train --help | head`): not an error of
         # the run. Exit as a process killed by SIGPIPE does, without a message, and keep Python's
@@ -141,15 +145,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-finetune: error: {message}", file=sys.stderr)
         return code
     finally:
-        _close_process_group()
+        _close_process_group(finished)
 
 
-def _close_process_group() -> None:
+def _close_process_group(finished: bool = False) -> None:
     # A process that exits with its gloo group still open can abort in interpreter teardown
     # ("terminate called without an active exception", SIGABRT: pytorch/pytorch#190489), turning
     # a finished, saved `accelerate launch` run into a failed launch. Trainer never destroys it.
+    # The DDP wrapper and reducer of the finished trainer still hold the group: collect them
+    # first, so they are not freed in teardown, after the group is gone. After a finished run
+    # every rank also waits for the others, so no rank closes its side of the group while another
+    # is still in a collective; after a failure the others may never arrive, so it does not wait.
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
+        gc.collect()
+        if finished and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

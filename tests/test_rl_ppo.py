@@ -95,6 +95,16 @@ def test_adaptive_kl_controller():
     assert ctl.value == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 0.1))
 
 
+def test_a_kl_horizon_too_long_for_the_run_is_named(tmp_path, recwarn):
+    # TRL's horizon of 10,000 sequences moves kl_coef by < 0.5% in 30 steps of 8: the target would do nothing.
+    with pytest.warns(UserWarning, match=r"set kl_horizon to about 24 "):
+        ppo_args(tmp_path, max_steps=30, adaptive_kl_target=10.0)
+    recwarn.clear()
+    ppo_args(tmp_path, max_steps=30, adaptive_kl_target=10.0, kl_horizon=24)  # can move it ~7x
+    ppo_args(tmp_path, max_steps=30)  # fixed kl_coef: the horizon is unused
+    assert not [w for w in recwarn if "kl_horizon" in str(w.message)]
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end on a tiny GPT-2
 # ---------------------------------------------------------------------------------------------
@@ -560,8 +570,19 @@ if trainer.args.process_index == 0:
                 "calls": calls, "world_size": trainer.args.world_size},
                os.path.join(os.environ["OUT"], "fixed.pt"))
 if torch.distributed.is_initialized():
-    # An open gloo group can abort the process in interpreter teardown (SIGABRT, seen once in CI).
+    # Shut down as hf_finetune.cli does (an open gloo group can abort the process in interpreter teardown:
+    # SIGABRT, seen in CI after both parts had finished): free the DDP wrappers that still hold the group, wait for
+    # the other rank, close the group. Then skip interpreter teardown altogether: this test is about PPO's update
+    # across ranks, and a C++ destructor order at exit is torch's, not ours.
+    import gc
+
+    del trainer
+    gc.collect()
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 '''
 
 
