@@ -25,6 +25,8 @@ Usage:
     python bench/bench_rl_topic.py --split train --samples 4 --show 10   # the untrained policy on train prompts
     python bench/bench_rl_topic.py --runs /tmp/m/ppo_seed42 /tmp/m/grpo_seed42 --judge-model /tmp/judge --modes greedy \
         --json /tmp/m/judge.json   # the method comparison's runs (bench_rl_methods.py --task topic), greedy only
+    python bench/bench_rl_topic.py --runs /tmp/r/seed2 --judge-model /tmp/judge --base-json /tmp/m/judge.json
+        # reuse the untrained rows of an earlier pass with the same judge, samples and seeds
 """
 
 from __future__ import annotations
@@ -132,6 +134,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["greedy", "sampled"], choices=["greedy", "sampled"],
                         help="greedy only is ~4x cheaper but gives no KL estimate")
     parser.add_argument("--json", default=None, help="also write the table here")
+    parser.add_argument("--base-json", default=None,
+                        help="take the untrained policy's rows from this earlier --json output instead of recomputing "
+                             "them (~150 s per mode); only valid for the same recipe, judge, --samples and --seeds")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
@@ -169,7 +174,16 @@ def main() -> None:
     header = (f"{'policy':<42} {'mode':<8} {'n':>4} {'words':>6} {'broad':>6} {'judge':>6} {'P(tgt)':>7} {'KL':>6} "
               f"{'ppl_ref':>8} {'len':>5} {'eos':>5} {'distinct':>8}")
     results = []
-    for spec in ["base", *args.runs]:
+    if args.base_json:
+        with open(args.base_json) as f:
+            saved = {row["mode"]: row for row in json.load(f) if row["policy"] == "base"}
+        missing = [mode for mode in args.modes if mode not in saved]
+        if missing:
+            raise SystemExit(f"{args.base_json} has no untrained rows for mode(s) {missing}: run without --base-json.")
+        for mode in args.modes:
+            results.append(("base", mode, {k: v for k, v in saved[mode].items() if k not in ("policy", "mode")}))
+        print(f"untrained policy's rows read from {args.base_json} (not recomputed)", flush=True)
+    for spec in ([] if args.base_json else ["base"]) + list(args.runs):
         started = time.time()
         policy = reference if spec == "base" else load_policy(spec, base_source)
         for mode in args.modes:

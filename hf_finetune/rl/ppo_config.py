@@ -86,7 +86,13 @@ class PPOConfig(CheckedRanges, TrainingArguments):
         metadata={"help": "Deprecated name of adaptive_kl_target (in SB3/cleanrl target_kl means approx-KL early "
                   "stopping, which this is not)."},
     )
-    kl_horizon: int = field(default=10000, metadata={"help": "Horizon (in sequences) of the adaptive KL controller."})
+    kl_horizon: int = field(
+        default=10000,
+        metadata={"help": "Horizon (in sequences) of the adaptive KL controller: each PPO step of B sequences moves "
+                  "kl_coef by at most a factor 1 +- 0.2 B / kl_horizon. The default (TRL's, for runs of ~10^5 "
+                  "sequences) makes adaptive_kl_target a no-op in a short run: 30 steps of 8 move kl_coef by under "
+                  "0.5%. For a short run use about a tenth of the run's sequences or less (a warning says so)."},
+    )
     # --- models ----------------------------------------------------------------------------------
     value_model: str = field(
         default="auto",
@@ -154,6 +160,16 @@ class PPOConfig(CheckedRanges, TrainingArguments):
             raise ValueError("load_best_model_at_end is not supported by PPO: evaluate the saved checkpoints instead.")
         if self.adaptive_kl_target is not None and self.adaptive_kl_target <= 0:
             raise ValueError("adaptive_kl_target must be > 0, or None for a fixed kl_coef.")
+        if self.adaptive_kl_target is not None and self.max_steps > 0:
+            # The controller's reach over the whole run, per process (more processes only add sequences).
+            reach = (1 + 0.2 * self.rollout_batch_size / self.kl_horizon) ** self.max_steps
+            if reach < 1.5:
+                warnings.warn(
+                    f"adaptive_kl_target is set, but with kl_horizon={self.kl_horizon} the controller can change "
+                    f"kl_coef by at most a factor {reach:.3f} in max_steps={self.max_steps} steps of "
+                    f"{self.rollout_batch_size} sequences, so the KL is not held near the target: set kl_horizon to "
+                    f"about {max(1, self.max_steps * self.rollout_batch_size // 10)} (a tenth of the run's sequences).",
+                    UserWarning, stacklevel=3)
 
     @property
     def rollout_forward_batch_size(self) -> int:
