@@ -334,3 +334,54 @@ def test_linear_learning_rate_schedule_decays_to_zero_and_reloads(tiny_bert_dir,
     assert load_agent(tmp_path / "linear").lr_schedule(0.5) == pytest.approx(0.0015)
     with pytest.raises(ValueError, match="learning_rate_schedule='cosine': use constant or linear"):
         parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", learning_rate_schedule="cosine"), BLOCKS)
+
+
+def test_keep_best_restores_the_best_validation_weights_and_reports_held_out(tiny_bert_dir, tmp_path):
+    """agent.keep_best: the run ends with the weights SB3's validation EvalCallback saved as best.
+
+    A callback wrecks the policy when training ends (a stand-in for a late collapse). Without
+    keep_best those wrecked weights would be saved and scored; with it, the best validation
+    weights come back, and they are scored on the held-out episodes, which the choice never saw.
+    """
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Collapse(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_training_end(self) -> None:
+            with torch.no_grad():
+                for param in self.model.policy.action_net.parameters():
+                    param.fill_(7.0)  # every logit equal: argmax is always action 0
+
+    data = bandit_recipe(tiny_bert_dir, tmp_path, "ppo", total_timesteps=3072, eval_freq=1024, keep_best=True)
+    metrics = run(parse_recipe(data, BLOCKS), callbacks=[Collapse()])
+    validation = np.load(tmp_path / "validation" / "evaluations.npz")
+    held_out = np.load(tmp_path / "evaluations.npz")
+    assert list(validation["timesteps"]) == list(held_out["timesteps"]) == [1024, 2048, 3072]
+    best = int(np.argmax(validation["results"].mean(axis=1)))
+    assert metrics["best_step"] == int(validation["timesteps"][best])
+    assert metrics["best_validation_success_rate"] == pytest.approx(validation["successes"][best].mean())
+    # The held-out figure is the best weights' (the bandit is learnt by then), the last one the wreck's (label 0: 1/3).
+    assert metrics["eval_success_rate"] >= 0.9 and metrics["last_eval_success_rate"] < 0.6, metrics
+    with safe_open(tmp_path / "policy.safetensors", "pt") as f:
+        assert not torch.all(f.get_tensor("action_net.weight") == 7.0)
+    assert load_agent(tmp_path).policy.action_net.weight.ne(7.0).any()
+    # Validation episodes are other episodes than the held-out ones (another seed of the same env).
+    from hf_finetune.rl_env.train import build_envs
+
+    recipe = parse_recipe(data, BLOCKS)
+    firsts = []
+    for seed in (recipe.env.eval_seed, recipe.env.validation_seed):
+        env = build_envs(recipe, evaluation=True, seed=seed)
+        firsts.append([env.reset()[0].tolist() for _ in range(20)])
+        env.close()
+    assert firsts[0] != firsts[1]
+    progress = (tmp_path / "progress.csv").read_text().splitlines()[0]
+    assert "validation/success_rate" in progress and "eval/success_rate" in progress
+    with pytest.raises(ValueError, match="set agent.eval_freq > 0"):
+        parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", keep_best=True, eval_freq=0), BLOCKS)
+    same = bandit_recipe(tiny_bert_dir, tmp_path, "ppo")
+    same["env"]["validation_seed"] = same["env"]["eval_seed"] = 5
+    with pytest.raises(ValueError, match="validation episodes would be the held-out ones"):
+        parse_recipe(same, BLOCKS)

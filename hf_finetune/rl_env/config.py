@@ -63,6 +63,11 @@ class EnvArguments:
         default=1_000_000,
         metadata={"help": "Seed of the evaluation env: its episodes are held out from training's (seed + rank)."},
     )
+    validation_seed: int = field(
+        default=2_000_000,
+        metadata={"help": "Seed of the validation env that agent.keep_best chooses the weights on: other episodes "
+                  "than the held-out ones (eval_seed), so the reported figure is not the one the choice was made on."},
+    )
 
     def __post_init__(self):
         self.env_kwargs = _mapping(self.env_kwargs, "env.env_kwargs")
@@ -71,6 +76,9 @@ class EnvArguments:
             raise ValueError(f"env.n_envs={self.n_envs}: use at least 1.")
         if self.max_length < 2:
             raise ValueError(f"env.max_length={self.max_length}: use at least 2 tokens.")
+        if self.validation_seed == self.eval_seed:
+            raise ValueError(f"env.validation_seed={self.validation_seed} equals env.eval_seed: the validation episodes "
+                             "would be the held-out ones. Use another seed (default 2000000).")
         from .envs import register_envs, registered_env_ids
 
         register_envs()
@@ -179,6 +187,14 @@ class AgentConfig:
     )
     n_eval_episodes: int = field(default=20, metadata={"help": "Held-out episodes per evaluation."})
     deterministic_eval: bool = field(default=True, metadata={"help": "Greedy actions in evaluation."})
+    keep_best: bool = field(
+        default=False,
+        metadata={"help": "Early stopping on validation episodes: every eval_freq steps also play n_eval_episodes "
+                  "validation episodes (env.validation_seed), keep the weights with the best validation mean return "
+                  "(SB3 EvalCallback's best_model_save_path, in output_dir/validation), and save and report those. "
+                  "The held-out episodes (env.eval_seed) play no part in the choice; metrics also give the last "
+                  "weights' held-out figures (last_eval_*)."},
+    )
     checkpoint_freq: int = field(
         default=0, metadata={"help": "Save an SB3 checkpoint every this many environment steps (0: none)."}
     )
@@ -224,6 +240,9 @@ class AgentConfig:
                              "agent.sentence_separator: '.' too.")
         if self.sentence_slots != 1 and not self.sentence_separator:
             raise ValueError("agent.sentence_slots needs agent.sentence_separator: '.' (slots are sentences).")
+        if self.keep_best and self.eval_freq <= 0:
+            raise ValueError("agent.keep_best chooses among the evaluations every agent.eval_freq steps: set "
+                             "agent.eval_freq > 0 (e.g. 10000), or keep_best: false.")
         if self.n_eval_episodes < 1:
             raise ValueError(f"agent.n_eval_episodes={self.n_eval_episodes}: use at least 1.")
         for name in ("policy", "env", "seed", "device", "verbose", "policy_kwargs", "tensorboard_log"):

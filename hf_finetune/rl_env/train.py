@@ -67,12 +67,16 @@ def env_kwargs(recipe: Recipe, evaluation: bool = False) -> dict[str, Any]:
     return kwargs
 
 
-def build_envs(recipe: Recipe, evaluation: bool = False):
-    """The training VecEnv (seeds ``seed + rank``) or the one-env held-out evaluation VecEnv."""
+def build_envs(recipe: Recipe, evaluation: bool = False, seed: int | None = None):
+    """The training VecEnv (seeds ``seed + rank``) or a one-env evaluation VecEnv (held-out: ``env.eval_seed``).
+
+    ``seed`` picks other evaluation episodes, e.g. ``env.validation_seed`` for ``agent.keep_best``.
+    """
     env: EnvArguments = recipe.env
     kwargs = {"env_id": env.env_id, **env_kwargs(recipe, evaluation)}
     if evaluation:
-        return make_vec_env(make_env, n_envs=1, seed=env.eval_seed, env_kwargs=kwargs, vec_env_cls=DummyVecEnv)
+        seed = env.eval_seed if seed is None else seed
+        return make_vec_env(make_env, n_envs=1, seed=seed, env_kwargs=kwargs, vec_env_cls=DummyVecEnv)
     vec_cls = SubprocVecEnv if env.subprocess_envs and env.n_envs > 1 else DummyVecEnv
     return make_vec_env(make_env, n_envs=env.n_envs, seed=recipe.agent.seed, env_kwargs=kwargs, vec_env_cls=vec_cls)
 
@@ -220,17 +224,39 @@ class HeldOutEvalCallback(EvalCallback):
     """SB3's ``EvalCallback`` that re-seeds the evaluation env before every evaluation.
 
     Every evaluation then plays the same held-out episodes (the eval env's seed differs from the
-    training envs' ``seed + rank``), so the curve compares like with like.
+    training envs' ``seed + rank``), so the curve compares like with like. ``key_prefix`` renames
+    SB3's ``eval/`` log keys, so a second (validation) evaluation does not overwrite the first's.
     """
 
-    def __init__(self, eval_env, eval_seed: int, **kwargs: Any):
+    def __init__(self, eval_env, eval_seed: int, key_prefix: str = "eval", **kwargs: Any):
         super().__init__(eval_env, **kwargs)
         self.eval_seed = eval_seed
+        self.key_prefix = key_prefix
+
+    @property
+    def logger(self):
+        logger_ = self.model.logger
+        return logger_ if self.key_prefix == "eval" else _RenamedKeys(logger_, "eval/", f"{self.key_prefix}/")
 
     def _on_step(self) -> bool:
         if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
             self.eval_env.seed(self.eval_seed)
         return super()._on_step()
+
+
+class _RenamedKeys:
+    """An SB3 ``Logger`` seen through a key prefix swap (EvalCallback writes fixed ``eval/`` keys)."""
+
+    def __init__(self, logger_, old: str, new: str):
+        self._logger, self._old, self._new = logger_, old, new
+
+    def record(self, key: str, value: Any, exclude=None) -> None:
+        if key.startswith(self._old):
+            key = self._new + key[len(self._old):]
+        self._logger.record(key, value, exclude)
+
+    def __getattr__(self, name: str):
+        return getattr(self._logger, name)
 
 
 class EncoderStatsCallback(BaseCallback):
@@ -301,6 +327,28 @@ def fit_standardization(model, recipe: Recipe) -> int:
     return len(torch.unique(observations, dim=0))
 
 
+def keep_best_weights(model, validation: EvalCallback, last: dict[str, float], eval_env, recipe: Recipe) -> dict:
+    """Load the weights SB3's validation ``EvalCallback`` saved as best and score them on the held-out episodes.
+
+    Returns the held-out metrics of the best weights, plus the last weights' (``last_*``) and the
+    validation figures the choice was made on (``best_*``). Without any saved best (no evaluation
+    ran) the last weights stay and are reported.
+    """
+    path = Path(validation.best_model_save_path) / "best_model.zip"
+    if not path.is_file() or not validation.evaluations_timesteps:
+        return last
+    model.set_parameters(str(path), exact_match=True, device=model.device)  # tensors only, no unpickling
+    metrics: dict[str, Any] = evaluate_agent(model, eval_env, recipe)
+    # EvalCallback replaces its best only on a strictly higher mean reward: the first maximum, as argmax gives.
+    index = int(np.argmax([np.mean(r) for r in validation.evaluations_results]))
+    metrics["best_step"] = int(validation.evaluations_timesteps[index])
+    metrics["best_validation_mean_return"] = float(np.mean(validation.evaluations_results[index]))
+    if validation.evaluations_successes:
+        metrics["best_validation_success_rate"] = float(np.mean(validation.evaluations_successes[index]))
+    metrics.update({f"last_{key}": value for key, value in last.items()})
+    return metrics
+
+
 # ------------------------------------------------------------------ save / load
 
 
@@ -363,7 +411,7 @@ def resume(model, path: Path) -> int:
 
 
 CURVE_KEYS = ("rollout/ep_rew_mean", "rollout/success_rate", "eval/mean_reward", "eval/success_rate",
-              "encoder/cache_hit_rate")
+              "validation/success_rate", "encoder/cache_hit_rate")
 
 
 def progress_history(run_dir: Path) -> list[dict]:
@@ -476,6 +524,16 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
                 eval_freq=max(agent.eval_freq // n_envs, 1), deterministic=agent.deterministic_eval,
                 log_path=str(run_dir), verbose=0,
             ))
+        validation = None
+        if agent.keep_best:  # early stopping: SB3 saves the best weights on validation episodes, not held-out ones
+            validation = HeldOutEvalCallback(
+                build_envs(recipe, evaluation=True, seed=recipe.env.validation_seed), recipe.env.validation_seed,
+                key_prefix="validation",
+                n_eval_episodes=agent.n_eval_episodes, eval_freq=max(agent.eval_freq // n_envs, 1),
+                deterministic=agent.deterministic_eval, log_path=str(run_dir / "validation"),
+                best_model_save_path=str(run_dir / "validation"), verbose=0,
+            )
+            own.append(validation)
         if agent.checkpoint_freq > 0:
             own.append(CheckpointCallback(max(agent.checkpoint_freq // n_envs, 1), str(run_dir / "checkpoints"),
                                           name_prefix="agent"))
@@ -487,6 +545,9 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
                             reset_num_timesteps=not done, log_interval=1, progress_bar=agent.progress_bar)
 
         metrics: dict[str, Any] = evaluate_agent(model, eval_env, recipe)
+        if validation is not None:
+            metrics = keep_best_weights(model, validation, metrics, eval_env, recipe)
+            validation.eval_env.close()
         for i, shared in enumerate(frozen_encoders(model.policy)):
             metrics[f"cache_hit_rate{'_' + str(i) if i else ''}"] = float(shared.hit_rate)
             if shared.sentence_ids:
