@@ -15,7 +15,9 @@ learning curve) and at the end:
 ``--seed`` is the training seed of every trained agent; ``--plot curves.png`` draws the learning
 curves (one panel per level, random as a dashed line). ``--runs DIR ...`` adds finished ``rl_env``
 runs (e.g. ``hf-finetune train RECIPE`` of a shipped recipe, run as written) to the table and plot,
-read from their ``recipe.yaml``, ``metrics.json`` and ``evaluations.npz``.
+read from their ``recipe.yaml``, ``metrics.json`` and ``evaluations.npz``; for a run with
+``agent.keep_best`` the row's figure is the chosen weights' held-out success, and its name says
+where they were chosen (validation episodes) and what the last weights scored.
 
 With ``--held-out-goals "red ball" "green key" ...`` (compositional generalisation) every agent
 trains on episodes whose mission names none of those goals and is scored on episodes that name
@@ -207,6 +209,10 @@ def finished_run(path: str) -> tuple:
     curve = [(int(t), float(np.mean(r > 0))) for t, r in zip(evaluations["timesteps"], evaluations["results"])]
     agent = recipe["agent"]
     name = f"lm-{agent['algorithm']} run {run.name} (seed {agent.get('seed', 0)})"
+    if "best_step" in metrics:  # agent.keep_best: the weights chosen on validation episodes are the ones scored
+        name += (f" [keep_best: chosen at {metrics['best_step'] // 1000}k on validation "
+                 f"{metrics.get('best_validation_success_rate', float('nan')):.2f}; last weights "
+                 f"{metrics['last_eval_success_rate']:.2f} held-out]")
     return (recipe["env"]["env_kwargs"]["level"], name, int(metrics["num_timesteps"]), metrics["eval_success_rate"],
             metrics["eval_mean_return"], metrics.get("train_runtime_s", float("nan")), curve, None)
 
