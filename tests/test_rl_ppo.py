@@ -95,6 +95,19 @@ def test_adaptive_kl_controller():
     assert ctl.value == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 0.1))
 
 
+def test_kl_coef_floor_keeps_the_controller_from_cutting_beta_at_the_start(tmp_path):
+    # Steps with KL ~0 (the start of every run): the plain controller cuts beta at its full rate, the floored one holds.
+    plain, ceiling = AdaptiveKLController(0.03, 12.0, 12), AdaptiveKLController(0.03, 12.0, 12, minimum=0.03)
+    for _ in range(10):
+        plain.update(kl=0.5, n_steps=8)
+        ceiling.update(kl=0.5, n_steps=8)
+    assert plain.value == pytest.approx(0.03 * (1 - 0.2 * 8 / 12) ** 10) and ceiling.value == 0.03
+    ceiling.update(kl=20.0, n_steps=8)  # above the target it still rises
+    assert ceiling.value == pytest.approx(0.03 * (1 + 0.2 * 8 / 12))
+    with pytest.raises(ValueError, match="kl_coef_min=0.5 must lie in"):
+        ppo_args(tmp_path, kl_coef=0.1, kl_coef_min=0.5)
+
+
 def test_a_kl_horizon_too_long_for_the_run_is_named(tmp_path, recwarn):
     # TRL's horizon of 10,000 sequences moves kl_coef by < 0.5% in 30 steps of 8: the target would do nothing.
     with pytest.warns(UserWarning, match=r"set kl_horizon to about 24 "):
@@ -460,6 +473,16 @@ def test_gradient_checkpointing_trains_and_matches_the_first_step(tmp_path, tok_
     assert all(c1 > c0 for c0, c1 in zip(calls0, calls1))  # checkpointing recomputed the layers (critic's too)
     assert loss1 == pytest.approx(loss0, rel=1e-5, abs=1e-6)  # same function: eval mode kept, no dropout
     assert all(torch.allclose(params0[k], params1[k], atol=1e-6) for k in params0)
+
+
+def test_trainer_controller_uses_the_configured_floor(tmp_path, tok_and_config):
+    tokenizer, config = tok_and_config
+    args = ppo_args(tmp_path, kl_coef=0.03, kl_coef_min=0.02, adaptive_kl_target=5.0, kl_horizon=8)
+    trainer = PPOTrainer(tiny_policy(config), args, prompt_dataset(4), processing_class=tokenizer,
+                         reward_funcs=target_token_reward(tokenizer))
+    for _ in range(5):
+        trainer.kl_ctl.update(kl=0.0, n_steps=8)
+    assert trainer.kl_ctl.value == 0.02
 
 
 def test_detach_value_head_keeps_value_gradients_out_of_the_policy(tmp_path, tok_and_config):

@@ -93,6 +93,13 @@ class PPOConfig(CheckedRanges, TrainingArguments):
                   "sequences) makes adaptive_kl_target a no-op in a short run: 30 steps of 8 move kl_coef by under "
                   "0.5%. For a short run use about a tenth of the run's sequences or less (a warning says so)."},
     )
+    kl_coef_min: float = field(
+        default=0.0,
+        metadata={"help": "Floor of the adaptive kl_coef. In a short run the KL of the first steps is near 0 whatever "
+                  "kl_coef is, so the controller cuts kl_coef at its full rate there and the policy can then run "
+                  "past the target before kl_coef climbs back; kl_coef_min = kl_coef makes the controller only raise "
+                  "kl_coef (a KL ceiling)."},
+    )
     # --- models ----------------------------------------------------------------------------------
     value_model: str = field(
         default="auto",
@@ -160,6 +167,9 @@ class PPOConfig(CheckedRanges, TrainingArguments):
             raise ValueError("load_best_model_at_end is not supported by PPO: evaluate the saved checkpoints instead.")
         if self.adaptive_kl_target is not None and self.adaptive_kl_target <= 0:
             raise ValueError("adaptive_kl_target must be > 0, or None for a fixed kl_coef.")
+        if not 0 <= self.kl_coef_min <= self.kl_coef:
+            raise ValueError(f"kl_coef_min={self.kl_coef_min} must lie in [0, kl_coef={self.kl_coef}]: it is the floor "
+                             "of the adaptive coefficient, which starts at kl_coef.")
         if self.adaptive_kl_target is not None and self.max_steps > 0:
             # The controller's reach over the whole run, per process (more processes only add sequences).
             reach = (1 + 0.2 * self.rollout_batch_size / self.kl_horizon) ** self.max_steps

@@ -84,7 +84,8 @@ class PPOTrainer(RunTrainerMixin, Trainer):
        ``  + vf_coef * 0.5 E_t[max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)]``
        ``  - entropy_coef * E_t[H_t]``,   ``rho_t = pi_theta(y_t) / pi_old(y_t)``.
     6. **KL coefficient**: fixed ``kl_coef``, or with ``adaptive_kl_target`` the adaptive controller of
-       Ziegler et al. (2019): ``beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) B / kl_horizon)``.
+       Ziegler et al. (2019): ``beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) B / kl_horizon)``, never
+       below ``kl_coef_min``.
 
     Dropout is disabled (the module runs in eval mode) and the sampled log-probs come from the same
     full forward as training, so ``rho = 1`` exactly at the first pass.
@@ -224,7 +225,7 @@ class PPOTrainer(RunTrainerMixin, Trainer):
         for dataset, name in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
             if dataset is not None and args.max_prompt_length is not None and not args.truncate_prompts:
                 self._check_prompt_lengths(dataset, name)
-        self.kl_ctl = AdaptiveKLController(args.kl_coef, args.adaptive_kl_target, args.kl_horizon)
+        self.kl_ctl = AdaptiveKLController(args.kl_coef, args.adaptive_kl_target, args.kl_horizon, args.kl_coef_min)
         if self.ref_model is not None:
             self.ref_model.to(self.args.device)
         for scorer in self.reward_funcs:  # reward models score on the training device

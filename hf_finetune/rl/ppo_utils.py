@@ -98,19 +98,22 @@ def clipped_value_loss(
 
 
 class AdaptiveKLController:
-    """Ziegler et al. (2019): ``beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon``.
+    """Ziegler et al. (2019): ``beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon``, kept >= ``minimum``.
 
-    With ``target=None`` the coefficient stays fixed.
+    With ``target=None`` the coefficient stays fixed. The floor exists for short runs: the KL of the
+    first steps is near 0 whatever beta is, so the plain controller cuts beta at its full rate there and
+    then needs as many steps to raise it again once the KL overshoots (``minimum=value``: beta only rises,
+    a KL ceiling).
     """
 
-    def __init__(self, value: float, target: float | None = None, horizon: int = 10000):
-        self.value, self.target, self.horizon = float(value), target, horizon
+    def __init__(self, value: float, target: float | None = None, horizon: int = 10000, minimum: float = 0.0):
+        self.value, self.target, self.horizon, self.minimum = float(value), target, horizon, float(minimum)
 
     def update(self, kl: float, n_steps: int) -> None:
         if self.target is None:
             return
         error = min(max(kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
+        self.value = max(self.minimum, self.value * (1.0 + error * n_steps / self.horizon))
 
 
 # ---------------------------------------------------------------------------------------------
