@@ -10,6 +10,12 @@ Usage:
         --eval-levels BabyAI-GoToObj-v0 BabyAI-GoToRedBallGrey-v0 BabyAI-GoToRedBall-v0 BabyAI-GoToLocal-v0
     python bench/bench_agents_transfer.py --train-level BabyAI-GoToObj-v0 BabyAI-GoToRedBallGrey-v0 --steps 150000 \
         --eval-levels BabyAI-GoToObj-v0 BabyAI-GoToRedBallGrey-v0 BabyAI-GoToRedBall-v0 BabyAI-GoToLocal-v0   # curriculum
+    python bench/bench_agents_transfer.py --runs RUN_DIR [RUN_DIR ...] \
+        --eval-levels BabyAI-GoToRedBallGrey-v0 BabyAI-GoToRedBall-v0 BabyAI-GoToRedBlueBall-v0 BabyAI-OpenRedDoor-v0
+
+``--runs`` trains nothing: it plays finished ``rl_env`` runs (e.g. ``babyai_text_ppo_levels.yaml`` as
+written, one level each) on the held-out episodes of every ``--eval-levels`` level, with each run's own
+recipe (features, ``describe_ahead``) and only the level replaced; one column per run, random beside.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from bench_agents_levels import EVAL_SEED, RECIPES, ZOO_PPO, flat_env, score  # 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", nargs="*", default=[], help="finished rl_env run dirs to play on --eval-levels "
+                        "(no training)")
     parser.add_argument("--train-level", nargs="+", default=["BabyAI-GoToObj-v0"],
                         help="one level, or several: a multi-level curriculum (LM agent only; no symbolic row)")
     parser.add_argument("--eval-levels", nargs="+", required=True)
@@ -44,6 +52,8 @@ def main() -> None:
     from hf_finetune.rl_env.train import BLOCKS, evaluate, run
 
     torch.set_num_threads(1)
+    if args.runs:
+        return finished_runs(args)
     start = time.perf_counter()
     data = yaml.safe_load((RECIPES / "babyai_text_ppo.yaml").read_text())
     train = args.train_level[0] if len(args.train_level) == 1 else list(args.train_level)
@@ -85,6 +95,43 @@ def main() -> None:
     for level, lm, sym, rand in rows:
         trained = " (trained)" if level in args.train_level else ""
         print(f"| {level}{trained} | {lm:.2f} | {'-' if sym != sym else f'{sym:.2f}'} | {rand:.2f} |")
+
+
+def finished_runs(args) -> None:
+    """Play each finished run on every ``--eval-levels`` level (its recipe, only the level replaced)."""
+    from pathlib import Path
+
+    import numpy as np
+    import yaml
+
+    from hf_finetune.config import parse_recipe
+    from hf_finetune.rl_env.train import BLOCKS, evaluate
+
+    start = time.perf_counter()
+    names, table = [], {level: [] for level in args.eval_levels}
+    for path in args.runs:
+        data = yaml.safe_load((Path(path) / "recipe.yaml").read_text())
+        trained = data["env"]["env_kwargs"]["level"]
+        names.append(f"{Path(path).name}: {str(trained).removeprefix('BabyAI-')} seed {data['agent'].get('seed', 0)}")
+        data["env"]["eval_seed"] = EVAL_SEED
+        data["agent"]["n_eval_episodes"] = args.episodes
+        for level in args.eval_levels:
+            data["env"]["eval_env_kwargs"] = {"level": level}  # updates env_kwargs: describe_ahead etc. stay
+            success = evaluate(parse_recipe(data, BLOCKS), path)["eval_success_rate"]
+            table[level].append((success, level == trained))
+            print(f"{names[-1]} on {level}: {success:.2f}", flush=True)
+    randoms = {}
+    for level in args.eval_levels:
+        rng = np.random.default_rng(0)
+        randoms[level] = score(lambda o, rng=rng: rng.integers(0, 7, size=1), flat_env(level, 1, EVAL_SEED),
+                               args.episodes)[0]
+    print(f"\nFinished runs played on other levels, held-out eval seed {EVAL_SEED}, {args.episodes} episodes, greedy "
+          f"({time.perf_counter() - start:.0f}s; load average {os.getloadavg()[0]:.1f} at the end); * = trained level\n")
+    print("| eval level | " + " | ".join(names) + " | random |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for level in args.eval_levels:
+        cells = [f"{s:.2f}{'*' if own else ''}" for s, own in table[level]]
+        print(f"| {level} | " + " | ".join(cells) + f" | {randoms[level]:.2f} |")
 
 
 if __name__ == "__main__":
