@@ -167,8 +167,10 @@ def plot(runs: list[dict], path: str) -> None:
     clocks = {r.get("budget_clock", "wall") for r in runs}
     xlabel = {"wall": "training time (s, evaluation excluded)",
               "cpu": "training CPU time (s, evaluation excluded)"}.get(clocks.pop(), "") if len(clocks) == 1 else \
-        "training time (s, evaluation excluded; CPU s for cpu-budget runs, wall s for the others)"
-    equal = "equal CPU time" if {r.get("budget_clock", "wall") for r in runs} == {"cpu"} else "equal wall-clock"
+        "training s, eval. excluded (CPU s; wall s: wall-budget runs)"
+    budget_clocks = {r.get("budget_clock", "wall") for r in runs}
+    equal = {frozenset({"cpu"}): "equal CPU time", frozenset({"wall"}): "equal wall-clock"}.get(
+        frozenset(budget_clocks), "equal training time (CPU or wall s)")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,7 +178,7 @@ def plot(runs: list[dict], path: str) -> None:
 
     colors = {"ppo": "tab:blue", "grpo": "tab:orange", "rloo": "tab:green"}
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    titles = {"reward": "training reward (sampled)", "exact_match": f"held-out {METRIC} (greedy)",
+    titles = {"reward": "training reward (sampled)", "exact_match": "held-out strict sports words (greedy)" if METRIC == "regex_match" else f"held-out {METRIC} (greedy)",
               "kl": "KL to reference, per token", "length": "completion length (tokens)"}
     seen = set()
     start = next((r["metrics"][f"before_eval_{METRIC}"] for r in runs if f"before_eval_{METRIC}" in r["metrics"]), None)
