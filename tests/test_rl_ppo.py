@@ -594,7 +594,7 @@ if trainer.args.process_index == 0:
                os.path.join(os.environ["OUT"], "fixed.pt"))
 if torch.distributed.is_initialized():
     # Shut down as hf_finetune.cli does (an open gloo group can abort the process in interpreter teardown:
-    # SIGABRT, seen in CI after both parts had finished): free the DDP wrappers that still hold the group, wait for
+    # rank 1 ended with SIGABRT in one CI run): free the DDP wrappers that still hold the group, wait for
     # the other rank, close the group. Then skip interpreter teardown altogether: this test is about PPO's update
     # across ranks, and a C++ destructor order at exit is torch's, not ours.
     import gc
