@@ -231,7 +231,8 @@ def plot(rows: list, path: str) -> None:
             if name == "random":
                 ax.axhline(success, linestyle="--", color="grey", label=f"random ({success:.2f})")
             elif curve:
-                ax.plot([t for t, _ in curve], [s for _, s in curve], marker="o", label=name)
+                # The table row's name carries keep_best's choice in brackets: too long for a legend.
+                ax.plot([t for t, _ in curve], [s for _, s in curve], marker="o", label=name.split(" [")[0])
         ax.axhline(0.8, linestyle=":", color="black", linewidth=0.8)
         ax.set(title=level.removeprefix("BabyAI-"), xlabel="env steps", ylabel="greedy success (held-out)", ylim=(0, 1))
         ax.legend(fontsize=8)
