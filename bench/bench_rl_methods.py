@@ -79,12 +79,10 @@ def worker(spec: dict) -> dict:
     from hf_finetune.cli import run_recipe
 
     points: list[dict] = []
-    clock = {"start": None, "eval_s": 0.0, "eval_start": None, "last_step": 0.0}
-    # The budget's clock. The other one is kept beside it (wall: CPU seconds too, and the reverse) for the report.
-    now, other_now = time.perf_counter, time.process_time
-    if spec.get("budget_clock") == "cpu":
-        now, other_now = other_now, now
-    other = {"start": None, "eval_s": 0.0, "eval_start": None, "last_step": 0.0}
+    # Both clocks are kept; the budget's ends the run, the other is reported beside it.
+    readers = {"wall": time.perf_counter, "cpu": time.process_time}
+    marks = {name: {"start": None, "eval_s": 0.0, "eval_start": None, "last_step": 0.0} for name in readers}
+    clock, now = marks[spec.get("budget_clock", "wall")], readers[spec.get("budget_clock", "wall")]
 
     def elapsed() -> float:
         return now() - clock["start"] - clock["eval_s"] if clock["start"] else 0.0
@@ -93,19 +91,20 @@ def worker(spec: dict) -> dict:
         """Training time only: evaluation (greedy generation on the held-out set) is not charged to the budget."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            clock["start"], other["start"] = now(), other_now()
+            for name, mark in marks.items():
+                mark["start"] = readers[name]()
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if clock["eval_start"] is not None:  # an evaluation ran since the last step ended
-                clock["eval_s"] += now() - clock["eval_start"]
-                other["eval_s"] += other_now() - other["eval_start"]
-                clock["eval_start"] = other["eval_start"] = None
+            for name, mark in marks.items():
+                if mark["eval_start"] is not None:  # an evaluation ran since the last step ended
+                    mark["eval_s"] += readers[name]() - mark["eval_start"]
+                    mark["eval_start"] = None
 
         def on_step_end(self, args, state, control, **kwargs):
-            clock["eval_start"], other["eval_start"] = now(), other_now()
-            clock["last_step"] = elapsed()
-            other["last_step"] = other_now() - other["start"] - other["eval_s"]
-            if elapsed() >= spec["budget_s"]:
+            for name, mark in marks.items():
+                mark["eval_start"] = readers[name]()
+                mark["last_step"] = mark["eval_start"] - mark["start"] - mark["eval_s"]
+            if clock["last_step"] >= spec["budget_s"]:
                 control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -123,11 +122,9 @@ def worker(spec: dict) -> dict:
     started, cpu_started = time.perf_counter(), time.process_time()
     metrics = run_recipe(recipe, callbacks=[Budget()])
     keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    cpu = spec.get("budget_clock") == "cpu"
-    wall_train, cpu_train = (other, clock) if cpu else (clock, other)
     return {**spec, "wall_s": round(time.perf_counter() - started, 1), "train_s": round(clock["last_step"], 1),
             "train_s_steps": round(clock["last_step"], 1),
-            "train_wall_s": round(wall_train["last_step"], 1), "train_cpu_s": round(cpu_train["last_step"], 1),
+            "train_wall_s": round(marks["wall"]["last_step"], 1), "train_cpu_s": round(marks["cpu"]["last_step"], 1),
             "cpu_s": round(time.process_time() - cpu_started, 1),
             "points": points, "metrics": keep}
 
@@ -164,13 +161,12 @@ def series(run: dict, start: float | None = None) -> dict[str, list[tuple[float,
 
 
 def plot(runs: list[dict], path: str) -> None:
-    clocks = {r.get("budget_clock", "wall") for r in runs}
-    xlabel = {"wall": "training time (s, evaluation excluded)",
-              "cpu": "training CPU time (s, evaluation excluded)"}.get(clocks.pop(), "") if len(clocks) == 1 else \
-        "training s, eval. excluded (CPU s; wall s: wall-budget runs)"
-    budget_clocks = {r.get("budget_clock", "wall") for r in runs}
+    clocks = frozenset(r.get("budget_clock", "wall") for r in runs)
+    xlabel = {frozenset({"wall"}): "training time (s, evaluation excluded)",
+              frozenset({"cpu"}): "training CPU time (s, evaluation excluded)"}.get(
+        clocks, "training s, eval. excluded (CPU s; wall s: wall-budget runs)")
     equal = {frozenset({"cpu"}): "equal CPU time", frozenset({"wall"}): "equal wall-clock"}.get(
-        frozenset(budget_clocks), "equal training time (CPU or wall s)")
+        clocks, "equal training time (CPU or wall s)")
     import matplotlib
 
     matplotlib.use("Agg")
