@@ -176,3 +176,56 @@ def test_a_list_of_levels_draws_each_episode_from_one_of_them():
     assert sequence(0) == (first, text)  # a seed fixes the levels and their episodes
     with pytest.raises(ValueError, match="Did you mean BabyAI-GoToObj-v0"):
         BabyAITextEnv(["BabyAI-GoToObj-v0", "BabyAI-GoToObject-v0"])
+
+
+def _walk_into_the_wall(env):
+    """Go forward until the agent stops moving, then face the same wall again: last action 'turn right'."""
+    env.reset(seed=0)
+    grid = env.unwrapped.env.unwrapped
+    while True:
+        before = tuple(grid.agent_pos)
+        env.step(2)
+        if tuple(grid.agent_pos) == before:
+            break
+    env.step(0)
+    return env.step(1)[0]  # facing the blocked cell again
+
+
+def test_last_action_tells_apart_views_a_memoryless_policy_cannot(tiny_bert_dir):
+    # Walking into a wall leaves the view unchanged: without last_action the observation before and after
+    # is the same, so a greedy policy that chose 'go forward' there chooses it forever.
+    plain = make_env("hf_finetune/BabyAI-Text-v0", tokenizer=tiny_bert_dir, max_length=128, describe_ahead=True)
+    facing = _walk_into_the_wall(plain)
+    assert np.array_equal(plain.step(2)[0], facing)
+    env = make_env("hf_finetune/BabyAI-Text-v0", tokenizer=tiny_bert_dir, max_length=128, describe_ahead=True,
+                   last_action=True)
+    check_env(env, warn=False)
+    assert env.observation_space["last_action"].n == 8
+    assert env.reset(seed=0)[0]["last_action"] == 7  # "none" after a reset
+    facing = _walk_into_the_wall(env)
+    bumped = env.step(2)[0]
+    assert np.array_equal(bumped["text"], facing["text"])
+    assert (facing["last_action"], bumped["last_action"]) == (1, 2)
+    assert env.reset(seed=1)[0]["last_action"] == 7
+    both = BabyAITextEnv("BabyAI-GoToObj-v0", symbolic=True, last_action=True)
+    assert set(both.reset(seed=0)[0]) == {"text", "image", "direction", "last_action"}
+
+
+def test_last_action_reaches_the_policy_features(tiny_bert_dir):
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.utils import obs_as_tensor
+
+    from hf_finetune.rl_env.extractor import LMFeaturesExtractor
+
+    env = make_env("hf_finetune/BabyAI-Text-v0", tokenizer=tiny_bert_dir, max_length=128, last_action=True)
+    model = PPO("MultiInputPolicy", env, n_steps=8, batch_size=8, device="cpu", policy_kwargs={
+        "features_extractor_class": LMFeaturesExtractor,
+        "features_extractor_kwargs": {"encoder": tiny_bert_dir, "features_dim": 16}})
+    obs, _ = env.reset(seed=0)
+    rows = [{**obs, "last_action": np.array([a])} for a in (7, 0)]
+    rows = [{k: np.asarray(v)[None] if k == "text" else v for k, v in row.items()} for row in rows]
+    with torch.no_grad():
+        first, second = (model.policy.extract_features(obs_as_tensor(r, "cpu"), model.policy.pi_features_extractor)
+                         for r in rows)
+    assert not torch.equal(first, second)

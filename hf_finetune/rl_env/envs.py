@@ -300,6 +300,10 @@ class BabyAITextEnv(gym.Env):
         held_out_goals: Mission goals (``"red ball"``) held out of training; see :class:`GoalSplitWrapper`.
         goal_split: ``"train"`` (default: no held-out goal) or ``"held_out"`` (only held-out goals).
         describe_ahead: Start the view's description with what is straight ahead (see :func:`describe_view`).
+        last_action: Also return the previous action in a ``Dict`` (``text``, ``last_action``): a ``Discrete(8)``
+            entry, the action's index or 7 ("none") after a reset, which SB3 one-hot encodes next to the text.
+            A policy that sees only the current view cannot tell that it has just turned there: greedy agents
+            turned left on the spot forever, or walked into a key ahead, because no view in the loop said so.
 
     Example:
         >>> env = BabyAITextEnv("BabyAI-GoToObj-v0")
@@ -311,8 +315,9 @@ class BabyAITextEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, level: str | list[str] = "BabyAI-GoToObj-v0", max_chars: int = 2048, symbolic: bool = False,
-                 held_out_goals: list[str] | None = None, goal_split: str = "train", describe_ahead: bool = False):
-        self.describe_ahead = describe_ahead
+                 held_out_goals: list[str] | None = None, goal_split: str = "train", describe_ahead: bool = False,
+                 last_action: bool = False):
+        self.describe_ahead, self.last_action = describe_ahead, last_action
         levels = [level] if isinstance(level, str) else list(level)
         if not levels:
             raise ValueError("level: give a BabyAI level id or a non-empty list of them.")
@@ -326,25 +331,33 @@ class BabyAITextEnv(gym.Env):
         self.action_space = self.env.action_space
         text_space = spaces.Text(max_length=max_chars, charset=_CHARSET)
         self.symbolic = symbolic
+        self._none = int(self.action_space.n)  # the last_action value after a reset (no action yet)
+        self._previous = self._none
+        parts: dict[str, spaces.Space] = {}
         if symbolic:
             inner = self.env.observation_space
-            self.observation_space = spaces.Dict(
-                {TEXT_KEY: text_space, "image": inner["image"], "direction": inner["direction"]}
-            )
-        else:
-            self.observation_space = text_space
+            parts.update(image=inner["image"], direction=inner["direction"])
+        if last_action:
+            parts["last_action"] = spaces.Discrete(self._none + 1)
+        self.observation_space = spaces.Dict({TEXT_KEY: text_space, **parts}) if parts else text_space
 
     def _text(self, obs: dict) -> str:
         carrying = self.env.unwrapped.carrying
         held = f"{carrying.color} {carrying.type}" if carrying is not None else None
         text = " ".join([f"Mission: {obs['mission']}.", *describe_view(obs["image"], held, self.describe_ahead)])
-        return text[: self.observation_space[TEXT_KEY].max_length if self.symbolic else self.observation_space.max_length]
+        space = self.observation_space
+        return text[: (space[TEXT_KEY] if isinstance(space, spaces.Dict) else space).max_length]
 
     def _obs(self, obs: dict):
         text = self._text(obs)
+        if not isinstance(self.observation_space, spaces.Dict):
+            return text
+        out: dict[str, Any] = {TEXT_KEY: text}
         if self.symbolic:
-            return {TEXT_KEY: text, "image": obs["image"], "direction": obs["direction"]}
-        return text
+            out.update(image=obs["image"], direction=obs["direction"])
+        if self.last_action:
+            out["last_action"] = self._previous
+        return out
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -352,12 +365,14 @@ class BabyAITextEnv(gym.Env):
             self.env = self.envs[int(self.np_random.integers(len(self.envs)))]
             seed = int(self.np_random.integers(2**31))
         obs, info = self.env.reset(seed=seed, options=options)
+        self._previous = self._none
         info = dict(info)
         info["level"] = self.env.spec.id if self.env.spec else str(self.level)
         return self._obs(obs), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
+        self._previous = int(action)
         info = dict(info)
         if terminated or truncated:
             info["is_success"] = bool(terminated and reward > 0)
@@ -467,10 +482,10 @@ def load_bandit_data(dataset: str, split: str = "train", text_column: str = "tex
 def make_babyai_text(tokenizer: Any = "sentence-transformers/all-MiniLM-L6-v2", level: str = "BabyAI-GoToObj-v0",
                      max_length: int = 96, truncation: bool = True, symbolic: bool = False,
                      held_out_goals: list[str] | None = None, goal_split: str = "train",
-                     describe_ahead: bool = False) -> gym.Env:
+                     describe_ahead: bool = False, last_action: bool = False) -> gym.Env:
     """BabyAI-Text with token-id observations (the entry point of ``hf_finetune/BabyAI-Text-v0``)."""
     env = BabyAITextEnv(level, symbolic=symbolic, held_out_goals=held_out_goals, goal_split=goal_split,
-                        describe_ahead=describe_ahead)
+                        describe_ahead=describe_ahead, last_action=last_action)
     return TextObservationWrapper(env, tokenizer, max_length=max_length, truncation=truncation)
 
 
