@@ -272,6 +272,12 @@ class LoraArguments:
         default=None,
         metadata={"help": "Module names to adapt. Default: PEFT's choice for the architecture, else all linear layers."},
     )
+    lora_layers_to_transform: list[int] | None = field(
+        default=None,
+        metadata={"help": "Adapt only these transformer layers (0-based, PEFT's layers_to_transform), e.g. [5] for "
+                  "the top layer of a 6-layer encoder. Default: every layer. An rl_env agent reading sentences "
+                  "caches what the layers below the lowest adapted one compute (they never change)."},
+    )
     lora_modules_to_save: list[str] | None = field(
         default=None,
         metadata={"help": "Modules trained in full and saved with the adapter. Default: the task head."},
@@ -294,6 +300,10 @@ class LoraArguments:
             raise ValueError(f"lora.lora_r={self.lora_r}: the rank must be >= 1 (8 or 16 are common).")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora.lora_dropout={self.lora_dropout}: use a value in [0, 1).")
+        if self.lora_layers_to_transform is not None and (
+                not self.lora_layers_to_transform or min(self.lora_layers_to_transform) < 0):
+            raise ValueError(f"lora.lora_layers_to_transform={self.lora_layers_to_transform}: list layer indices "
+                             ">= 0 (e.g. [5]), or leave it out to adapt every layer.")
 
 
 @dataclass

@@ -390,6 +390,10 @@ def apply_lora(model, lora: LoraArguments, task_type: str | None, trainable_toke
         shape = {key: saved[key] for key in shape}
         logger.info("LoRA starts from the adapter in %s (r=%s, alpha=%s)", lora.lora_adapter_path, shape["r"],
                     shape["lora_alpha"])
+    layers = getattr(model.config, "num_hidden_layers", None)
+    if lora.lora_layers_to_transform and layers is not None and max(lora.lora_layers_to_transform) >= layers:
+        raise ValueError(f"lora.lora_layers_to_transform={list(lora.lora_layers_to_transform)}: the model has "
+                         f"{layers} layers (0-{layers - 1}).")
     modules_to_save = lora.lora_modules_to_save
     if modules_to_save is None:
         heads = head_module_names(model) if task_type in ("SEQ_CLS", "TOKEN_CLS") else []
@@ -401,6 +405,7 @@ def apply_lora(model, lora: LoraArguments, task_type: str | None, trainable_toke
         task_type=task_type,
         fan_in_fan_out=fan_in_fan_out,
         trainable_token_indices=list(trainable_tokens) if trainable_tokens else None,
+        layers_to_transform=list(lora.lora_layers_to_transform) if lora.lora_layers_to_transform else None,
     )
     if not lora.lora_adapter_path:
         return get_peft_model(model, config)

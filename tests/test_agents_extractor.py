@@ -184,8 +184,9 @@ def test_sentence_mode_caches_sentences_and_encodes_only_new_ones(tiny_bert_dir)
 
 
 def test_sentence_mode_errors(tiny_bert_dir):
-    with pytest.raises(ValueError, match="needs encoder_mode='frozen'"):
-        LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, encoder_mode="full", sentence_separator=".")
+    with pytest.raises(ValueError, match=r"the model has 2 layers \(0-1\)"):
+        LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, encoder_mode="lora", sentence_separator=".",
+                            lora={"lora_r": 4, "lora_layers_to_transform": [2]})
     with pytest.raises(ValueError, match="is 2 tokens for this tokenizer"):
         LMFeaturesExtractor(_ids_space(), encoder=tiny_bert_dir, sentence_separator="goal match")
 
@@ -273,3 +274,61 @@ def test_sentence_slots_keep_the_leading_sentences_apart(tiny_bert_dir):
     # the second sentence is a slot, not pooled: changing it leaves the attention's output alone
     other = attention._text_features(ids("goal match. bank shares. the cup. bank shares."))
     assert torch.allclose(other[0, 2 * hidden:], features[0, 2 * hidden:], atol=1e-5)
+
+
+def _sentence_ids(tiny_bert_dir):
+    from hf_finetune.config import ModelArguments
+    from hf_finetune.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_bert_dir))
+
+    def ids(*texts):
+        rows = [tokenizer(t, padding="max_length", max_length=24)["input_ids"] for t in texts]
+        return torch.tensor(rows, dtype=torch.float32)
+
+    return tokenizer, ids
+
+
+@pytest.mark.parametrize("layers", [None, [1]])
+def test_trained_sentence_encoder_equals_each_sentence_through_the_whole_model(tiny_bert_dir, layers):
+    """Distinct sentences once, the frozen layer 0 cached: the same embeddings and gradients as the plain model."""
+    tokenizer, ids = _sentence_ids(tiny_bert_dir)
+    lora = {"lora_r": 4, "lora_dropout": 0.0, **({"lora_layers_to_transform": layers} if layers else {})}
+    extractor = LMFeaturesExtractor(_ids_space(len(tokenizer), 24), encoder=tiny_bert_dir, features_dim=8,
+                                    encoder_mode="lora", lora=lora, sentence_separator=".",
+                                    sentence_pooling="attention", attention_dim=16)
+    extractor.train()  # SB3's update mode: the encoder's dropout must stay off
+    assert not extractor.encoder.training
+    torch.manual_seed(0)
+    adapters = [p for n, p in extractor.encoder.named_parameters() if "lora_B" in n]
+    assert adapters and all(".1." in n for n, _ in extractor.encoder.named_parameters()
+                            if "lora_" in n) == bool(layers)
+    with torch.no_grad():
+        for p in adapters:
+            p.normal_(0, 0.5)  # B starts at zero; make the adapters matter
+    sentences = ("goal match.", "chip code.", "the cup.")
+    batch = extractor.token_ids(ids(" ".join(sentences), "goal match. the cup.", "chip code."))
+    table, indices, mask = extractor._sentences(batch)
+    assert table.shape[0] == 3 and indices.tolist() == [[0, 1, 2], [0, 2, 0], [1, 0, 0]]
+    assert mask.tolist() == [[True] * 3, [True, True, False], [True, False, False]]
+    alone = []
+    for sentence in sentences:
+        row = extractor.token_ids(ids(sentence))
+        mask_one = (row != extractor.pad_token_id).long()
+        alone.append(pool(extractor.encoder(input_ids=row, attention_mask=mask_one).last_hidden_state, mask_one,
+                          "mean")[0])
+    assert torch.allclose(table, torch.stack(alone), atol=1e-5)
+    assert len(extractor.sentences.prefix) == (3 if layers else 0)  # layer 0's output, cached per sentence
+    table.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters)
+    assert all(p.grad is None for n, p in extractor.encoder.named_parameters() if "lora_" not in n)
+
+    # Gradients off (a rollout): reused until a weight changes in place, as an optimizer step does.
+    encoded = extractor.sentences.sentences_encoded
+    with torch.no_grad():
+        first = extractor._sentences(batch)[0]
+        again = extractor._sentences(batch)[0]
+        assert torch.equal(first, again) and extractor.sentences.sentences_encoded == encoded + 3
+        adapters[0].add_(0.1)
+        moved = extractor._sentences(batch)[0]
+    assert extractor.sentences.sentences_encoded == encoded + 6 and not torch.allclose(moved, first)

@@ -129,6 +129,47 @@ def test_lora_encoder_learns_and_keeps_base_weights(tiny_bert_dir, tmp_path):
     assert torch.equal(saved[query], base[name])  # base weights bitwise unchanged
 
 
+def test_validation_env_kwargs_let_keep_best_choose_on_training_goals(tiny_bert_dir, tmp_path):
+    """With held-out goals the held-out env plays only those; validation must not, or the choice sees them."""
+    from hf_finetune.rl_env.train import env_kwargs
+
+    data = bandit_recipe(tiny_bert_dir, tmp_path, "ppo", keep_best=True, eval_freq=1000)
+    data["env"].update(env_kwargs={"level": "BabyAI-GoToLocalS6N2-v0", "held_out_goals": ["red ball"]},
+                       env_id="hf_finetune/BabyAI-Text-v0", eval_env_kwargs={"goal_split": "held_out"},
+                       validation_env_kwargs={"goal_split": "train"})
+    recipe = parse_recipe(data, BLOCKS)
+    assert "goal_split" not in env_kwargs(recipe)
+    assert env_kwargs(recipe, evaluation=True)["goal_split"] == "held_out"
+    assert env_kwargs(recipe, evaluation=True, validation=True)["goal_split"] == "train"
+    del data["env"]["validation_env_kwargs"]  # default: validation plays what evaluation plays
+    assert env_kwargs(parse_recipe(data, BLOCKS), evaluation=True, validation=True)["goal_split"] == "held_out"
+
+
+def test_lora_on_the_top_layer_reading_sentences_learns_and_leaves_the_rest(tiny_bert_dir, tmp_path):
+    """Sentence mode with a trained encoder: adapters only in layer 1, layer 0's output cached; it learns."""
+    texts = [f"{t}. the end." for t in TEXTS]  # every view shares its second sentence
+    data = bandit_recipe(tiny_bert_dir, tmp_path, "ppo", total_timesteps=2048, encoder_mode="lora",
+                         encoder_learning_rate=0.001, sentence_separator=".", sentence_pooling="attention",
+                         attention_dim=16, lora={"lora_r": 4, "lora_dropout": 0.0, "lora_layers_to_transform": [1]})
+    data["env"]["env_kwargs"]["texts"] = texts
+    data["env"]["max_length"] = 12
+    metrics = run(parse_recipe(data, BLOCKS))
+    assert metrics["eval_success_rate"] >= 0.9, metrics
+    with safe_open(tmp_path / "policy.safetensors", "pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(tiny_bert_dir).state_dict()
+    lora_b = [k for k in saved if "lora_B" in k]
+    assert lora_b and all(".layer.1." in k for k in lora_b)  # only the top layer is adapted
+    assert any(saved[k].abs().sum() > 0 for k in lora_b)  # B starts at zero: the adapters were trained
+    frozen = [k for k in saved if k.endswith("base_layer.weight") or ".layer.0." in k and k.endswith("weight")]
+    assert frozen
+    for key in frozen:
+        name = key.split("base_model.model.")[-1].replace(".base_layer", "")
+        assert torch.equal(saved[key], base[name]), key  # base weights bitwise unchanged
+
+
 def test_frozen_encoder_with_lora_block_fails_before_loading(tiny_bert_dir, tmp_path):
     data = bandit_recipe(tiny_bert_dir, tmp_path, "ppo", lora={"lora_r": 4})
     with pytest.raises(ValueError, match="frozen encoder takes no LoRA"):

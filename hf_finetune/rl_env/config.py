@@ -51,6 +51,12 @@ class EnvArguments:
         metadata={"help": "Overrides of env_kwargs for the held-out evaluation env (default for a dataset bandit: "
                   "{split: validation})."},
     )
+    validation_env_kwargs: str | None = field(
+        default=None,
+        metadata={"help": "Overrides of env_kwargs for the validation env of agent.keep_best (default: those of the "
+                  "evaluation env). With held-out goals, {goal_split: train} makes the choice on goals seen in "
+                  "training, so the held-out goals play no part in it."},
+    )
     max_length: int = field(default=96, metadata={"help": "Token ids per text observation (padded)."})
     truncation: bool = field(
         default=True, metadata={"help": "Cut texts longer than max_length (reported in info); off: raise instead."}
@@ -72,6 +78,7 @@ class EnvArguments:
     def __post_init__(self):
         self.env_kwargs = _mapping(self.env_kwargs, "env.env_kwargs")
         self.eval_env_kwargs = _mapping(self.eval_env_kwargs, "env.eval_env_kwargs")
+        self.validation_env_kwargs = _mapping(self.validation_env_kwargs, "env.validation_env_kwargs")
         if self.n_envs < 1:
             raise ValueError(f"env.n_envs={self.n_envs}: use at least 1.")
         if self.max_length < 2:
@@ -162,9 +169,10 @@ class AgentConfig:
     sentence_separator: str | None = field(
         default=None,
         metadata={"help": "Encode each sentence of a text on its own, ending at this token (e.g. '.'), and cache "
-                  "sentence embeddings: the first sentence (a BabyAI mission) + the mean of the others. Frozen "
-                  "encoder only; far fewer encoder passes on BabyAI-Text, where views reuse a small set of "
-                  "sentences."},
+                  "sentence embeddings: the first sentence (a BabyAI mission) + the mean of the others. Far fewer "
+                  "encoder passes on BabyAI-Text, where views reuse a small set of sentences; a trained (lora) "
+                  "encoder encodes each distinct sentence of a batch once and, with "
+                  "lora.lora_layers_to_transform, caches the frozen layers below the adapted ones."},
     )
     sentence_pooling: str = field(
         default="mean",
@@ -230,9 +238,6 @@ class AgentConfig:
             raise ValueError(f"agent.torch_threads={self.torch_threads}: use a positive number (or leave it out).")
         if self.standardize_embeddings and self.standardize_steps < 2:
             raise ValueError(f"agent.standardize_steps={self.standardize_steps}: use at least 2 (e.g. 2048).")
-        if self.sentence_separator and self.encoder_mode != "frozen":
-            raise ValueError(f"agent.sentence_separator={self.sentence_separator!r} needs encoder_mode: frozen "
-                             "(sentence embeddings are cached); remove it for a trained encoder.")
         if self.sentence_pooling not in ("mean", "attention"):
             raise ValueError(f"agent.sentence_pooling={self.sentence_pooling!r}: use mean or attention.")
         if self.sentence_pooling == "attention" and not self.sentence_separator:

@@ -9,13 +9,13 @@ A *frozen* encoder is shared: it is kept out of the module tree (in :class:`Froz
 DQN's ``q_net_target`` and A2C/PPO's separate actor/critic extractors reuse one copy and one
 embedding cache instead of each holding (and saving) the 22M weights again. Its embeddings go
 through a bounded LRU cache keyed by the token ids, so a view seen before costs no forward pass.
+A trained (LoRA or full) encoder is a child module; reading sentences, it goes through
+:class:`TrainedSentenceEncoder` (both in :mod:`hf_finetune.rl_env.encoders`).
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
-from collections import OrderedDict
 from typing import Any
 
 import gymnasium as gym
@@ -25,6 +25,11 @@ from gymnasium import spaces
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
+
+from .encoders import FrozenEncoder, TrainedSentenceEncoder, _load_encoder, _token_ids_of, pool, slots_and_mean
+
+__all__ = ["EncoderLRAdam", "FrozenEncoder", "LMFeaturesExtractor", "MissionAttentionPool", "TrainedSentenceEncoder",
+           "frozen_encoders", "lm_extractors", "pool"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,269 +42,8 @@ ACCEPTED_SPACES = (
 )
 
 
-def _load_encoder(encoder: str, revision: str | None = None):
-    from transformers import AutoModel
-
-    from ..config import ModelArguments
-    from ..models import load_model
-
-    return load_model(ModelArguments(model_name_or_path=encoder, revision=revision), AutoModel)
-
-
-def _token_ids_of(encoder: str, revision: str | None, text: str) -> tuple[int, ...]:
-    """The ids the encoder's tokenizer gives ``text`` (no special tokens)."""
-    from ..config import ModelArguments
-    from ..models import load_tokenizer
-
-    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=encoder, revision=revision))
-    ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if len(ids) != 1:
-        raise ValueError(f"sentence_separator={text!r} is {len(ids)} tokens for this tokenizer: use one token, e.g. '.'.")
-    return ids
-
-
 def _is_token_box(space: gym.Space) -> bool:
     return isinstance(space, spaces.Box) and len(space.shape) == 1 and np.issubdtype(space.dtype, np.integer)
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """CLS (first token) or mean over the attention mask of ``hidden`` ``(batch, seq, dim)``."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
-class FrozenEncoder:
-    """A frozen encoder with its LRU embedding cache, shared by every extractor that names it.
-
-    Not an ``nn.Module`` on purpose: extractors hold it outside their module tree, so it is neither
-    duplicated into DQN's target network nor written into the policy's ``state_dict`` (it is
-    reloaded from its Hub id or folder). The cache maps the bytes of an id row to its pooled
-    embedding as computed by the encoder in the batch that first met it.
-
-    Args:
-        model: The (``AutoModel``) encoder.
-        pad_token_id: Id that marks padding.
-        pooling: ``"cls"`` or ``"mean"``.
-        cache_size: Embeddings kept (LRU); 0 disables the cache.
-        sentence_ids: Token ids that end a sentence (e.g. the id of ``"."``). When given, each sentence
-            of a row is encoded on its own (between the row's first and last special tokens) and cached
-            by its ids; a row's embedding is the first sentence's (a BabyAI mission) concatenated with
-            the mean of the others' (``2 * hidden`` wide). A BabyAI-Text view is a few sentences drawn
-            from a small set, so after a few thousand steps nearly every sentence is cached and new
-            views cost no forward pass (all-MiniLM-L6-v2 is a sentence-embedding model, trained on
-            single sentences).
-        slots: Leading sentences that each keep their own place in a row's embedding (with
-            ``sentence_ids``): the row is ``slots`` sentence embeddings (zeros where a row has fewer)
-            followed by the mean of the rest, ``(slots + 1) * hidden`` wide. With a BabyAI-Text view
-            written with ``describe_ahead``, ``slots=2`` keeps the mission and what is straight ahead
-            out of the mean.
-
-    Example:
-        >>> shared = FrozenEncoder(AutoModel.from_pretrained(path), pad_token_id=0, pooling="mean")  # doctest: +SKIP
-        >>> shared.embed(torch.tensor([[101, 2054, 102, 0]])).shape  # doctest: +SKIP
-        torch.Size([1, 384])
-    """
-
-    _shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-
-    def __init__(self, model: nn.Module, pad_token_id: int, pooling: str = "mean", cache_size: int = 100_000,
-                 sentence_ids: tuple[int, ...] | None = None, slots: int = 1):
-        if slots < 1:
-            raise ValueError(f"sentence_slots={slots}: use at least 1 (the first sentence, e.g. the mission).")
-        self.slots = slots
-        self.model = model.eval().requires_grad_(False)
-        self.pad_token_id, self.pooling, self.cache_size = pad_token_id, pooling, cache_size
-        self.sentence_ids = tuple(sentence_ids) if sentence_ids else None
-        self.cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-        self.sentence_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-        self.set_cache: OrderedDict[bytes, list[int]] = OrderedDict()  # row -> indices into sentence_table
-        self.sentence_index: dict[bytes, int] = {}
-        self.sentence_table: torch.Tensor | None = None
-        self.hits = self.misses = 0
-        self.sentences_encoded = 0
-
-    @property
-    def width(self) -> int:
-        """Size of a row's embedding."""
-        return self.model.config.hidden_size * (self.slots + 1 if self.sentence_ids else 1)
-
-    @classmethod
-    def get(cls, encoder: str, revision: str | None, pad_token_id: int, pooling: str, cache_size: int,
-            sentence_ids: tuple[int, ...] | None = None, slots: int = 1) -> FrozenEncoder:
-        """The live shared instance for these settings, or a new one (sharing the model of a live one)."""
-        key = (encoder, revision, pad_token_id, pooling, cache_size, sentence_ids, slots)
-        found = cls._shared.get(key)
-        if found is None:
-            same_model = next((e.model for k, e in list(cls._shared.items()) if k[:2] == (encoder, revision)), None)
-            found = cls(same_model if same_model is not None else _load_encoder(encoder, revision), pad_token_id,
-                        pooling, cache_size, sentence_ids, slots)
-            cls._shared[key] = found
-        return found
-
-    @property
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
-
-    def reset_stats(self) -> None:
-        self.hits = self.misses = 0
-        self.sentences_encoded = 0
-
-    def clear(self) -> None:
-        """Empty every cache."""
-        self.cache.clear()
-        self.sentence_cache.clear()
-        self.set_cache.clear()
-        self.sentence_index.clear()
-        self.sentence_table = None
-
-    @torch.no_grad()
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Pooled embeddings of an id batch, without the cache."""
-        device = ids.device
-        if next(self.model.parameters()).device != device:
-            self.model.to(device)
-        mask = (ids != self.pad_token_id).long()
-        # Trailing columns that are padding in every row change nothing: drop them (views are short).
-        width = max(int(mask.sum(1).max().item()), 1)
-        ids, mask = ids[:, :width], mask[:, :width]
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        return pool(hidden, mask, self.pooling)
-
-    def split_sentences(self, row: np.ndarray) -> list[np.ndarray]:
-        """The sentences of an id row, each wrapped in the row's first and last special tokens."""
-        row = row[row != self.pad_token_id]
-        if len(row) < 3:
-            return [row]
-        first, body, last = row[:1], row[1:-1], row[-1:]
-        ends = np.flatnonzero(np.isin(body, self.sentence_ids)) + 1
-        parts = [part for part in np.split(body, ends) if len(part)]
-        return [np.concatenate([first, part, last]) for part in parts] or [row]
-
-    def _embed_sentences(self, rows: np.ndarray) -> torch.Tensor:
-        """Row embeddings from cached sentence embeddings; new sentences of all rows go in one forward pass."""
-        split = [self.split_sentences(row) for row in rows]
-        new: dict[bytes, np.ndarray] = {}
-        for parts in split:
-            for part in parts:
-                key = part.tobytes()
-                if key not in self.sentence_cache:
-                    new[key] = part
-        if new:
-            width = max(len(p) for p in new.values())
-            batch = np.full((len(new), width), self.pad_token_id, dtype=np.int64)
-            for i, part in enumerate(new.values()):
-                batch[i, : len(part)] = part
-            for key, vector in zip(new, self.forward(torch.from_numpy(batch))):
-                self.sentence_cache[key] = vector.clone()
-            self.sentences_encoded += len(new)
-            while len(self.sentence_cache) > max(self.cache_size, 1):
-                self.sentence_cache.popitem(last=False)
-        out = []
-        for parts in split:
-            vectors = [self.sentence_cache.get(p.tobytes()) for p in parts]
-            if any(v is None for v in vectors):  # evicted within this call (tiny cache): encode directly
-                batch = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(p) for p in parts], batch_first=True,
-                                                        padding_value=self.pad_token_id)
-                vectors = list(self.forward(batch))
-            zero = torch.zeros_like(vectors[0])
-            rest = torch.stack(vectors[self.slots:]).mean(0) if len(vectors) > self.slots else zero
-            out.append(torch.cat([*vectors[: self.slots], *[zero] * (self.slots - len(vectors)), rest]))
-        return torch.stack(out)
-
-    def embed_sets(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's sentence embeddings, unpooled: ``(batch, sentences, hidden)`` and a ``(batch, sentences)`` mask."""
-        indices, mask = self.sentence_indices(ids)
-        return self.sentence_table[indices.cpu()].to(ids.device), mask
-
-    def sentence_indices(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's sentences as indices into :attr:`sentence_table` ``(batch, sentences)``, and their mask.
-
-        For a learned pooling (:class:`MissionAttentionPool`). Sentences are encoded once into an
-        append-only table and a row is cached as the indices of its sentences (a few int64 each,
-        not ``sentences x hidden`` floats); new sentences of all rows go through one forward pass.
-        When the table would exceed ``cache_size`` it is emptied and rebuilt from the rows at hand.
-        """
-        if not self.sentence_ids:
-            raise ValueError("sentence_indices needs sentence_ids (the extractor's sentence_separator).")
-        rows = ids.cpu().numpy()
-        keys = [row.tobytes() for row in rows]
-        fresh = {key: row for key, row in zip(keys, rows) if key not in self.set_cache}
-        if fresh:
-            split = {key: self.split_sentences(row) for key, row in fresh.items()}
-            new = {p.tobytes(): p for parts in split.values() for p in parts if p.tobytes() not in self.sentence_index}
-            if len(self.sentence_index) + len(new) > max(self.cache_size, 1):
-                self.clear()  # indices would go stale with LRU eviction: start the table afresh
-                return self.sentence_indices(ids)
-            if new:
-                width = max(len(p) for p in new.values())
-                batch = np.full((len(new), width), self.pad_token_id, dtype=np.int64)
-                for i, part in enumerate(new.values()):
-                    batch[i, : len(part)] = part
-                vectors = self.forward(torch.from_numpy(batch)).cpu()
-                for key in new:
-                    self.sentence_index[key] = len(self.sentence_index)
-                self.sentence_table = vectors if self.sentence_table is None else torch.cat([self.sentence_table, vectors])
-                self.sentences_encoded += len(new)
-            for key, parts in split.items():
-                self.set_cache[key] = [self.sentence_index[p.tobytes()] for p in parts]
-            while len(self.set_cache) > max(self.cache_size, 1):
-                self.set_cache.popitem(last=False)
-        self.hits += len(keys) - len(fresh)
-        self.misses += len(fresh)
-        indices = [self.set_cache[key] for key in keys]
-        width = max(len(i) for i in indices)
-        padded = np.zeros((len(indices), width), dtype=np.int64)
-        mask = np.zeros((len(indices), width), dtype=bool)
-        for row, found in enumerate(indices):
-            padded[row, : len(found)] = found
-            mask[row, : len(found)] = True
-        if self.cache_size <= 0:
-            table = self.sentence_table
-            self.clear()
-            self.sentence_table = table  # this call's rows still index it
-        return torch.from_numpy(padded).to(ids.device), torch.from_numpy(mask).to(ids.device)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Pooled embeddings through the cache (misses are encoded together in one batch)."""
-        if self.sentence_ids:
-            return self._embed_rows(ids, lambda rows: self._embed_sentences(rows.cpu().numpy()))
-        if self.cache_size <= 0:
-            self.misses += len(ids)
-            return self.forward(ids)
-        return self._embed_rows(ids, self.forward)
-
-    def _embed_rows(self, ids: torch.Tensor, compute) -> torch.Tensor:
-        if self.cache_size <= 0:
-            self.misses += len(ids)
-            return compute(ids).to(ids.device)
-        rows = ids.cpu().numpy()
-        keys = [row.tobytes() for row in rows]
-        out: list[torch.Tensor | None] = [None] * len(keys)
-        missing: dict[bytes, list[int]] = {}
-        for i, key in enumerate(keys):
-            cached = self.cache.get(key)
-            if cached is not None:
-                self.cache.move_to_end(key)
-                out[i] = cached
-                self.hits += 1
-            else:
-                missing.setdefault(key, []).append(i)
-        if missing:
-            first = [positions[0] for positions in missing.values()]
-            fresh = compute(ids[first])
-            for (key, positions), vector in zip(missing.items(), fresh):
-                vector = vector.clone()
-                self.cache[key] = vector
-                for i in positions:
-                    out[i] = vector
-            self.misses += len(first)
-            self.hits += sum(len(p) - 1 for p in missing.values())
-            while len(self.cache) > self.cache_size:
-                self.cache.popitem(last=False)
-        return torch.stack(out).to(ids.device)  # type: ignore[arg-type]
 
 
 class MissionAttentionPool(nn.Module):
@@ -383,7 +127,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             views apart is small next to the shared part; the zoo's MiniGrid settings normalize
             observations (``normalize: true``) for the same reason. Token ids cannot be normalized
             by ``VecNormalize``, so it happens here, on the embedding.
-        sentence_separator: Encode and cache each sentence on its own (frozen encoder only).
+        sentence_separator: Encode each sentence on its own (cached when frozen; with a trained encoder,
+            each distinct sentence of a batch once, see :class:`TrainedSentenceEncoder`).
         sentence_pooling: With ``sentence_separator``: ``"mean"`` (the first sentence joined to the mean
             of the others) or ``"attention"`` (the others pooled by :class:`MissionAttentionPool`, queried
             by the first; learned, while each sentence's frozen embedding stays cached).
@@ -413,9 +158,6 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             )
         if features_dim < 1:
             raise ValueError(f"features_dim={features_dim}: use a positive size, e.g. 256.")
-        if sentence_separator and encoder_mode != "frozen":
-            raise ValueError(f"sentence_separator={sentence_separator!r} needs encoder_mode='frozen' (sentence "
-                             "embeddings are cached); a trained encoder reads the whole text.")
         if sentence_pooling not in SENTENCE_POOLINGS:
             raise ValueError(f"sentence_pooling={sentence_pooling!r}: use one of {SENTENCE_POOLINGS}.")
         if sentence_pooling == "attention" and not sentence_separator:
@@ -442,6 +184,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             shared = FrozenEncoder.get(encoder, revision, pad, pooling, cache_size, sentence_ids, mean_slots)
             # object.__setattr__ keeps the shared encoder out of this module's children (see module doc).
             object.__setattr__(self, "frozen", shared)
+            object.__setattr__(self, "sentences", None)
             self.encoder = None
             model = shared.model
         else:
@@ -452,9 +195,15 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
 
                 model = apply_lora(model, LoraArguments(use_lora=True, **(lora or {})), task_type=None)
             object.__setattr__(self, "frozen", None)
+            object.__setattr__(self, "sentences", None)
             self.encoder = model
             config = model.config
             pad = pad_token_id if pad_token_id is not None else (getattr(config, "pad_token_id", None) or 0)
+            if sentence_separator:
+                layers = (lora or {}).get("lora_layers_to_transform") if encoder_mode == "lora" else None
+                object.__setattr__(self, "sentences", TrainedSentenceEncoder(
+                    pad, _token_ids_of(encoder, revision, sentence_separator), pooling,
+                    min(layers) if layers else 0, cache_size))
             for param in self.encoder.parameters():
                 if param.requires_grad:
                     param._hf_encoder_param = True  # read by EncoderLRAdam to give the encoder its own lr
@@ -462,6 +211,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         embeddings = model.get_input_embeddings()
         self.vocab_size = embeddings.num_embeddings
         hidden = self.frozen.width if self.frozen is not None else model.config.hidden_size
+        if self.frozen is None and sentence_separator and sentence_pooling == "mean":
+            hidden = model.config.hidden_size * (sentence_slots + 1)  # the layout FrozenEncoder gives
         self.sentence_pooling = sentence_pooling if sentence_separator else "mean"
         text_dim = hidden
         if self.sentence_pooling == "attention":
@@ -490,6 +241,19 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             if name != "encoder":
                 module.apply(fn)
         fn(self)
+        return self
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train`` that keeps a trained encoder's dropout off.
+
+        SB3 switches the policy to train mode for its updates and to eval mode for rollouts. With
+        dropout on in one and off in the other, PPO's first ratio is not 1 and the clip bites on
+        noise (TRL's PPO turns dropout off in its models for the same reason); the prefix cache of
+        :class:`TrainedSentenceEncoder` also assumes deterministic layers.
+        """
+        super().train(mode)
+        if self.encoder is not None:
+            self.encoder.eval()
         return self
 
     @staticmethod
@@ -539,18 +303,29 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         if len(ids) < 2:
             raise ValueError("fit_standardization needs at least two distinct observations.")
         if self.sentence_pooling == "attention":  # every distinct sentence once (the mission included)
-            vectors, mask = self.frozen.embed_sets(ids)
-            vectors = torch.unique(vectors[mask], dim=0)
+            vectors = torch.unique(torch.cat([self._sentences(chunk)[0] for chunk in ids.split(256)]), dim=0)
         else:
-            vectors = torch.cat([self.encode(chunk) for chunk in ids.split(64)])
+            vectors = torch.cat([self._row_vectors(chunk) for chunk in ids.split(64)])
         self.embedding_mean.copy_(vectors.mean(0))
         self.embedding_std.copy_(vectors.std(0).clamp(min=min_std))
 
+    def _sentences(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The embeddings of the distinct sentences of ``ids`` and each row's sentences as indices into them."""
+        if self.frozen is None:
+            return self.sentences.table(self.encoder, ids)
+        indices, mask = self.frozen.sentence_indices(ids)
+        distinct, indices = torch.unique(indices, return_inverse=True)  # project each sentence once
+        return self.frozen.sentence_table[distinct.cpu()].to(ids.device), indices, mask
+
+    def _row_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """One pooled vector per row (whole text, or sentence slots and the mean of the rest)."""
+        if self.frozen is None and self.sentences is not None:
+            return slots_and_mean(*self._sentences(ids), self.sentence_slots)
+        return self.encode(ids)
+
     def _text_features(self, observations: torch.Tensor) -> torch.Tensor:
         if self.sentence_pooling == "attention":
-            indices, mask = self.frozen.sentence_indices(self.token_ids(observations))
-            distinct, indices = torch.unique(indices, return_inverse=True)  # project each sentence once
-            table = self.frozen.sentence_table[distinct.cpu()].to(observations.device)
+            table, indices, mask = self._sentences(self.token_ids(observations))
             if self.standardize:
                 table = (table - self.embedding_mean) / self.embedding_std
             slots = self.sentence_slots
@@ -562,7 +337,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             pooled = self.attention(table, torch.cat([indices[:, :1], indices[:, slots:]], 1),
                                     torch.cat([mask[:, :1], mask[:, slots:]], 1))
             return torch.cat([*kept, pooled], dim=1)
-        vectors = self.encode(self.token_ids(observations))
+        vectors = self._row_vectors(self.token_ids(observations))
         if self.standardize:
             vectors = (vectors - self.embedding_mean) / self.embedding_std
         return vectors

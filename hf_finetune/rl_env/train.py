@@ -47,14 +47,14 @@ logger = logging.getLogger(__name__)
 
 BLOCKS = {"model": ModelArguments, "lora": LoraArguments, "env": EnvArguments, "agent": AgentConfig}
 ALGORITHM_CLASSES = {"dqn": DQN, "a2c": A2C, "ppo": PPO}
-_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_layers_to_transform")
 
 
 # ------------------------------------------------------------------ envs
 
 
-def env_kwargs(recipe: Recipe, evaluation: bool = False) -> dict[str, Any]:
-    """Keyword arguments of ``gym.make`` for the training (or held-out evaluation) env."""
+def env_kwargs(recipe: Recipe, evaluation: bool = False, validation: bool = False) -> dict[str, Any]:
+    """Keyword arguments of ``gym.make`` for the training (or held-out evaluation, or validation) env."""
     env: EnvArguments = recipe.env
     kwargs = dict(env.env_kwargs)
     kwargs.setdefault("tokenizer", recipe.model.tokenizer_name_or_path or recipe.model.model_name_or_path)
@@ -64,16 +64,19 @@ def env_kwargs(recipe: Recipe, evaluation: bool = False) -> dict[str, Any]:
         if env.env_id == "hf_finetune/TextBandit-v0" and "dataset" in kwargs:
             kwargs["split"] = "validation"
         kwargs.update(env.eval_env_kwargs)
+        if validation:
+            kwargs.update(env.validation_env_kwargs)
     return kwargs
 
 
-def build_envs(recipe: Recipe, evaluation: bool = False, seed: int | None = None):
+def build_envs(recipe: Recipe, evaluation: bool = False, seed: int | None = None, validation: bool = False):
     """The training VecEnv (seeds ``seed + rank``) or a one-env evaluation VecEnv (held-out: ``env.eval_seed``).
 
-    ``seed`` picks other evaluation episodes, e.g. ``env.validation_seed`` for ``agent.keep_best``.
+    ``seed`` picks other evaluation episodes, e.g. ``env.validation_seed`` for ``agent.keep_best``, and
+    ``validation`` adds ``env.validation_env_kwargs``.
     """
     env: EnvArguments = recipe.env
-    kwargs = {"env_id": env.env_id, **env_kwargs(recipe, evaluation)}
+    kwargs = {"env_id": env.env_id, **env_kwargs(recipe, evaluation, validation)}
     if evaluation:
         seed = env.eval_seed if seed is None else seed
         return make_vec_env(make_env, n_envs=1, seed=seed, env_kwargs=kwargs, vec_env_cls=DummyVecEnv)
@@ -527,7 +530,8 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
         validation = None
         if agent.keep_best:  # early stopping: SB3 saves the best weights on validation episodes, not held-out ones
             validation = HeldOutEvalCallback(
-                build_envs(recipe, evaluation=True, seed=recipe.env.validation_seed), recipe.env.validation_seed,
+                build_envs(recipe, evaluation=True, seed=recipe.env.validation_seed, validation=True),
+                recipe.env.validation_seed,
                 key_prefix="validation",
                 n_eval_episodes=agent.n_eval_episodes, eval_freq=max(agent.eval_freq // n_envs, 1),
                 deterministic=agent.deterministic_eval, log_path=str(run_dir / "validation"),
