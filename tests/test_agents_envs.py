@@ -229,3 +229,22 @@ def test_last_action_reaches_the_policy_features(tiny_bert_dir):
         first, second = (model.policy.extract_features(obs_as_tensor(r, "cpu"), model.policy.pi_features_extractor)
                          for r in rows)
     assert not torch.equal(first, second)
+
+
+def test_steps_here_counts_turns_on_the_spot_that_last_action_cannot(tiny_bert_dir):
+    # Four left turns bring back the same view with the same last action: the turning-on-the-spot loop.
+    env = make_env("hf_finetune/BabyAI-Text-v0", tokenizer=tiny_bert_dir, max_length=128, describe_ahead=True,
+                   last_action=True, steps_here=True)
+    check_env(env, warn=False)
+    start = env.reset(seed=0)[0]
+    assert start["steps_here"] == 0
+    turns = [env.step(0)[0] for _ in range(9)]
+    assert np.array_equal(turns[3]["text"], start["text"]) and np.array_equal(turns[7]["text"], turns[3]["text"])
+    assert turns[3]["last_action"] == turns[7]["last_action"] == 0
+    assert [t["steps_here"] for t in turns] == [1, 2, 3, 4, 5, 6, 7, 7, 7]
+    grid = env.unwrapped.env.unwrapped
+    for _ in range(4):  # face a free cell and step into it: the count starts again
+        if grid.grid.get(*grid.front_pos) is None:
+            break
+        env.step(0)
+    assert env.step(2)[0]["steps_here"] == 0

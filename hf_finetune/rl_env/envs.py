@@ -134,6 +134,7 @@ _OBJECTS = {2: "wall", 4: "door", 5: "key", 6: "ball", 7: "box", 8: "goal", 9: "
 _COLORS = ["red", "green", "blue", "purple", "yellow", "grey"]
 _DOOR_STATES = ["open", "closed", "locked"]
 ACTION_NAMES = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle", "done"]
+_MAX_STEPS_HERE = 7  # steps_here saturates: a full turn on the spot is 4
 _CHARSET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;'-")
 
 
@@ -304,6 +305,9 @@ class BabyAITextEnv(gym.Env):
             entry, the action's index or 7 ("none") after a reset, which SB3 one-hot encodes next to the text.
             A policy that sees only the current view cannot tell that it has just turned there: greedy agents
             turned left on the spot forever, or walked into a key ahead, because no view in the loop said so.
+        steps_here: Also return how many steps the agent has spent in its current cell, facing any way (0 when it
+            has just arrived or after a reset; capped at 7), as a ``Discrete(8)`` entry ``steps_here``. It
+            counts turns and bumps on the spot, which one last action cannot (four left turns look the same).
 
     Example:
         >>> env = BabyAITextEnv("BabyAI-GoToObj-v0")
@@ -316,8 +320,8 @@ class BabyAITextEnv(gym.Env):
 
     def __init__(self, level: str | list[str] = "BabyAI-GoToObj-v0", max_chars: int = 2048, symbolic: bool = False,
                  held_out_goals: list[str] | None = None, goal_split: str = "train", describe_ahead: bool = False,
-                 last_action: bool = False):
-        self.describe_ahead, self.last_action = describe_ahead, last_action
+                 last_action: bool = False, steps_here: bool = False):
+        self.describe_ahead, self.last_action, self.steps_here = describe_ahead, last_action, steps_here
         levels = [level] if isinstance(level, str) else list(level)
         if not levels:
             raise ValueError("level: give a BabyAI level id or a non-empty list of them.")
@@ -333,12 +337,15 @@ class BabyAITextEnv(gym.Env):
         self.symbolic = symbolic
         self._none = int(self.action_space.n)  # the last_action value after a reset (no action yet)
         self._previous = self._none
+        self._here = 0
         parts: dict[str, spaces.Space] = {}
         if symbolic:
             inner = self.env.observation_space
             parts.update(image=inner["image"], direction=inner["direction"])
         if last_action:
             parts["last_action"] = spaces.Discrete(self._none + 1)
+        if steps_here:
+            parts["steps_here"] = spaces.Discrete(_MAX_STEPS_HERE + 1)
         self.observation_space = spaces.Dict({TEXT_KEY: text_space, **parts}) if parts else text_space
 
     def _text(self, obs: dict) -> str:
@@ -357,6 +364,8 @@ class BabyAITextEnv(gym.Env):
             out.update(image=obs["image"], direction=obs["direction"])
         if self.last_action:
             out["last_action"] = self._previous
+        if self.steps_here:
+            out["steps_here"] = self._here
         return out
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -365,14 +374,16 @@ class BabyAITextEnv(gym.Env):
             self.env = self.envs[int(self.np_random.integers(len(self.envs)))]
             seed = int(self.np_random.integers(2**31))
         obs, info = self.env.reset(seed=seed, options=options)
-        self._previous = self._none
+        self._previous, self._here = self._none, 0
         info = dict(info)
         info["level"] = self.env.spec.id if self.env.spec else str(self.level)
         return self._obs(obs), info
 
     def step(self, action):
+        cell = tuple(self.env.unwrapped.agent_pos)
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._previous = int(action)
+        self._here = min(self._here + 1, _MAX_STEPS_HERE) if tuple(self.env.unwrapped.agent_pos) == cell else 0
         info = dict(info)
         if terminated or truncated:
             info["is_success"] = bool(terminated and reward > 0)
@@ -482,10 +493,10 @@ def load_bandit_data(dataset: str, split: str = "train", text_column: str = "tex
 def make_babyai_text(tokenizer: Any = "sentence-transformers/all-MiniLM-L6-v2", level: str = "BabyAI-GoToObj-v0",
                      max_length: int = 96, truncation: bool = True, symbolic: bool = False,
                      held_out_goals: list[str] | None = None, goal_split: str = "train",
-                     describe_ahead: bool = False, last_action: bool = False) -> gym.Env:
+                     describe_ahead: bool = False, last_action: bool = False, steps_here: bool = False) -> gym.Env:
     """BabyAI-Text with token-id observations (the entry point of ``hf_finetune/BabyAI-Text-v0``)."""
     env = BabyAITextEnv(level, symbolic=symbolic, held_out_goals=held_out_goals, goal_split=goal_split,
-                        describe_ahead=describe_ahead, last_action=last_action)
+                        describe_ahead=describe_ahead, last_action=last_action, steps_here=steps_here)
     return TextObservationWrapper(env, tokenizer, max_length=max_length, truncation=truncation)
 
 

@@ -1,0 +1,97 @@
+"""Which loops a trained rl_env BabyAI agent's failed greedy episodes are caught in.
+
+The env and a greedy policy are both deterministic, so once the agent is back in the same cell, facing
+the same way, with the same observation, it repeats what it did from there until the time limit. For
+each failed held-out episode (the run's own eval seed, as `hf-finetune eval RUN_DIR` plays them) this
+finds the first such repeat and prints the action cycle that follows it ("turn left" x4: turning on
+the spot; "go forward" x1: walking into something ahead), how many views the cycle goes through, and
+a tally of the cycles over all failures. Runs trained with `env_kwargs: {last_action: true}` include the
+previous action in the observation, so their repeats must match it too.
+
+Usage:
+    python bench/bench_agents_loops.py RUN_DIR [RUN_DIR ...] --episodes 50 --show 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def play(agent, env, episodes: int, seed: int) -> tuple[int, list[dict]]:
+    """Successes over ``episodes`` greedy held-out episodes, and a record of each failed one's loop."""
+    from hf_finetune.rl_env.envs import ACTION_NAMES
+
+    text_env = env.envs[0].unwrapped  # BabyAITextEnv: its .env is the minigrid level in play
+    decode = env.envs[0].get_wrapper_attr("decode")
+    env.seed(seed)
+    obs = env.reset()
+    successes, failures = 0, []
+    actions, keys, views = [], [], []
+    while successes + len(failures) < episodes:
+        action, _ = agent.predict(obs, deterministic=True)
+        grid = text_env.env.unwrapped
+        ids = obs["text"][0] if isinstance(obs, dict) else obs[0]
+        memory = tuple(int(obs[k][0]) for k in sorted(obs) if k != "text") if isinstance(obs, dict) else ()
+        keys.append((tuple(grid.agent_pos), int(grid.agent_dir), ids.tobytes(), memory))
+        views.append(decode(ids))
+        actions.append(int(action[0]))
+        obs, _, done, info = env.step(action)
+        if not done[0]:
+            continue
+        if info[0].get("is_success", False):
+            successes += 1
+        else:
+            first: dict = {}
+            start = end = None
+            for t, key in enumerate(keys):
+                if key in first:
+                    start, end = first[key], t
+                    break
+                first[key] = t
+            cycle = [ACTION_NAMES[a] for a in actions[start:end]] if start is not None else []
+            failures.append({"length": len(actions), "loop_from": start, "cycle": cycle,
+                             "views_in_cycle": len(set(views[start:end])) if cycle else 0,
+                             "cells": len({k[0] for k in keys}), "view": views[start] if cycle else views[-1],
+                             "actions": collections.Counter(ACTION_NAMES[a] for a in actions)})
+        actions, keys, views = [], [], []
+    return successes, failures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", help="rl_env BabyAI-Text run directories (recipe.yaml + policy.safetensors)")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--show", type=int, default=3, help="failed episodes to print per run")
+    args = parser.parse_args()
+    import torch
+    import yaml
+
+    from hf_finetune.rl_env.train import load_agent
+
+    torch.set_num_threads(1)
+    for run in args.runs:
+        recipe = yaml.safe_load(open(os.path.join(run, "recipe.yaml")))
+        seed = int((recipe["env"] or {}).get("eval_seed", 1_000_000))
+        memory = bool((recipe["env"].get("env_kwargs") or {}).get("last_action", False))
+        agent = load_agent(run)
+        successes, failures = play(agent, agent.get_env(), args.episodes, seed)
+        tally = collections.Counter(" / ".join(f["cycle"]) if f["cycle"] else "no repeat" for f in failures)
+        print(f"{run} (last_action {memory}): greedy {successes / args.episodes:.2f} on {args.episodes} held-out "
+              f"episodes (eval seed {seed}); {len(failures)} failed; loops: "
+              f"{', '.join(f'{n}x [{c}]' for c, n in tally.most_common()) or '-'}")
+        if failures:
+            on_spot = sum(f["cells"] == 1 for f in failures)
+            print(f"  failed episodes that never left their first cell: {on_spot}; median step the loop starts: "
+                  f"{sorted(f['loop_from'] if f['loop_from'] is not None else -1 for f in failures)[len(failures) // 2]}")
+        for f in failures[: args.show]:
+            print(f"  loop from step {f['loop_from']} over {f['views_in_cycle']} view(s), {f['cells']} cell(s) visited, "
+                  f"actions {dict(f['actions'])}; a view in it: {f['view']}")
+
+
+if __name__ == "__main__":
+    main()
