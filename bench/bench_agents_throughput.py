@@ -11,12 +11,24 @@ this process (same machine state, torch threads set once):
 * ``lm-sentences-subproc``: as ``lm-sentences`` with the envs in subprocesses (``SubprocVecEnv``);
 * ``lm-nocache`` (only with ``--uncached-steps``): every rollout step and minibatch runs MiniLM.
 
+A trained encoder (LoRA rank 8 on every linear layer it adapts, named with ``--agents``; not in the
+default set):
+
+* ``lm-lora-rows``: LoRA on all six layers, each view read whole (the only LoRA path before
+  issue #12's sentence mode): every rollout step and minibatch runs MiniLM with gradients;
+* ``lm-lora-sentences``: LoRA on all six layers, reading sentences (:class:`TrainedSentenceEncoder`:
+  each distinct sentence of a batch once, embeddings reused while the weights stand still);
+* ``lm-lora-top``: as ``lm-lora-sentences`` with LoRA on the top layer only, the five below cached
+  (``babyai_text_ppo_lora.yaml``'s setting).
+
 The rate is reported over all steps and over the second half (warm caches: what most of a
 50,000-step run looks like). Ratios to the symbolic agent are measured in the same run.
 
 Usage:
     python bench/bench_agents_throughput.py --steps 16384           # BENCHMARKS.md
     python bench/bench_agents_throughput.py --steps 1024 --agents symbolic lm-sentences   # smoke run
+    python bench/bench_agents_throughput.py --steps 8192 --agents symbolic lm-sentences lm-lora-top \
+        lm-lora-sentences lm-lora-rows --lora-rows-steps 1024                             # LoRA paths
 """
 
 from __future__ import annotations
@@ -32,6 +44,8 @@ LEVEL = "BabyAI-GoToObj-v0"
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 PPO_KWARGS = {"n_steps": 128, "batch_size": 64, "n_epochs": 4, "seed": 0, "device": "cpu"}
 AGENTS = ("symbolic", "lm-rows", "lm-sentences", "lm-sentences-subproc")
+LORA_AGENTS = ("lm-lora-rows", "lm-lora-sentences", "lm-lora-top")
+LORA = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lora_target_modules": ["query", "key", "value", "dense"]}
 
 
 def text_envs(n_envs: int, subprocess: bool = False):
@@ -65,13 +79,13 @@ def symbolic_envs(n_envs: int):
     return make_vec_env(make, n_envs=n_envs, seed=0)
 
 
-def lm_ppo(env, cache_size: int = 100_000, sentences: bool = False):
+def lm_ppo(env, cache_size: int = 100_000, sentences: bool = False, lora: dict | None = None):
     from stable_baselines3 import PPO
 
     from hf_finetune.rl_env.extractor import LMFeaturesExtractor, frozen_encoders
 
-    extractor = {"encoder": ENCODER, "encoder_mode": "frozen", "cache_size": cache_size, "features_dim": 128,
-                 "sentence_separator": "." if sentences else None}
+    extractor = {"encoder": ENCODER, "encoder_mode": "lora" if lora else "frozen", "cache_size": cache_size,
+                 "features_dim": 128, "sentence_separator": "." if sentences else None, "lora": lora}
     model = PPO("MlpPolicy", env, policy_kwargs={"features_extractor_class": LMFeaturesExtractor,
                                                  "features_extractor_kwargs": extractor, "net_arch": [64]},
                 **PPO_KWARGS)
@@ -101,8 +115,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16384, help="learn() steps per agent")
     parser.add_argument("--n-envs", type=int, default=4)
     parser.add_argument("--uncached-steps", type=int, default=0, help="also time lm-nocache for this many steps")
+    parser.add_argument("--lora-rows-steps", type=int, default=1024,
+                        help="learn() steps for lm-lora-rows (about 1 step/s on 2 CPU cores)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fairest on a shared machine)")
-    parser.add_argument("--agents", nargs="*", default=list(AGENTS), choices=AGENTS)
+    parser.add_argument("--agents", nargs="*", default=list(AGENTS), choices=AGENTS + LORA_AGENTS)
     args = parser.parse_args()
     import torch
     from stable_baselines3 import PPO
@@ -117,15 +133,22 @@ def main() -> None:
             model = PPO("MultiInputPolicy", symbolic_envs(args.n_envs), policy_kwargs={"net_arch": [64]}, **PPO_KWARGS)
         else:
             env = text_envs(args.n_envs, subprocess=name.endswith("subproc"))
-            model = lm_ppo(env, sentences="sentences" in name)
-        overall, warm = timed_learn(model, args.steps)
+            lora = None if "lora" not in name else {**LORA, **({"lora_layers_to_transform": [5]} if "top" in name else {})}
+            model = lm_ppo(env, sentences="sentences" in name or name == "lm-lora-top", lora=lora)
+        steps = args.lora_rows_steps if name == "lm-lora-rows" else args.steps
+        overall, warm = timed_learn(model, steps)
         shared = frozen_encoders(model.policy)
         note = ""
         if shared:
             s = shared[0]
             note = f"view hit rate {s.hit_rate:.3f}, {len(s.cache)} views" + (
                 f", {s.sentences_encoded} sentences encoded" if s.sentence_ids else "")
-        rows.append((name, args.steps, overall, warm, note))
+        elif "lora" in name:
+            from hf_finetune.rl_env.extractor import lm_extractors
+
+            trained = lm_extractors(model.policy)[0].sentences
+            note = f"{trained.sentences_encoded} sentence encodings" if trained else "every view encoded"
+        rows.append((name, steps, overall, warm, note))
         print(f"{name}: {overall:.0f} steps/s overall, {warm:.0f} second half ({note})", flush=True)
         model.get_env().close()
     if args.uncached_steps:
