@@ -117,16 +117,26 @@ def test_lora_encoder_learns_and_keeps_base_weights(tiny_bert_dir, tmp_path):
                          encoder_learning_rate=0.001, lora={"lora_r": 4})
     metrics = run(parse_recipe(data, BLOCKS))
     assert metrics["eval_success_rate"] >= 0.9, metrics
-    with safe_open(tmp_path / "policy.safetensors", "pt") as f:
-        saved = {k: f.get_tensor(k) for k in f.keys()}
+    _check_adapters_trained_and_base_unchanged(tmp_path, tiny_bert_dir)
+
+
+def _check_adapters_trained_and_base_unchanged(run_dir, encoder_dir) -> list[str]:
+    """The saved policy's LoRA B matrices moved off zero and every pretrained encoder weight is bitwise the same."""
     from transformers import AutoModel
 
-    base = AutoModel.from_pretrained(tiny_bert_dir).state_dict()
+    with safe_open(run_dir / "policy.safetensors", "pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
     lora_b = [k for k in saved if "lora_B" in k]
     assert lora_b and any(saved[k].abs().sum() > 0 for k in lora_b)  # B starts at zero: adapters were trained
-    query = next(k for k in saved if k.endswith("attention.self.query.base_layer.weight"))
-    name = query.split("base_model.model.")[-1].replace(".base_layer", "")
-    assert torch.equal(saved[query], base[name])  # base weights bitwise unchanged
+    base = AutoModel.from_pretrained(encoder_dir).state_dict()
+    checked = 0
+    for key in saved:
+        name = key.split("base_model.model.")[-1].replace(".base_layer", "")
+        if "base_model.model." in key and "lora_" not in key and not name.startswith("pooler."):  # pooler: random
+            assert torch.equal(saved[key], base[name]), key
+            checked += 1
+    assert checked > 20
+    return lora_b
 
 
 def test_validation_env_kwargs_let_keep_best_choose_on_training_goals(tiny_bert_dir, tmp_path):
@@ -155,19 +165,8 @@ def test_lora_on_the_top_layer_reading_sentences_learns_and_leaves_the_rest(tiny
     data["env"]["max_length"] = 12
     metrics = run(parse_recipe(data, BLOCKS))
     assert metrics["eval_success_rate"] >= 0.9, metrics
-    with safe_open(tmp_path / "policy.safetensors", "pt") as f:
-        saved = {k: f.get_tensor(k) for k in f.keys()}
-    from transformers import AutoModel
-
-    base = AutoModel.from_pretrained(tiny_bert_dir).state_dict()
-    lora_b = [k for k in saved if "lora_B" in k]
-    assert lora_b and all(".layer.1." in k for k in lora_b)  # only the top layer is adapted
-    assert any(saved[k].abs().sum() > 0 for k in lora_b)  # B starts at zero: the adapters were trained
-    frozen = [k for k in saved if k.endswith("base_layer.weight") or ".layer.0." in k and k.endswith("weight")]
-    assert frozen
-    for key in frozen:
-        name = key.split("base_model.model.")[-1].replace(".base_layer", "")
-        assert torch.equal(saved[key], base[name]), key  # base weights bitwise unchanged
+    lora_b = _check_adapters_trained_and_base_unchanged(tmp_path, tiny_bert_dir)
+    assert all(".layer.1." in k for k in lora_b)  # only the top layer is adapted
 
 
 def test_frozen_encoder_with_lora_block_fails_before_loading(tiny_bert_dir, tmp_path):
