@@ -6,7 +6,8 @@ each failed held-out episode (the run's own eval seed, as `hf-finetune eval RUN_
 finds the first such repeat and prints the action cycle that follows it ("turn left" x4: turning on
 the spot; "go forward" x1: walking into something ahead), how many views the cycle goes through, and
 a tally of the cycles over all failures. Runs trained with `env_kwargs: {last_action: true}` include the
-previous action in the observation, so their repeats must match it too.
+previous action in the observation (`steps_here: true`, the steps spent in the current cell), so their
+repeats must match it too; a count only repeats once it saturates.
 
 Usage:
     python bench/bench_agents_loops.py RUN_DIR [RUN_DIR ...] --episodes 50 --show 3
@@ -20,6 +21,19 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def kind(cycle: list[str], cells: int) -> str:
+    """Name a loop: turning on the spot, walking into something ahead, a circuit over several cells, ..."""
+    if not cycle:
+        return "no repeat"
+    if cells > 1:
+        return "circuit over several cells"
+    if set(cycle) <= {"turn left", "turn right"}:
+        return "turning on the spot" if len(set(cycle)) == 1 else "left/right alternation"
+    if cycle == ["go forward"]:
+        return "walking into something ahead"
+    return "other action on the spot"
 
 
 def play(agent, env, episodes: int, seed: int) -> tuple[int, list[dict]]:
@@ -54,7 +68,8 @@ def play(agent, env, episodes: int, seed: int) -> tuple[int, list[dict]]:
                     break
                 first[key] = t
             cycle = [ACTION_NAMES[a] for a in actions[start:end]] if start is not None else []
-            failures.append({"length": len(actions), "loop_from": start, "cycle": cycle,
+            cells_in_cycle = len({k[0] for k in keys[start:end]}) if cycle else 0
+            failures.append({"length": len(actions), "loop_from": start, "cycle": cycle, "kind": kind(cycle, cells_in_cycle),
                              "views_in_cycle": len(set(views[start:end])) if cycle else 0,
                              "cells": len({k[0] for k in keys}), "view": views[start] if cycle else views[-1],
                              "actions": collections.Counter(ACTION_NAMES[a] for a in actions)})
@@ -77,13 +92,17 @@ def main() -> None:
     for run in args.runs:
         recipe = yaml.safe_load(open(os.path.join(run, "recipe.yaml")))
         seed = int((recipe["env"] or {}).get("eval_seed", 1_000_000))
-        memory = bool((recipe["env"].get("env_kwargs") or {}).get("last_action", False))
+        kwargs = recipe["env"].get("env_kwargs") or {}
+        memory = ", ".join(k for k in ("last_action", "steps_here") if kwargs.get(k)) or "none"
         agent = load_agent(run)
         successes, failures = play(agent, agent.get_env(), args.episodes, seed)
-        tally = collections.Counter(" / ".join(f["cycle"]) if f["cycle"] else "no repeat" for f in failures)
-        print(f"{run} (last_action {memory}): greedy {successes / args.episodes:.2f} on {args.episodes} held-out "
-              f"episodes (eval seed {seed}); {len(failures)} failed; loops: "
-              f"{', '.join(f'{n}x [{c}]' for c, n in tally.most_common()) or '-'}")
+        kinds = collections.Counter(f["kind"] for f in failures)
+        cycles = collections.Counter(" / ".join(f["cycle"]) for f in failures if f["cycle"])
+        print(f"{run} (memory: {memory}): greedy {successes / args.episodes:.2f} on {args.episodes} held-out "
+              f"episodes (eval seed {seed}); {len(failures)} failed: "
+              f"{', '.join(f'{n} {k}' for k, n in kinds.most_common()) or '-'}")
+        if cycles:
+            print("  most common cycles: " + ", ".join(f"{n}x [{c}]" for c, n in cycles.most_common(3)))
         if failures:
             on_spot = sum(f["cells"] == 1 for f in failures)
             print(f"  failed episodes that never left their first cell: {on_spot}; median step the loop starts: "
