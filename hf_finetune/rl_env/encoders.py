@@ -412,12 +412,12 @@ class TrainedSentenceEncoder:
         """What the frozen layers below ``first_trained_layer`` output for each row, from the cache or computed."""
         missing = [i for i, key in enumerate(keys) if key not in self.prefix]
         if missing:
+            lengths = mask[missing].sum(1)
+            width = int(lengths.max())
             with torch.no_grad():
-                rows = batch[missing]
-                width = int(mask[missing].sum(1).max())
-                states = model(input_ids=rows[:, :width], attention_mask=mask[missing][:, :width],
+                states = model(input_ids=batch[missing, :width], attention_mask=mask[missing, :width],
                                output_hidden_states=True).hidden_states[self.first_trained_layer]
-            for i, state, length in zip(missing, states, mask[missing].sum(1).tolist()):
+            for i, state, length in zip(missing, states, lengths.tolist()):
                 self.prefix[keys[i]] = state[:length].clone()
         states = [self.prefix[key] for key in keys]
         out = torch.zeros(len(keys), batch.shape[1], states[0].shape[-1], dtype=states[0].dtype, device=batch.device)

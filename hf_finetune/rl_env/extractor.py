@@ -319,7 +319,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
 
     def _row_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """One pooled vector per row (whole text, or sentence slots and the mean of the rest)."""
-        if self.frozen is None and self.sentences is not None:
+        if self.sentences is not None:  # a trained encoder reading sentences
             return slots_and_mean(*self._sentences(ids), self.sentence_slots)
         return self.encode(ids)
 
