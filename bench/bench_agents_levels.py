@@ -111,7 +111,7 @@ def lm_agent(algorithm: str, level: str, steps: int, episodes: int, eval_every: 
     import numpy as np
     import yaml
 
-    from hf_finetune.config import parse_recipe
+    from hf_finetune.recipe_parsing import parse_recipe
     from hf_finetune.rl_env.train import BLOCKS, evaluate, run
 
     path = Path(recipe) if recipe and algorithm == "ppo" else RECIPES / f"babyai_text_{algorithm}.yaml"

@@ -46,7 +46,7 @@ def arm_recipe(data: dict, arm: str, seed: int, out: Path, steps: int | None) ->
 
 
 def run_arm(data: dict, arm: str, seed: int, out: Path, steps: int | None) -> dict:
-    from hf_finetune.config import parse_recipe
+    from hf_finetune.recipe_parsing import parse_recipe
     from hf_finetune.rl_env.train import BLOCKS, evaluate, run
 
     recipe = arm_recipe(data, arm, seed, out, steps)

@@ -48,7 +48,7 @@ def main() -> None:
     from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from hf_finetune.config import parse_recipe
+    from hf_finetune.recipe_parsing import parse_recipe
     from hf_finetune.rl_env.train import BLOCKS, evaluate, run
 
     torch.set_num_threads(1)
@@ -104,7 +104,7 @@ def finished_runs(args) -> None:
     import numpy as np
     import yaml
 
-    from hf_finetune.config import parse_recipe
+    from hf_finetune.recipe_parsing import parse_recipe
     from hf_finetune.rl_env.train import BLOCKS, evaluate
 
     start = time.perf_counter()

@@ -49,8 +49,8 @@ METRIC = "exact_match"  # the held-out metric of the task: regex_match (strict w
 
 def load_task_recipe(spec: dict, overrides: list[str]):
     """The method's recipe; for the topic task, the one topic recipe with its method word switched."""
-    from hf_finetune.config import parse_recipe, read_recipe_yaml, recipe_fields
     from hf_finetune.recipe import load_recipe, method_entry
+    from hf_finetune.recipe_parsing import parse_recipe, read_recipe_yaml, recipe_fields
 
     if spec.get("task", "short_answers") != "topic":
         return load_recipe(os.path.join(REPO, RECIPES[spec["method"]]), overrides)

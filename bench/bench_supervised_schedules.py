@@ -44,8 +44,8 @@ def run_one(method: str, setting: dict, seed: int) -> dict:
     import transformers
     from transformers import DataCollatorWithPadding
 
-    from hf_finetune.config import parse_recipe
     from hf_finetune.models import trainable_parameters
+    from hf_finetune.recipe_parsing import parse_recipe
     from hf_finetune.supervised import train as sup
 
     transformers.logging.set_verbosity_error()

@@ -27,8 +27,8 @@ def run_mode(lora: bool, steps: int, batch: int) -> dict:
     import datasets
     import transformers
 
-    from hf_finetune.config import parse_recipe
     from hf_finetune.models import trainable_parameters
+    from hf_finetune.recipe_parsing import parse_recipe
     from hf_finetune.supervised import sft_train, sft_trainer
 
     transformers.logging.set_verbosity_error()

@@ -28,7 +28,7 @@ _LAZY = {
     "DataArguments": "hf_finetune.config",
     "LoraArguments": "hf_finetune.config",
     "Recipe": "hf_finetune.config",
-    "parse_recipe": "hf_finetune.config",
+    "parse_recipe": "hf_finetune.recipe_parsing",
     "load_recipe": "hf_finetune.recipe",
     "run_recipe": "hf_finetune.recipe",
     "evaluate_run": "hf_finetune.recipe",

@@ -15,9 +15,9 @@ import re
 import sys
 
 from .callbacks import NonFiniteLossError
-from .config import build_parser, read_recipe_yaml
 from .hub import HubPushError, push_run
 from .recipe import METHODS, evaluate_run, load_recipe, method_entry, predict_run, run_recipe
+from .recipe_parsing import build_parser, read_recipe_yaml
 
 USAGE = """hf-finetune train RECIPE.yaml [--key value ...]   train as the recipe says (CLI values override YAML)
 hf-finetune train [RECIPE.yaml] --help            every recipe field with its help text

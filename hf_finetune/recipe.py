@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .config import MethodEntry, Recipe, parse_recipe, read_recipe_yaml
+from .config import MethodEntry, Recipe
+from .recipe_parsing import parse_recipe, read_recipe_yaml
 
 # Recipe `method` -> "module:ENTRY" of its MethodEntry. A literal dict on purpose: the methods are
 # known, adding one is one line here, and the modules are imported only when a recipe uses them.

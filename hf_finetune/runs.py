@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from transformers import set_seed
 
-from .config import REPORT_TO_HELP, Recipe, default_report_to  # noqa: F401 - re-exported for old imports
+from .config import Recipe
 from .trainer_mixin import RunTrainerMixin, loss_uses_num_items, write_args_json  # noqa: F401 - their old home
 
 logger = logging.getLogger(__name__)

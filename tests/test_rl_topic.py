@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_finetune.config import parse_recipe, read_recipe_yaml
+from hf_finetune.recipe_parsing import parse_recipe, read_recipe_yaml
 from hf_finetune.rl.config import RewardArguments
 from hf_finetune.rl.train import blocks
 

@@ -10,7 +10,7 @@ import yaml
 from conftest import write_recipe
 
 from hf_finetune.cli import load_recipe, main, run_recipe
-from hf_finetune.config import parse_recipe, read_recipe_yaml, recipe_fields
+from hf_finetune.recipe_parsing import parse_recipe, read_recipe_yaml, recipe_fields
 from hf_finetune.rl.train import blocks
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "rl").glob("*.yaml"))

@@ -213,7 +213,7 @@ def test_sb3_agent_without_torch_threads_gets_the_faster_count_per_phase(monkeyp
     from stable_baselines3.common.callbacks import BaseCallback
     from test_agents_train import bandit_recipe
 
-    from hf_finetune.config import parse_recipe
+    from hf_finetune.recipe_parsing import parse_recipe
     from hf_finetune.rl_env.train import BLOCKS, run
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)

@@ -11,15 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hf_finetune.config import (
-    DataArguments,
-    LoraArguments,
-    ModelArguments,
-    check_ranges,
-    load_yaml,
-    parse_recipe,
-    read_recipe_yaml,
-)
+from hf_finetune.config import DataArguments, LoraArguments, ModelArguments, check_ranges
+from hf_finetune.recipe_parsing import load_yaml, parse_recipe, read_recipe_yaml
 from hf_finetune.supervised.config import SupervisedConfig
 
 BLOCKS = {"model": ModelArguments, "data": DataArguments, "lora": LoraArguments, "training": SupervisedConfig}

@@ -22,15 +22,7 @@ from transformers import (
     DataCollatorWithFlattening,
 )
 
-from ..config import (
-    DataArguments,
-    LoraArguments,
-    MethodEntry,
-    ModelArguments,
-    Recipe,
-    parse_recipe,
-    read_recipe_yaml,
-)
+from ..config import DataArguments, LoraArguments, MethodEntry, ModelArguments, Recipe
 from ..models import (
     apply_lora,
     check_model_fits,
@@ -40,6 +32,7 @@ from ..models import (
     load_trained,
     model_source,
 )
+from ..recipe_parsing import parse_recipe, read_recipe_yaml
 from ..runs import TrainingRun
 from ..supervised import train as supervised_entry
 from .collators import FIM_TOKENS, _require_mask_token, add_fim_tokens
