@@ -13,39 +13,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import collections
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def play(agent, env, episodes: int, seed: int, deterministic: bool) -> tuple[float, list[tuple[int, str, str]]]:
-    """Success rate over ``episodes``, and (repeats, action, view) of the most repeated view of each failure."""
-    import numpy as np
-
-    from hf_finetune.rl_env.envs import ACTION_NAMES
-
-    decode = env.envs[0].get_wrapper_attr("decode")
-    env.seed(seed)
-    obs = env.reset()
-    successes, failures = [], []
-    seen: collections.Counter = collections.Counter()
-    acted: dict[bytes, tuple[str, str]] = {}
-    while len(successes) < episodes:
-        action, _ = agent.predict(obs, deterministic=deterministic)
-        key = obs.tobytes()
-        seen[key] += 1
-        acted[key] = (ACTION_NAMES[int(action[0])], decode(obs[0]))
-        obs, _, done, info = env.step(action)
-        if done[0]:
-            successes.append(float(info[0].get("is_success", False)))
-            if not successes[-1]:
-                key, count = seen.most_common(1)[0]
-                failures.append((count, *acted[key]))
-            seen.clear()
-            acted.clear()
-    return float(np.mean(successes)), failures
 
 
 def load_recipe_eval_seed(run: str) -> int:
@@ -67,6 +39,9 @@ def main() -> None:
 
     from hf_finetune.rl_env.train import load_agent
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_agents_loops import play
+
     torch.set_num_threads(1)
     for run in args.runs:
         agent = load_agent(run)
@@ -74,11 +49,11 @@ def main() -> None:
         seed = load_recipe_eval_seed(run)
         greedy, failures = play(agent, env, args.episodes, seed, True)
         sampled, _ = play(agent, env, args.episodes, seed, False)
-        repeats = sorted((f[0] for f in failures), reverse=True)
-        print(f"{run}: greedy {greedy:.2f}, sampled {sampled:.2f} on {args.episodes} held-out episodes (eval seed {seed}); "
-              f"most repeated view per failed greedy episode: {repeats}")
-        for count, action, view in failures[: args.show]:
-            print(f"  {count}x '{action}' at: {view}")
+        print(f"{run}: greedy {greedy / args.episodes:.2f}, sampled {sampled / args.episodes:.2f} on {args.episodes} "
+              f"held-out episodes (eval seed {seed}); loops of the failed greedy episodes: "
+              f"{[f['kind'] for f in failures]}")
+        for f in failures[: args.show]:
+            print(f"  {f['kind']} ({' / '.join(f['cycle']) or '-'}) from step {f['loop_from']}, at: {f['view']}")
 
 
 if __name__ == "__main__":

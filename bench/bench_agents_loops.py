@@ -36,8 +36,14 @@ def kind(cycle: list[str], cells: int) -> str:
     return "other action on the spot"
 
 
-def play(agent, env, episodes: int, seed: int) -> tuple[int, list[dict]]:
-    """Successes over ``episodes`` greedy held-out episodes, and a record of each failed one's loop."""
+def play(agent, env, episodes: int, seed: int, deterministic: bool = True) -> tuple[int, list[dict]]:
+    """Successes over ``episodes`` held-out episodes, and a record of each failed one's loop.
+
+    ``deterministic=False`` samples the actions instead (bench_agents_greedy_gap.py compares the two). A
+    recurrent policy gets its state back each step and a fresh one at each episode start.
+    """
+    import numpy as np
+
     from hf_finetune.rl_env.envs import ACTION_NAMES
 
     text_env = env.envs[0].unwrapped  # BabyAITextEnv: its .env is the minigrid level in play
@@ -46,8 +52,9 @@ def play(agent, env, episodes: int, seed: int) -> tuple[int, list[dict]]:
     obs = env.reset()
     successes, failures = 0, []
     actions, keys, views = [], [], []
+    state, starts = None, np.ones(1, dtype=bool)
     while successes + len(failures) < episodes:
-        action, _ = agent.predict(obs, deterministic=True)
+        action, state = agent.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
         grid = text_env.env.unwrapped
         ids = obs["text"][0] if isinstance(obs, dict) else obs[0]
         memory = tuple(int(obs[k][0]) for k in sorted(obs) if k != "text") if isinstance(obs, dict) else ()
@@ -55,6 +62,7 @@ def play(agent, env, episodes: int, seed: int) -> tuple[int, list[dict]]:
         views.append(decode(ids))
         actions.append(int(action[0]))
         obs, _, done, info = env.step(action)
+        starts = done
         if not done[0]:
             continue
         if info[0].get("is_success", False):
