@@ -60,7 +60,7 @@ def run_recipe(recipe: Recipe, callbacks: list | None = None) -> dict:
     """Run a loaded recipe with its method and return the final metrics.
 
     Args:
-        recipe: from :func:`load_recipe` (or :func:`~hf_finetune.config.parse_recipe`).
+        recipe: from :func:`load_recipe` (or :func:`~hf_finetune.recipe_parsing.parse_recipe`).
         callbacks: extra ``TrainerCallback`` instances (SB3 ``BaseCallback`` for ``rl_env``) added to the
             method's own.
     """
