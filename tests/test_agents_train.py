@@ -425,3 +425,140 @@ def test_keep_best_restores_the_best_validation_weights_and_reports_held_out(tin
     same["env"]["validation_seed"] = same["env"]["eval_seed"] = 5
     with pytest.raises(ValueError, match="validation episodes would be the held-out ones"):
         parse_recipe(same, BLOCKS)
+
+
+# ------------------------------------------------------------------ recurrent_ppo (sb3-contrib)
+
+
+class CueEnv:
+    """A cue word ("left" / "right") at step 0, then the same word ("wait") twice; at the last step, say the cue.
+
+    Reward 1 for the right answer at the last step, 0 otherwise. At the decision step every episode
+    looks the same, so a memoryless policy cannot beat 0.5: only a memory of step 0 can.
+    """
+
+    CUES, LENGTH = ("left", "right"), 3
+
+    @staticmethod
+    def make(tokenizer, max_length=8, truncation=True):
+        import gymnasium as gym
+        from gymnasium import spaces
+
+        from hf_finetune.rl_env.envs import TextObservationWrapper
+
+        class Cue(gym.Env):
+            observation_space = spaces.Text(max_length=16)
+            action_space = spaces.Discrete(2)
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                self.cue, self.t = int(self.np_random.integers(2)), 0
+                return CueEnv.CUES[self.cue], {}
+
+            def step(self, action):
+                self.t += 1
+                if self.t < CueEnv.LENGTH:
+                    return "wait", 0.0, False, False, {}
+                correct = int(action) == self.cue
+                return "wait", float(correct), True, False, {"is_success": correct}
+
+        return TextObservationWrapper(Cue(), tokenizer, max_length=max_length, truncation=truncation)
+
+
+def cue_recipe(encoder, output_dir, algorithm="recurrent_ppo", **agent):
+    import gymnasium as gym
+
+    if "hf_finetune_tests/Cue-v0" not in gym.registry:
+        gym.register("hf_finetune_tests/Cue-v0", entry_point=CueEnv.make, disable_env_checker=True)
+    data = bandit_recipe(encoder, output_dir, "ppo", **{"total_timesteps": 6144, **agent})
+    data["env"].update(env_id="hf_finetune_tests/Cue-v0", env_kwargs={})
+    data["agent"].update(algorithm=algorithm, algo_kwargs={"n_steps": 48, "batch_size": 48, "learning_rate": 0.003,
+                                                           "n_epochs": 4})
+    if algorithm == "recurrent_ppo":
+        data["agent"]["lstm_hidden_size"] = 16
+    return data
+
+
+def test_recurrent_ppo_remembers_a_cue_that_memoryless_ppo_cannot(tiny_bert_dir, tmp_path):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from hf_finetune.rl_env.train import evaluate
+
+    class Initial(BaseCallback):
+        def _on_training_start(self):
+            self.weights = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
+
+        def _on_step(self):
+            return True
+
+    initial = Initial()
+    data = cue_recipe(tiny_bert_dir, tmp_path / "lstm")
+    metrics = run(parse_recipe(data, BLOCKS), callbacks=[initial])
+    assert metrics["eval_success_rate"] >= 0.9, metrics
+    assert "train/loss" in (tmp_path / "lstm" / "progress.csv").read_text()
+    with safe_open(tmp_path / "lstm" / "policy.safetensors", "pt") as f:
+        assert any("lstm_actor" in k for k in f.keys())
+        changed = [k for k in f.keys() if not torch.equal(f.get_tensor(k), initial.weights[k])]
+    assert any("lstm_actor" in k for k in changed) and any("action_net" in k for k in changed)
+    memoryless = run(parse_recipe(cue_recipe(tiny_bert_dir, tmp_path / "ppo", "ppo"), BLOCKS))
+    assert memoryless["eval_success_rate"] <= 0.7, memoryless  # the same budget without memory: a coin flip
+
+    # hf-finetune eval and load_agent rebuild the LSTM policy; acting by hand carries the LSTM state.
+    recipe = parse_recipe(data, BLOCKS)
+    assert evaluate(recipe, str(tmp_path / "lstm"))["eval_success_rate"] == metrics["eval_success_rate"]
+    agent = load_agent(tmp_path / "lstm")
+    env = agent.get_env()
+    env.seed(7)
+    obs, state, start, wins = env.reset(), None, np.ones(1, dtype=bool), 0
+    for _ in range(20 * CueEnv.LENGTH):
+        action, state = agent.predict(obs, state=state, episode_start=start, deterministic=True)
+        obs, reward, start, _ = env.step(action)
+        wins += int(reward[0])
+    assert wins >= 18
+    card = (tmp_path / "lstm" / "README.md").read_text()
+    assert "sb3-contrib `RecurrentPPO`" in card and "episode_start=episode_start" in card
+
+
+def test_recurrent_ppo_options_are_checked(tiny_bert_dir, tmp_path):
+    data = bandit_recipe(tiny_bert_dir, tmp_path)
+    data["agent"]["algorithm"] = "lstm"
+    with pytest.raises(ValueError, match="recurrent_ppo"):
+        parse_recipe(data, BLOCKS)
+    data = bandit_recipe(tiny_bert_dir, tmp_path, lstm_hidden_size=32)
+    with pytest.raises(ValueError, match="agent.lstm_hidden_size=32.*recurrent_ppo only"):
+        parse_recipe(data, BLOCKS)
+    data = cue_recipe(tiny_bert_dir, tmp_path)
+    data["agent"]["algo_kwargs"] = {"n_step": 48}
+    with pytest.raises(ValueError, match=r"RecurrentPPO \(agent.algorithm=recurrent_ppo\) takes no argument 'n_step'"):
+        run(parse_recipe(data, BLOCKS))
+
+
+def test_recurrent_ppo_without_sb3_contrib_names_the_install(tiny_bert_dir, tmp_path, monkeypatch):
+    import sys
+
+    from hf_finetune.rl_env.train import algorithm_class
+
+    monkeypatch.setitem(sys.modules, "sb3_contrib", None)  # import sb3_contrib now raises ModuleNotFoundError
+    monkeypatch.delitem(sys.modules, "hf_finetune.rl_env.recurrent", raising=False)
+    with pytest.raises(ValueError, match="pip install sb3-contrib==2.9.2"):
+        algorithm_class("recurrent_ppo")
+
+
+def test_recurrent_policy_skips_the_padding_of_lstm_sequences(tiny_bert_dir, tmp_path):
+    # RecurrentPPO pads its minibatch sequences with all-zero observations: token ids with no text,
+    # on which a sentence-reading extractor fails. The policy gives those rows zeros and leaves the rest.
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+    from hf_finetune.rl_env.train import build_agent, build_envs
+
+    data = cue_recipe(tiny_bert_dir, tmp_path, sentence_separator=".", sentence_pooling="attention")
+    recipe = parse_recipe(data, BLOCKS)
+    env = build_envs(recipe)
+    policy = build_agent(recipe, env).policy
+    real = torch.as_tensor(np.concatenate([env.reset(), env.step(np.zeros(4, dtype=int))[0]])).float()
+    batch = torch.cat([real[:3], torch.zeros_like(real[:2]), real[3:]])
+    features = policy.extract_features(batch)
+    assert torch.equal(features[3:5], torch.zeros_like(features[3:5]))
+    assert torch.allclose(torch.cat([features[:3], features[5:]]), policy.extract_features(real), atol=1e-6)
+    with pytest.raises(RuntimeError):  # sb3-contrib's own policy hands the padding to the extractor
+        RecurrentActorCriticPolicy.extract_features(policy, batch)

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-ALGORITHMS = ("dqn", "a2c", "ppo")
+ALGORITHMS = ("dqn", "a2c", "ppo", "recurrent_ppo")
 
 
 def _mapping(value: Any, name: str) -> dict:
@@ -119,8 +119,9 @@ class AgentConfig:
     output_dir: str = field(metadata={"help": "Run directory (agent, policy.safetensors, curves, checkpoints)."})
     algorithm: str = field(
         default="ppo",
-        metadata={"help": "dqn, a2c or ppo (Stable-Baselines3). A2C is the synchronous form of A3C; SB3 has no "
-                  "asynchronous A3C."},
+        metadata={"help": "dqn, a2c or ppo (Stable-Baselines3), or recurrent_ppo (sb3-contrib's RecurrentPPO: PPO with "
+                  "an LSTM memory after the extractor, for partially observed envs; pip install sb3-contrib). A2C "
+                  "is the synchronous form of A3C; SB3 has no asynchronous A3C."},
     )
     algo_kwargs: str | None = field(
         default=None,
@@ -129,6 +130,11 @@ class AgentConfig:
     )
     net_arch: list[int] | None = field(
         default=None, metadata={"help": "Hidden sizes of the policy/value (or Q) heads after the extractor."}
+    )
+    lstm_hidden_size: int | None = field(
+        default=None,
+        metadata={"help": "recurrent_ppo only: units of the LSTM (policy_kwargs lstm_hidden_size; default: "
+                  "sb3-contrib's 256). Smaller is faster."},
     )
     total_timesteps: int = field(default=10_000, metadata={"help": "Environment steps to train for."})
     learning_rate_schedule: str = field(
@@ -226,6 +232,9 @@ class AgentConfig:
         if self.algorithm not in ALGORITHMS:
             hint = " (SB3 has no asynchronous A3C: use a2c, its synchronous form)" if self.algorithm == "a3c" else ""
             raise ValueError(f"agent.algorithm={self.algorithm!r}: use one of {ALGORITHMS}{hint}.")
+        if self.lstm_hidden_size is not None and (self.algorithm != "recurrent_ppo" or self.lstm_hidden_size < 1):
+            raise ValueError(f"agent.lstm_hidden_size={self.lstm_hidden_size}: a positive size, for "
+                             "agent.algorithm: recurrent_ppo only (the other algorithms have no LSTM); or leave it out.")
         if self.encoder_mode not in ("frozen", "lora", "full"):
             raise ValueError(f"agent.encoder_mode={self.encoder_mode!r}: use frozen, lora or full.")
         if self.learning_rate_schedule not in ("constant", "linear"):

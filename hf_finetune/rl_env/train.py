@@ -1,4 +1,4 @@
-"""Entry point of the ``rl_env`` recipe method: SB3 DQN, A2C or PPO over an LM encoder in a text env.
+"""Entry point of the ``rl_env`` recipe method: SB3 DQN, A2C, PPO (or sb3-contrib RecurrentPPO) over an LM encoder.
 
 The algorithms, vectorized envs, logger, ``EvalCallback`` and ``CheckpointCallback`` are SB3's.
 Written here: the held-out re-seeding of evaluation, cache and non-finite checks, the safetensors
@@ -46,7 +46,7 @@ from .extractor import EncoderLRAdam, LMFeaturesExtractor, frozen_encoders, lm_e
 logger = logging.getLogger(__name__)
 
 BLOCKS = {"model": ModelArguments, "lora": LoraArguments, "env": EnvArguments, "agent": AgentConfig}
-ALGORITHM_CLASSES = {"dqn": DQN, "a2c": A2C, "ppo": PPO}
+ALGORITHM_CLASSES = {"dqn": DQN, "a2c": A2C, "ppo": PPO}  # + recurrent_ppo, imported on demand (algorithm_class)
 _LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_layers_to_transform")
 
 
@@ -121,6 +121,8 @@ def policy_kwargs(recipe: Recipe, learning_rate: float) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"features_extractor_class": LMFeaturesExtractor, "features_extractor_kwargs": extractor}
     if agent.net_arch is not None:
         kwargs["net_arch"] = list(agent.net_arch)
+    if agent.lstm_hidden_size is not None:
+        kwargs["lstm_hidden_size"] = agent.lstm_hidden_size
     if agent.encoder_mode != "frozen":
         scale = (agent.encoder_learning_rate or learning_rate) / learning_rate
         kwargs["optimizer_class"] = EncoderLRAdam
@@ -128,10 +130,22 @@ def policy_kwargs(recipe: Recipe, learning_rate: float) -> dict[str, Any]:
     return kwargs
 
 
+def algorithm_class(algorithm: str):
+    """The SB3 class of ``agent.algorithm``; sb3-contrib (an optional extra) is imported only for recurrent_ppo."""
+    if algorithm != "recurrent_ppo":
+        return ALGORITHM_CLASSES[algorithm]
+    try:
+        from .recurrent import RecurrentPPO
+    except ModuleNotFoundError:
+        raise ValueError("agent.algorithm=recurrent_ppo needs sb3-contrib: pip install sb3-contrib==2.9.2 (or "
+                         "pip install 'hf-finetune[envs]').") from None
+    return RecurrentPPO
+
+
 def build_agent(recipe: Recipe, env):
     """The SB3 algorithm object for a recipe and a VecEnv."""
     agent: AgentConfig = recipe.agent
-    cls = ALGORITHM_CLASSES[agent.algorithm]
+    cls = algorithm_class(agent.algorithm)
     algo_kwargs = dict(agent.algo_kwargs)
     learning_rate = algo_kwargs.get("learning_rate", _default(cls, "learning_rate"))
     if not isinstance(learning_rate, (int, float)):
@@ -143,6 +157,10 @@ def build_agent(recipe: Recipe, env):
     if agent.learning_rate_schedule == "linear":  # SB3 calls it with the fraction of training left (1 -> 0)
         algo_kwargs["learning_rate"] = LinearSchedule(float(learning_rate), 0.0, 1.0)
     policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy"
+    if agent.algorithm == "recurrent_ppo":  # an LSTM between the extractor and the heads
+        from .recurrent import lstm_policy
+
+        policy = lstm_policy(env.observation_space)
     try:
         return cls(policy, env, seed=agent.seed, device=agent.device, verbose=agent.verbose,
                    policy_kwargs=policy_kwargs(recipe, float(learning_rate)), **algo_kwargs)
@@ -160,7 +178,7 @@ def check_algo_kwargs(algorithm: str, algo_kwargs: dict[str, Any]) -> None:
     import difflib
     import inspect
 
-    cls = ALGORITHM_CLASSES[algorithm]
+    cls = algorithm_class(algorithm)
     accepted = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "policy", "env")]
     for key in algo_kwargs:
         if key not in accepted:
@@ -456,7 +474,14 @@ def card_details(recipe: dict, metrics: dict[str, Any]) -> dict[str, Any]:
     if isinstance(metrics.get("eval_success_rate"), (int, float)):
         results.append({"metric_type": "success_rate", "metric_value": metrics["eval_success_rate"]})
     a2c = " (the synchronous form of A3C)" if algo == "a2c" else ""
-    description = f"""- **Algorithm:** Stable-Baselines3 `{algo.upper()}`{a2c} with `{json.dumps(agent.get("algo_kwargs") or {})}`
+    name = "RecurrentPPO" if algo == "recurrent_ppo" else algo.upper()
+    act = "action, _ = agent.predict(obs, deterministic=True)"
+    if algo == "recurrent_ppo":  # the LSTM state goes from step to step; episode_start resets it
+        act = ("state, episode_start = None, np.ones((1,), dtype=bool)\n"
+               "action, state = agent.predict(obs, state=state, episode_start=episode_start, deterministic=True)\n"
+               "obs, reward, episode_start, info = env.step(action)")
+    description = f"""- **Algorithm:** {"sb3-contrib" if algo == "recurrent_ppo" else "Stable-Baselines3"} `{name}`{a2c} \
+with `{json.dumps(agent.get("algo_kwargs") or {})}`
 - **Encoder:** `{model.get("model_name_or_path")}` ({agent.get("encoder_mode")}, {agent.get("pooling")} pooling, \
 projection to {agent.get("features_dim")})
 - **Environment:** `{env_id}` with `{json.dumps(kwargs, default=str)}`, {env.get("max_length")} tokens per observation
@@ -470,11 +495,11 @@ projection to {agent.get("features_dim")})
 from hf_finetune.rl_env.train import load_agent  # rebuilds the agent from recipe.yaml + policy.safetensors
 
 agent = load_agent("path/to/this/repo")
-action, _ = agent.predict(obs, deterministic=True)
+{act}
 ```
 
 `policy.safetensors` holds the policy weights (a frozen encoder is not included: it is reloaded
-from its id). `agent.zip` is SB3's own format (`{algo.upper()}.load`); its `data` entry contains
+from its id). `agent.zip` is SB3's own format (`{name}.load`); its `data` entry contains
 cloudpickled objects: only load it from a source you trust.
 """
     return {
@@ -486,7 +511,7 @@ cloudpickled objects: only load it from a source you trust.
         "eval_results": results,
         "eval_dataset": env_id,
         "hyperparameters": {},
-        "title": f"{algo.upper()} agent with an LM encoder on {env_id}",
+        "title": f"{name} agent with an LM encoder on {env_id}",
         "description": description,
     }
 
