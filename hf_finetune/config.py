@@ -364,13 +364,3 @@ def _block_to_dict(obj: Any) -> dict[str, Any]:
             value = getattr(obj, key)
         clean[key] = json.loads(json.dumps(value, default=str))
     return clean
-
-
-def __getattr__(name: str):
-    # Temporary, while rl_env/train.py and its test are being edited elsewhere: the parsing names moved to
-    # recipe_parsing.py.
-    if name in {"parse_recipe", "read_recipe_yaml", "load_yaml", "recipe_fields", "build_parser"}:
-        from . import recipe_parsing
-
-        return getattr(recipe_parsing, name)
-    raise AttributeError(name)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hf_finetune.config import parse_recipe
+from hf_finetune.recipe_parsing import parse_recipe
 from hf_finetune.rl_env.train import BLOCKS, load_agent, run
 
 # Six two-word texts over three labels. The tiny BERT is random, not pretrained, so a frozen

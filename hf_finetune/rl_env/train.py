@@ -36,7 +36,8 @@ from stable_baselines3.common.utils import LinearSchedule, set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from ..callbacks import NonFiniteLossError
-from ..config import LoraArguments, MethodEntry, ModelArguments, Recipe, parse_recipe
+from ..config import LoraArguments, MethodEntry, ModelArguments, Recipe
+from ..recipe_parsing import parse_recipe
 from ..runs import TrainingRun
 from ..threads import sb3_thread_policy_callback
 from .config import AgentConfig, EnvArguments
