@@ -475,13 +475,13 @@ def card_details(recipe: dict, metrics: dict[str, Any]) -> dict[str, Any]:
     if isinstance(metrics.get("eval_success_rate"), (int, float)):
         results.append({"metric_type": "success_rate", "metric_value": metrics["eval_success_rate"]})
     a2c = " (the synchronous form of A3C)" if algo == "a2c" else ""
-    name = "RecurrentPPO" if algo == "recurrent_ppo" else algo.upper()
-    act = "action, _ = agent.predict(obs, deterministic=True)"
+    library, name, act = "Stable-Baselines3", algo.upper(), "action, _ = agent.predict(obs, deterministic=True)"
     if algo == "recurrent_ppo":  # the LSTM state goes from step to step; episode_start resets it
-        act = ("state, episode_start = None, np.ones((1,), dtype=bool)\n"
+        library, name = "sb3-contrib", "RecurrentPPO"
+        act = ("import numpy as np\n\nstate, episode_start = None, np.ones((1,), dtype=bool)\n"
                "action, state = agent.predict(obs, state=state, episode_start=episode_start, deterministic=True)\n"
                "obs, reward, episode_start, info = env.step(action)")
-    description = f"""- **Algorithm:** {"sb3-contrib" if algo == "recurrent_ppo" else "Stable-Baselines3"} `{name}`{a2c} \
+    description = f"""- **Algorithm:** {library} `{name}`{a2c} \
 with `{json.dumps(agent.get("algo_kwargs") or {})}`
 - **Encoder:** `{model.get("model_name_or_path")}` ({agent.get("encoder_mode")}, {agent.get("pooling")} pooling, \
 projection to {agent.get("features_dim")})
