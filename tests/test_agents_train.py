@@ -376,6 +376,42 @@ def test_linear_learning_rate_schedule_decays_to_zero_and_reloads(tiny_bert_dir,
         parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", learning_rate_schedule="cosine"), BLOCKS)
 
 
+@pytest.mark.parametrize("algorithm", ["ppo", "a2c"])
+def test_linear_ent_coef_schedule_decays_the_bonus_train_uses(algorithm, tiny_bert_dir, tmp_path, monkeypatch):
+    import stable_baselines3
+
+    used = []  # the coefficient each update's loss reads, recorded inside SB3's own train()
+    cls = getattr(stable_baselines3, algorithm.upper())
+    train = cls.train
+
+    def recording_train(self):
+        used.append(self.ent_coef)
+        return train(self)
+
+    monkeypatch.setattr(cls, "train", recording_train)
+    kwargs = {**ALGO_KWARGS[algorithm], "ent_coef": 0.01}
+    rollout = 4 * kwargs["n_steps"]  # 4 envs
+    run(parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path / "constant", algorithm, total_timesteps=4 * rollout,
+                                   algo_kwargs=kwargs), BLOCKS))
+    assert used == [0.01] * 4
+    used.clear()
+    run(parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path / "linear", algorithm, total_timesteps=4 * rollout,
+                                   algo_kwargs=kwargs, ent_coef_schedule="linear"), BLOCKS))
+    # The fraction of training left after each rollout, as the learning-rate schedule gets it: 0.75 ... 0.
+    assert used == pytest.approx([0.0075, 0.005, 0.0025, 0.0]), used
+    progress = (tmp_path / "linear" / "progress.csv").read_text()
+    assert "train/ent_coef" in progress
+
+
+def test_ent_coef_schedule_errors_name_the_fix(tiny_bert_dir, tmp_path):
+    with pytest.raises(ValueError, match="ent_coef_schedule='cosine': use constant or linear"):
+        parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", ent_coef_schedule="cosine"), BLOCKS)
+    with pytest.raises(ValueError, match="but it is None .*set it, e.g. ent_coef: 0.01"):
+        parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", ent_coef_schedule="linear"), BLOCKS)
+    with pytest.raises(ValueError, match="dqn has none"):
+        parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "dqn", ent_coef_schedule="linear"), BLOCKS)
+
+
 def test_keep_best_restores_the_best_validation_weights_and_reports_held_out(tiny_bert_dir, tmp_path):
     """agent.keep_best: the run ends with the weights SB3's validation EvalCallback saved as best.
 

@@ -142,6 +142,12 @@ class AgentConfig:
         metadata={"help": "constant, or linear: algo_kwargs.learning_rate decays linearly to 0 over total_timesteps "
                   "(the zoo's lin_ prefix, CleanRL's anneal_lr), so late updates cannot undo a learned policy."},
     )
+    ent_coef_schedule: str = field(
+        default="constant",
+        metadata={"help": "constant, or linear: algo_kwargs.ent_coef (required, > 0) decays linearly to 0 over "
+                  "total_timesteps, for ppo, a2c and recurrent_ppo (DQN has no entropy bonus). The bonus keeps early "
+                  "exploration from locking in; annealing it lets the final policy commit to its best action."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the algorithm and of the training envs (seed + rank)."})
     device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda or auto."})
     torch_threads: int | None = field(
@@ -239,6 +245,16 @@ class AgentConfig:
             raise ValueError(f"agent.encoder_mode={self.encoder_mode!r}: use frozen, lora or full.")
         if self.learning_rate_schedule not in ("constant", "linear"):
             raise ValueError(f"agent.learning_rate_schedule={self.learning_rate_schedule!r}: use constant or linear.")
+        if self.ent_coef_schedule not in ("constant", "linear"):
+            raise ValueError(f"agent.ent_coef_schedule={self.ent_coef_schedule!r}: use constant or linear.")
+        if self.ent_coef_schedule == "linear":
+            ent_coef = self.algo_kwargs.get("ent_coef")
+            if self.algorithm == "dqn":
+                raise ValueError("agent.ent_coef_schedule: linear anneals the entropy bonus of ppo, a2c or "
+                                 "recurrent_ppo; dqn has none (it explores with epsilon): use constant.")
+            if isinstance(ent_coef, bool) or not isinstance(ent_coef, (int, float)) or ent_coef <= 0:
+                raise ValueError(f"agent.ent_coef_schedule: linear decays agent.algo_kwargs.ent_coef to 0, but it is "
+                                 f"{ent_coef!r} (SB3's default is 0.0, nothing to anneal): set it, e.g. ent_coef: 0.01.")
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"agent.pooling={self.pooling!r}: use mean or cls.")
         if self.total_timesteps < 1:

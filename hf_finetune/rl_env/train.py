@@ -4,18 +4,17 @@ The algorithms, vectorized envs, logger, ``EvalCallback`` and ``CheckpointCallba
 Written here: the held-out re-seeding of evaluation, cache and non-finite checks, the safetensors
 export and the safe resume/load paths.
 
-What SB3's ``agent.zip`` holds: ``data`` (JSON; values JSON cannot hold, e.g. the observation and
-action spaces, schedules, the policy class and ``policy_kwargs``, are cloudpickled inside it, so
-``PPO.load`` unpickles them), ``policy.pth`` and ``policy.optimizer.pth`` (tensors, read with
-``torch.load(weights_only=True)``), ``pytorch_variables.pth`` and version files. This package never
-needs the pickled part: :func:`load_agent` rebuilds the agent from ``recipe.yaml`` and reads
-``policy.safetensors``; resuming reads only the tensors of a checkpoint zip through SB3's own
-``set_parameters`` plus the plain-JSON step counter.
+SB3's ``agent.zip`` holds JSON ``data`` with cloudpickled values inside (spaces, schedules, policy
+class), which ``PPO.load`` unpickles, plus tensor files. This package never needs the pickled part:
+:func:`load_agent` rebuilds the agent from ``recipe.yaml`` and ``policy.safetensors``; resuming reads
+only a checkpoint's tensors (SB3's ``set_parameters``) and its plain-JSON step counter.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
+import inspect
 import json
 import logging
 import warnings
@@ -71,11 +70,8 @@ def env_kwargs(recipe: Recipe, evaluation: bool = False, validation: bool = Fals
 
 
 def build_envs(recipe: Recipe, evaluation: bool = False, seed: int | None = None, validation: bool = False):
-    """The training VecEnv (seeds ``seed + rank``) or a one-env evaluation VecEnv (held-out: ``env.eval_seed``).
-
-    ``seed`` picks other evaluation episodes, e.g. ``env.validation_seed`` for ``agent.keep_best``, and
-    ``validation`` adds ``env.validation_env_kwargs``.
-    """
+    """The training VecEnv (seeds ``seed + rank``) or a one-env evaluation VecEnv (held-out: ``env.eval_seed``;
+    ``seed``: others, e.g. ``env.validation_seed``, with ``env.validation_env_kwargs`` if ``validation``)."""
     env: EnvArguments = recipe.env
     kwargs = {"env_id": env.env_id, **env_kwargs(recipe, evaluation, validation)}
     if evaluation:
@@ -176,9 +172,6 @@ def build_agent(recipe: Recipe, env):
 
 def check_algo_kwargs(algorithm: str, algo_kwargs: dict[str, Any]) -> None:
     """Raise ``ValueError`` for an ``algo_kwargs`` key the SB3 algorithm's constructor does not take."""
-    import difflib
-    import inspect
-
     cls = algorithm_class(algorithm)
     accepted = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "policy", "env")]
     for key in algo_kwargs:
@@ -234,8 +227,6 @@ def check_replay_buffer(observation_space: spaces.Space, action_space: spaces.Sp
 
 
 def _default(cls, name: str):
-    import inspect
-
     return inspect.signature(cls.__init__).parameters[name].default
 
 
@@ -243,12 +234,9 @@ def _default(cls, name: str):
 
 
 class HeldOutEvalCallback(EvalCallback):
-    """SB3's ``EvalCallback`` that re-seeds the evaluation env before every evaluation.
-
-    Every evaluation then plays the same held-out episodes (the eval env's seed differs from the
-    training envs' ``seed + rank``), so the curve compares like with like. ``key_prefix`` renames
-    SB3's ``eval/`` log keys, so a second (validation) evaluation does not overwrite the first's.
-    """
+    """SB3's ``EvalCallback`` re-seeding the eval env before every evaluation: the same held-out episodes
+    each time, so the curve compares like with like. ``key_prefix`` renames SB3's ``eval/`` log keys, so a
+    second (validation) evaluation does not overwrite the first's."""
 
     def __init__(self, eval_env, eval_seed: int, key_prefix: str = "eval", **kwargs: Any):
         super().__init__(eval_env, **kwargs)
@@ -302,6 +290,24 @@ class EncoderStatsCallback(BaseCallback):
                 )
 
 
+class EntCoefScheduleCallback(BaseCallback):
+    """``agent.ent_coef_schedule: linear``: SB3 has no entropy schedule; PPO/A2C/RecurrentPPO read the float
+    ``model.ent_coef`` in ``train()``, after each rollout, so it is set (and logged) at the rollout's end."""
+
+    def __init__(self, initial: float):
+        super().__init__()
+        self.initial = initial
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        # learn() updates _current_progress_remaining after this hook: the same fraction, computed as SB3 does.
+        left = max(1.0 - self.model.num_timesteps / self.model._total_timesteps, 0.0)
+        self.model.ent_coef = self.initial * left
+        self.logger.record("train/ent_coef", self.model.ent_coef)
+
+
 def evaluate_agent(model, eval_env, recipe: Recipe) -> dict[str, float]:
     """Success rate and mean return over the held-out episodes (same episodes every call)."""
     successes: list[float] = []
@@ -323,11 +329,8 @@ def evaluate_agent(model, eval_env, recipe: Recipe) -> dict[str, float]:
 
 
 def fit_standardization(model, recipe: Recipe) -> int:
-    """Fit the extractors' embedding standardization on views a random policy meets; returns how many.
-
-    The views come from training-kind envs seeded apart from both training (``seed + rank``) and
-    evaluation (``env.eval_seed``), so no held-out episode is looked at.
-    """
+    """Fit the extractors' embedding standardization on views a random policy meets; returns how many. The
+    envs are seeded apart from training (``seed + rank``) and evaluation: no held-out episode is looked at."""
     extractors = [e for e in lm_extractors(model.policy) if e.standardize]
     if not extractors:
         return 0
@@ -350,12 +353,8 @@ def fit_standardization(model, recipe: Recipe) -> int:
 
 
 def keep_best_weights(model, validation: EvalCallback, last: dict[str, float], eval_env, recipe: Recipe) -> dict:
-    """Load the weights SB3's validation ``EvalCallback`` saved as best and score them on the held-out episodes.
-
-    Returns the held-out metrics of the best weights, plus the last weights' (``last_*``) and the
-    validation figures the choice was made on (``best_*``). Without any saved best (no evaluation
-    ran) the last weights stay and are reported.
-    """
+    """Load the weights SB3's validation ``EvalCallback`` saved as best; returns their held-out metrics, the
+    last weights' (``last_*``) and the validation figures chosen on (``best_*``); no saved best: ``last``."""
     path = Path(validation.best_model_save_path) / "best_model.zip"
     if not path.is_file() or not validation.evaluations_timesteps:
         return last
@@ -459,12 +458,8 @@ def progress_history(run_dir: Path) -> list[dict]:
 
 
 def card_details(recipe: dict, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Model-card fields of an agent run, in the layout the Hub uses for Stable-Baselines3 agents.
-
-    As ``huggingface_sb3`` writes them: ``library_name: stable-baselines3``, the env id as a tag (not
-    under ``datasets``), a ``model-index`` entry ``mean_reward`` = "mean +/- std" plus the success rate,
-    and a load snippet.
-    """
+    """Model-card fields of an agent run as ``huggingface_sb3`` writes them: ``library_name: stable-baselines3``,
+    the env id as a tag (not a dataset), ``model-index`` ``mean_reward`` "mean +/- std" + success rate, a snippet."""
     agent, env, model = recipe.get("agent") or {}, recipe.get("env") or {}, recipe.get("model") or {}
     env_id, algo = env.get("env_id", "env"), str(agent.get("algorithm", "ppo"))
     kwargs = {k: v for k, v in (env.get("env_kwargs") or {}).items() if k not in ("texts", "labels")}
@@ -547,21 +542,18 @@ def run(recipe: Recipe, callbacks: list | None = None) -> dict:
 
         n_envs = recipe.env.n_envs
         own: list[BaseCallback] = [EncoderStatsCallback(), *threads]
+        if agent.ent_coef_schedule == "linear":
+            own.append(EntCoefScheduleCallback(float(agent.algo_kwargs["ent_coef"])))
+        every = {"n_eval_episodes": agent.n_eval_episodes, "eval_freq": max(agent.eval_freq // n_envs, 1),
+                 "deterministic": agent.deterministic_eval, "verbose": 0}
         if agent.eval_freq > 0:
-            own.append(HeldOutEvalCallback(
-                eval_env, recipe.env.eval_seed, n_eval_episodes=agent.n_eval_episodes,
-                eval_freq=max(agent.eval_freq // n_envs, 1), deterministic=agent.deterministic_eval,
-                log_path=str(run_dir), verbose=0,
-            ))
+            own.append(HeldOutEvalCallback(eval_env, recipe.env.eval_seed, log_path=str(run_dir), **every))
         validation = None
         if agent.keep_best:  # early stopping: SB3 saves the best weights on validation episodes, not held-out ones
             validation = HeldOutEvalCallback(
                 build_envs(recipe, evaluation=True, seed=recipe.env.validation_seed, validation=True),
-                recipe.env.validation_seed,
-                key_prefix="validation",
-                n_eval_episodes=agent.n_eval_episodes, eval_freq=max(agent.eval_freq // n_envs, 1),
-                deterministic=agent.deterministic_eval, log_path=str(run_dir / "validation"),
-                best_model_save_path=str(run_dir / "validation"), verbose=0,
+                recipe.env.validation_seed, key_prefix="validation", log_path=str(run_dir / "validation"),
+                best_model_save_path=str(run_dir / "validation"), **every,
             )
             own.append(validation)
         if agent.checkpoint_freq > 0:
