@@ -244,6 +244,35 @@ def test_attention_pooling_errors_and_bounded_table(tiny_bert_dir):
         assert torch.allclose(got[0, 0], shared.forward(row[None])[0], atol=1e-5)
 
 
+def test_full_view_cache_keeps_this_batchs_rows_and_a_big_batch_fits(tiny_bert_dir):
+    # A 400k-step run crashed with a KeyError once the view cache was full: evicting the oldest views
+    # removed one that the batch at hand had just hit. And one batch with more new sentences than the
+    # table holds cleared the table and retried forever.
+    from hf_finetune.config import ModelArguments
+    from hf_finetune.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_bert_dir))
+
+    def ids(*texts):
+        rows = [tokenizer(t, padding="max_length", max_length=24)["input_ids"] for t in texts]
+        return torch.tensor(rows)
+
+    from hf_finetune.rl_env.encoders import _token_ids_of
+
+    shared = FrozenEncoder(FrozenEncoder.get(tiny_bert_dir, None, 0, "mean", 1).model, pad_token_id=0,
+                           cache_size=3, sentence_ids=_token_ids_of(tiny_bert_dir, None, "."))
+    a, b, c, d = "goal match. the cup.", "goal match. chip code.", "goal match. the cup. chip code.", \
+        "goal match. chip code. the cup."
+    shared.sentence_indices(ids(a, b))
+    indices, mask = shared.sentence_indices(ids(a, c, d))  # a is a hit, c and d fill the cache past 3 views
+    assert len(shared.set_cache) == 3 and mask.sum(1).tolist() == [2, 3, 3]
+    assert indices[1, 1] == indices[0, 1] and indices[2, 1] == indices[1, 2]  # the cup; chip code
+    many = ids("goal match. bank shares. the cup. chip code.", "the cup. bank shares.")  # 4 sentences > 3
+    indices, mask = shared.sentence_indices(many)
+    assert mask.sum(1).tolist() == [4, 2] and len(shared.sentence_index) == 4
+    assert torch.equal(shared.sentence_table[indices[0, 1]], shared.sentence_table[indices[1, 1]])  # bank shares
+
+
 def test_sentence_slots_keep_the_leading_sentences_apart(tiny_bert_dir):
     from hf_finetune.config import ModelArguments
     from hf_finetune.models import load_tokenizer

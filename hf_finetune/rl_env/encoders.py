@@ -242,8 +242,10 @@ class FrozenEncoder:
         if fresh:
             split = {key: self.split_sentences(row) for key, row in fresh.items()}
             new = {p.tobytes(): p for parts in split.values() for p in parts if p.tobytes() not in self.sentence_index}
-            if len(self.sentence_index) + len(new) > max(self.cache_size, 1):
-                self.clear()  # indices would go stale with LRU eviction: start the table afresh
+            if self.sentence_index and len(self.sentence_index) + len(new) > max(self.cache_size, 1):
+                # Indices would go stale with LRU eviction: start the table afresh. An empty table takes the
+                # whole batch, even a batch with more sentences than cache_size (the next call clears it).
+                self.clear()
                 return self.sentence_indices(ids)
             if new:
                 vectors = self.forward(pad_rows(list(new.values()), self.pad_token_id)).cpu()
@@ -253,11 +255,15 @@ class FrozenEncoder:
                 self.sentences_encoded += len(new)
             for key, parts in split.items():
                 self.set_cache[key] = [self.sentence_index[p.tobytes()] for p in parts]
-            while len(self.set_cache) > max(self.cache_size, 1):
-                self.set_cache.popitem(last=False)
         self.hits += len(keys) - len(fresh)
         self.misses += len(fresh)
-        padded, mask = index_matrix([self.set_cache[key] for key in keys])
+        found = []
+        for key in keys:  # read this batch's rows, and mark them recent, before evicting the oldest
+            self.set_cache.move_to_end(key)
+            found.append(self.set_cache[key])
+        while len(self.set_cache) > max(self.cache_size, 1):
+            self.set_cache.popitem(last=False)
+        padded, mask = index_matrix(found)
         if self.cache_size <= 0:
             table = self.sentence_table
             self.clear()
