@@ -329,13 +329,15 @@ def test_agent_config_range_checks_apply_from_python():
         AgentConfig(output_dir="out", total_timesteps=-5)
 
 
-def test_attention_pooling_learns_what_only_the_later_sentences_say(tiny_bert_dir, tmp_path):
+@pytest.mark.parametrize("shared", [False, True])
+def test_attention_pooling_learns_what_only_the_later_sentences_say(tiny_bert_dir, tmp_path, shared):
     # The first sentence (the "mission") is the same in every text: the label is only in the second,
     # which the agent can read only through the learned attention over cached sentence embeddings.
     # Standardized as in the BabyAI recipes: without it the random tiny BERT's sentence embeddings are
     # too alike for 4,000 steps (0.43 measured), while mean pooling reads them straight into the projection.
     data = bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_separator=".", sentence_pooling="attention",
-                         attention_dim=16, standardize_embeddings=True, standardize_steps=64)
+                         attention_dim=16, standardize_embeddings=True, standardize_steps=64,
+                         attention_shared_projection=shared)
     data["env"]["env_kwargs"]["texts"] = [f"which topic. {text}." for text in TEXTS]
     data["env"]["max_length"] = 20
     recipe = parse_recipe(data, BLOCKS)
@@ -343,8 +345,9 @@ def test_attention_pooling_learns_what_only_the_later_sentences_say(tiny_bert_di
     assert metrics["eval_success_rate"] >= 0.9, metrics  # random: 1/3
     assert metrics["sentences_encoded"] == 7  # the shared first sentence once, then one per text
     with safe_open(tmp_path / "policy.safetensors", "pt") as f:
-        assert any("attention.key" in k for k in f.keys())
-    assert load_agent(tmp_path).policy.features_extractor.sentence_pooling == "attention"
+        assert any("attention.key" in k for k in f.keys()) != shared  # shared: the query's projection only
+    extractor = load_agent(tmp_path).policy.features_extractor
+    assert extractor.sentence_pooling == "attention" and (extractor.attention.key is None) == shared
 
 
 def test_attention_pooling_needs_the_sentence_separator(tiny_bert_dir, tmp_path):
@@ -352,6 +355,9 @@ def test_attention_pooling_needs_the_sentence_separator(tiny_bert_dir, tmp_path)
         parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_pooling="attention"), BLOCKS)
     with pytest.raises(ValueError, match="sentence_slots needs agent.sentence_separator"):
         parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_slots=2), BLOCKS)
+    with pytest.raises(ValueError, match="set agent.sentence_pooling: attention too"):
+        parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_separator=".",
+                                   attention_shared_projection=True), BLOCKS)
     with pytest.raises(ValueError, match="use mean or attention"):
         parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_separator=".", sentence_pooling="max"),
                      BLOCKS)

@@ -201,6 +201,11 @@ class AgentConfig:
     attention_dim: int = field(
         default=128, metadata={"help": "Output size of the attention pooling (sentence_pooling: attention)."}
     )
+    attention_shared_projection: bool = field(
+        default=False,
+        metadata={"help": "sentence_pooling: attention only: the mission's query and the sentences' keys share one "
+                  "projection, so attention starts as mission-sentence similarity instead of being learned per goal."},
+    )
     progress_bar: bool = field(default=True, metadata={"help": "Show SB3's progress bar (steps, speed, ETA)."})
     eval_freq: int = field(
         default=2_000, metadata={"help": "Evaluate every this many environment steps (all envs together); 0: only at the end."}
@@ -268,6 +273,9 @@ class AgentConfig:
         if self.sentence_pooling == "attention" and not self.sentence_separator:
             raise ValueError("agent.sentence_pooling: attention pools sentence embeddings: set "
                              "agent.sentence_separator: '.' too.")
+        if self.attention_shared_projection and self.sentence_pooling != "attention":
+            raise ValueError("agent.attention_shared_projection shapes the attention pooling: set "
+                             "agent.sentence_pooling: attention too, or drop it.")
         if self.sentence_slots != 1 and not self.sentence_separator:
             raise ValueError("agent.sentence_slots needs agent.sentence_separator: '.' (slots are sentences).")
         if self.keep_best and self.eval_freq <= 0:

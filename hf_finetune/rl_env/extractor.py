@@ -63,6 +63,11 @@ class MissionAttentionPool(nn.Module):
         hidden: Size of a sentence embedding.
         dim: Size of the attention (query/key/value projections and output).
         heads: Attention heads (e.g. one for the target, others for walls and doors).
+        shared_projection: Project the mission (query) and the sentences (keys) with one matrix, so a
+            score is a learned similarity between the two, high from the start for the sentence that
+            resembles the mission ("go to the blue ball" and "You see a blue ball ..."). With separate
+            projections the matching is learned for each goal on its own: on GoToRedBlueBall the
+            failed runs had learned it for "red ball" and turned on the spot for "blue ball".
 
     Example:
         >>> pool = MissionAttentionPool(384, dim=128, heads=4)
@@ -71,13 +76,14 @@ class MissionAttentionPool(nn.Module):
         torch.Size([2, 128])
     """
 
-    def __init__(self, hidden: int, dim: int = 128, heads: int = 4):
+    def __init__(self, hidden: int, dim: int = 128, heads: int = 4, shared_projection: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention dim={dim} is not a multiple of heads={heads}.")
         self.heads, self.dim = heads, dim
         self.query = nn.Linear(hidden, dim)
-        self.key = nn.Linear(hidden, dim)
+        # Not a second reference to self.query: safetensors refuses tensors saved twice.
+        self.key = None if shared_projection else nn.Linear(hidden, dim)
         self.value = nn.Linear(hidden, dim)
         self.out = nn.Linear(dim, dim)
         self.empty_key = nn.Parameter(torch.zeros(1, 1, dim))
@@ -86,6 +92,12 @@ class MissionAttentionPool(nn.Module):
     def forward(self, table: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``table`` ``(n, hidden)`` distinct sentences; ``indices`` ``(batch, s)`` into it, column 0 the mission;
         ``mask`` True where a sentence is."""
+        weights, values = self.attend(table, indices, mask)
+        return self.out((weights[..., None] * values).sum(1).reshape(indices.shape[0], self.dim))
+
+    def attend(self, table: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention weights ``(batch, s, heads)`` over "nothing seen" (slot 0) and the sentences after the
+        mission, and their values ``(batch, s, heads, head_dim)``."""
         batch, head_dim = indices.shape[0], self.dim // self.heads
         # Project only the distinct sentences this batch uses: the table grows with every sentence seen.
         used, local = torch.unique(indices, return_inverse=True)
@@ -93,14 +105,12 @@ class MissionAttentionPool(nn.Module):
         query = self.query(rows)[local[:, 0]].view(batch, 1, self.heads, head_dim)
         # Row 0 of the key/value tables is "nothing seen"; sentence i is row i + 1.
         others = torch.cat([torch.zeros_like(local[:, :1]), local[:, 1:] + 1], dim=1)
-        keys = torch.cat([self.empty_key[0], self.key(rows)])[others].view(batch, -1, self.heads, head_dim)
+        keys = torch.cat([self.empty_key[0], (self.key or self.query)(rows)])[others].view(batch, -1, self.heads, head_dim)
         values = torch.cat([self.empty_value[0], self.value(rows)])[others].view(batch, -1, self.heads, head_dim)
         valid = torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)
         # Elementwise rather than matmul: one query per row, so the products are tiny and bmm's overhead dominates.
         scores = (keys * query).sum(-1) / head_dim**0.5  # (batch, s, heads)
-        weights = scores.masked_fill(~valid[:, :, None], float("-inf")).softmax(1)
-        pooled = (weights[..., None] * values).sum(1).reshape(batch, self.dim)
-        return self.out(pooled)
+        return scores.masked_fill(~valid[:, :, None], float("-inf")).softmax(1), values
 
 
 SENTENCE_POOLINGS = ("mean", "attention")
@@ -133,6 +143,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             of the others) or ``"attention"`` (the others pooled by :class:`MissionAttentionPool`, queried
             by the first; learned, while each sentence's frozen embedding stays cached).
         attention_dim: Size of the attention pooling's output (``sentence_pooling="attention"``).
+        attention_shared_projection: One projection for the mission's query and the sentences' keys
+            (see :class:`MissionAttentionPool`).
         sentence_slots: Leading sentences kept in their own place, outside the mean or attention (the
             first, e.g. the mission, always is); see :class:`FrozenEncoder`.
 
@@ -146,7 +158,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
                  pooling: str = "mean", features_dim: int = 256, pad_token_id: int | None = None,
                  text_key: str = "text", cache_size: int = 100_000, lora: dict[str, Any] | None = None,
                  revision: str | None = None, standardize: bool = False, sentence_separator: str | None = None,
-                 sentence_pooling: str = "mean", attention_dim: int = 128, sentence_slots: int = 1):
+                 sentence_pooling: str = "mean", attention_dim: int = 128, sentence_slots: int = 1,
+                 attention_shared_projection: bool = False):
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder_mode={encoder_mode!r}: use one of {ENCODER_MODES}.")
         if pooling not in POOLINGS:
@@ -217,7 +230,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         text_dim = hidden
         if self.sentence_pooling == "attention":
             hidden = model.config.hidden_size  # standardized per sentence
-            self.attention = MissionAttentionPool(hidden, attention_dim)
+            self.attention = MissionAttentionPool(hidden, attention_dim, shared_projection=attention_shared_projection)
             text_dim = sentence_slots * hidden + attention_dim
         self.sentence_slots = sentence_slots
         limit = getattr(model.config, "max_position_embeddings", None)
