@@ -36,11 +36,13 @@ def kind(cycle: list[str], cells: int) -> str:
     return "other action on the spot"
 
 
-def play(agent, env, episodes: int, seed: int, deterministic: bool = True) -> tuple[int, list[dict]]:
+def play(agent, env, episodes: int, seed: int, deterministic: bool = True,
+         missions: dict | None = None) -> tuple[int, list[dict]]:
     """Successes over ``episodes`` held-out episodes, and a record of each failed one's loop.
 
     ``deterministic=False`` samples the actions instead (bench_agents_greedy_gap.py compares the two). A
-    recurrent policy gets its state back each step and a fresh one at each episode start.
+    recurrent policy gets its state back each step and a fresh one at each episode start. ``missions``,
+    if given, is filled with ``mission -> [successes, episodes]``.
     """
     import numpy as np
 
@@ -65,6 +67,10 @@ def play(agent, env, episodes: int, seed: int, deterministic: bool = True) -> tu
         starts = done
         if not done[0]:
             continue
+        if missions is not None:  # the view's first sentence is the mission
+            tally = missions.setdefault(views[0].split(".")[0].replace("mission : ", ""), [0, 0])
+            tally[0] += int(bool(info[0].get("is_success", False)))
+            tally[1] += 1
         if info[0].get("is_success", False):
             successes += 1
         else:
@@ -103,12 +109,14 @@ def main() -> None:
         kwargs = recipe["env"].get("env_kwargs") or {}
         memory = ", ".join(k for k in ("last_action", "steps_here") if kwargs.get(k)) or "none"
         agent = load_agent(run)
-        successes, failures = play(agent, agent.get_env(), args.episodes, seed)
+        missions: dict[str, list[int]] = {}
+        successes, failures = play(agent, agent.get_env(), args.episodes, seed, missions=missions)
         kinds = collections.Counter(f["kind"] for f in failures)
         cycles = collections.Counter(" / ".join(f["cycle"]) for f in failures if f["cycle"])
         print(f"{run} (memory: {memory}): greedy {successes / args.episodes:.2f} on {args.episodes} held-out "
               f"episodes (eval seed {seed}); {len(failures)} failed: "
               f"{', '.join(f'{n} {k}' for k, n in kinds.most_common()) or '-'}")
+        print("  success by mission: " + ", ".join(f"{m} {s}/{n}" for m, (s, n) in sorted(missions.items())))
         if cycles:
             print("  most common cycles: " + ", ".join(f"{n}x [{c}]" for c, n in cycles.most_common(3)))
         if failures:

@@ -248,3 +248,26 @@ def test_steps_here_counts_turns_on_the_spot_that_last_action_cannot(tiny_bert_d
             break
         env.step(0)
     assert env.step(2)[0]["steps_here"] == 0
+
+
+def test_permute_colors_renames_every_colour_of_an_episode_the_same_way():
+    import re
+
+    plain = BabyAITextEnv("BabyAI-GoToRedBlueBall-v0", describe_ahead=True)
+    permuted = BabyAITextEnv("BabyAI-GoToRedBlueBall-v0", describe_ahead=True, permute_colors=True)
+    colours = r"\b(red|green|blue|purple|yellow|grey)\b"
+    missions = set()
+    for seed in range(8):
+        texts = [plain.reset(seed=seed)[0]]
+        renamed = [permuted.reset(seed=seed)[0]]  # the same episode (the level's own seed), other words
+        for action in (2, 0, 2):
+            texts.append(plain.step(action)[0])
+            renamed.append(permuted.step(action)[0])
+        pairs = set()
+        for text, other in zip(texts, renamed):
+            assert re.sub(colours, "C", text) == re.sub(colours, "C", other)  # only colour words change
+            pairs |= set(zip(re.findall(colours, text), re.findall(colours, other)))
+        # one-to-one, and the same renaming at every step of the episode
+        assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs}), pairs
+        missions.add(renamed[0].split(".")[0])
+    assert len(missions) > 2  # the red/blue missions come out in other colours

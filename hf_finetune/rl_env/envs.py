@@ -14,6 +14,7 @@ of token ids that :class:`~hf_finetune.rl_env.extractor.LMFeaturesExtractor` rea
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import gymnasium as gym
@@ -132,6 +133,7 @@ class TextObservationWrapper(gym.ObservationWrapper):
 
 _OBJECTS = {2: "wall", 4: "door", 5: "key", 6: "ball", 7: "box", 8: "goal", 9: "lava"}
 _COLORS = ["red", "green", "blue", "purple", "yellow", "grey"]
+_COLOR_WORD = re.compile(r"\b(" + "|".join(_COLORS) + r")\b")
 _DOOR_STATES = ["open", "closed", "locked"]
 ACTION_NAMES = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle", "done"]
 _MAX_STEPS_HERE = 7  # steps_here saturates: a full turn on the spot is 4
@@ -308,6 +310,11 @@ class BabyAITextEnv(gym.Env):
         steps_here: Also return how many steps the agent has spent in its current cell, facing any way (0 when it
             has just arrived or after a reset; capped at 7), as a ``Discrete(8)`` entry ``steps_here``. It
             counts turns and bumps on the spot, which one last action cannot (four left turns look the same).
+        permute_colors: Rename the six colours in the text by a permutation drawn at each reset (mission and
+            view alike, so the episode is the same task in other words): an augmentation for training envs
+            (set ``eval_env_kwargs: {permute_colors: false}``). The policy can then no longer learn each
+            goal colour on its own; it has to match the mission's colour to the view's. On GoToRedBlueBall
+            the failed runs had learned one of the two missions and looped on the other.
 
     Example:
         >>> env = BabyAITextEnv("BabyAI-GoToObj-v0")
@@ -320,8 +327,9 @@ class BabyAITextEnv(gym.Env):
 
     def __init__(self, level: str | list[str] = "BabyAI-GoToObj-v0", max_chars: int = 2048, symbolic: bool = False,
                  held_out_goals: list[str] | None = None, goal_split: str = "train", describe_ahead: bool = False,
-                 last_action: bool = False, steps_here: bool = False):
+                 last_action: bool = False, steps_here: bool = False, permute_colors: bool = False):
         self.describe_ahead, self.last_action, self.steps_here = describe_ahead, last_action, steps_here
+        self.permute_colors, self._renamed = permute_colors, dict(zip(_COLORS, _COLORS))
         levels = [level] if isinstance(level, str) else list(level)
         if not levels:
             raise ValueError("level: give a BabyAI level id or a non-empty list of them.")
@@ -352,6 +360,8 @@ class BabyAITextEnv(gym.Env):
         carrying = self.env.unwrapped.carrying
         held = f"{carrying.color} {carrying.type}" if carrying is not None else None
         text = " ".join([f"Mission: {obs['mission']}.", *describe_view(obs["image"], held, self.describe_ahead)])
+        if self.permute_colors:
+            text = _COLOR_WORD.sub(lambda match: self._renamed[match.group(0)], text)
         space = self.observation_space
         return text[: (space[TEXT_KEY] if isinstance(space, spaces.Dict) else space).max_length]
 
@@ -374,6 +384,8 @@ class BabyAITextEnv(gym.Env):
             self.env = self.envs[int(self.np_random.integers(len(self.envs)))]
             seed = int(self.np_random.integers(2**31))
         obs, info = self.env.reset(seed=seed, options=options)
+        if self.permute_colors:
+            self._renamed = dict(zip(_COLORS, (_COLORS[i] for i in self.np_random.permutation(len(_COLORS)))))
         self._previous, self._here = self._none, 0
         info = dict(info)
         info["level"] = self.env.spec.id if self.env.spec else str(self.level)
@@ -493,10 +505,12 @@ def load_bandit_data(dataset: str, split: str = "train", text_column: str = "tex
 def make_babyai_text(tokenizer: Any = "sentence-transformers/all-MiniLM-L6-v2", level: str = "BabyAI-GoToObj-v0",
                      max_length: int = 96, truncation: bool = True, symbolic: bool = False,
                      held_out_goals: list[str] | None = None, goal_split: str = "train",
-                     describe_ahead: bool = False, last_action: bool = False, steps_here: bool = False) -> gym.Env:
+                     describe_ahead: bool = False, last_action: bool = False, steps_here: bool = False,
+                     permute_colors: bool = False) -> gym.Env:
     """BabyAI-Text with token-id observations (the entry point of ``hf_finetune/BabyAI-Text-v0``)."""
     env = BabyAITextEnv(level, symbolic=symbolic, held_out_goals=held_out_goals, goal_split=goal_split,
-                        describe_ahead=describe_ahead, last_action=last_action, steps_here=steps_here)
+                        describe_ahead=describe_ahead, last_action=last_action, steps_here=steps_here,
+                        permute_colors=permute_colors)
     return TextObservationWrapper(env, tokenizer, max_length=max_length, truncation=truncation)
 
 
