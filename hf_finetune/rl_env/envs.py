@@ -314,7 +314,8 @@ class BabyAITextEnv(gym.Env):
             view alike, so the episode is the same task in other words): an augmentation for training envs
             (set ``eval_env_kwargs: {permute_colors: false}``). The policy can then no longer learn each
             goal colour on its own; it has to match the mission's colour to the view's. On GoToRedBlueBall
-            the failed runs had learned one of the two missions and looped on the other.
+            the failed runs had learned one of the two missions and looped on the other; with this option
+            100k steps were too few (0.22-0.58 on 4 seeds, against 0.72-0.98 without).
 
     Example:
         >>> env = BabyAITextEnv("BabyAI-GoToObj-v0")

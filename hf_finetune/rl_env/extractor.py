@@ -67,7 +67,8 @@ class MissionAttentionPool(nn.Module):
             score is a learned similarity between the two, high from the start for the sentence that
             resembles the mission ("go to the blue ball" and "You see a blue ball ..."). With separate
             projections the matching is learned for each goal on its own: on GoToRedBlueBall the
-            failed runs had learned it for "red ball" and turned on the spot for "blue ball".
+            failed runs had learned it for one goal colour and turned on the spot for the other. Measured
+            there over 10 seeds: as many runs reach 0.8 (5), fewer end below 0.5 (1 vs 4); off by default.
 
     Example:
         >>> pool = MissionAttentionPool(384, dim=128, heads=4)
