@@ -183,7 +183,8 @@ def main() -> None:
     if args.plot:
         plot(rows, args.plot)
     recipe = f", lm-ppo recipe {args.recipe}" if args.recipe else ""
-    print(f"\nHeld-out eval seed {EVAL_SEED}, {args.episodes} episodes, greedy actions{goals}, training seed {args.seed}"
+    trained = f"training seed {args.seed}" + (" (--runs: each its own, named in its row)" if args.runs else "")
+    print(f"\nHeld-out eval seed {EVAL_SEED}, {args.episodes} episodes, greedy actions{goals}, {trained}"
           f"{recipe}, torch threads 1, "
           f"load average {os.getloadavg()[0]:.1f} at the end\n")
     seen_col = " seen-goal success |" if args.held_out_goals else ""
