@@ -68,7 +68,8 @@ class MissionAttentionPool(nn.Module):
             resembles the mission ("go to the blue ball" and "You see a blue ball ..."). With separate
             projections the matching is learned for each goal on its own: on GoToRedBlueBall the
             failed runs had learned it for one goal colour and turned on the spot for the other. Measured
-            there over 10 seeds: as many runs reach 0.8 (5), fewer end below 0.5 (1 vs 4); off by default.
+            there over 10 seeds: as many runs reach 0.8 (5), fewer end below 0.5 (1 vs 4). On goals held out
+            of training (GoToLocalS6N2, 4 seeds): 0.82 against 0.66, seen goals 0.94 against 0.81. Off by default.
 
     Example:
         >>> pool = MissionAttentionPool(384, dim=128, heads=4)
