@@ -248,19 +248,15 @@ def test_full_view_cache_keeps_this_batchs_rows_and_a_big_batch_fits(tiny_bert_d
     # A 400k-step run crashed with a KeyError once the view cache was full: evicting the oldest views
     # removed one that the batch at hand had just hit. And one batch with more new sentences than the
     # table holds cleared the table and retried forever.
-    from hf_finetune.config import ModelArguments
-    from hf_finetune.models import load_tokenizer
+    from hf_finetune.rl_env.encoders import _load_encoder, _token_ids_of
 
-    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_bert_dir))
+    _, float_ids = _sentence_ids(tiny_bert_dir)
 
     def ids(*texts):
-        rows = [tokenizer(t, padding="max_length", max_length=24)["input_ids"] for t in texts]
-        return torch.tensor(rows)
+        return float_ids(*texts).long()
 
-    from hf_finetune.rl_env.encoders import _token_ids_of
-
-    shared = FrozenEncoder(FrozenEncoder.get(tiny_bert_dir, None, 0, "mean", 1).model, pad_token_id=0,
-                           cache_size=3, sentence_ids=_token_ids_of(tiny_bert_dir, None, "."))
+    shared = FrozenEncoder(_load_encoder(tiny_bert_dir), pad_token_id=0, cache_size=3,
+                           sentence_ids=_token_ids_of(tiny_bert_dir, None, "."))
     a, b, c, d = "goal match. the cup.", "goal match. chip code.", "goal match. the cup. chip code.", \
         "goal match. chip code. the cup."
     shared.sentence_indices(ids(a, b))

@@ -107,7 +107,7 @@ class MissionAttentionPool(nn.Module):
         query = self.query(rows)[local[:, 0]].view(batch, 1, self.heads, head_dim)
         # Row 0 of the key/value tables is "nothing seen"; sentence i is row i + 1.
         others = torch.cat([torch.zeros_like(local[:, :1]), local[:, 1:] + 1], dim=1)
-        keys = torch.cat([self.empty_key[0], (self.key or self.query)(rows)])[others].view(batch, -1, self.heads, head_dim)
+        keys = torch.cat([self.empty_key[0], (self.query if self.key is None else self.key)(rows)])[others].view(batch, -1, self.heads, head_dim)
         values = torch.cat([self.empty_value[0], self.value(rows)])[others].view(batch, -1, self.heads, head_dim)
         valid = torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)
         # Elementwise rather than matmul: one query per row, so the products are tiny and bmm's overhead dominates.
