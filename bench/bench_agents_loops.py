@@ -9,6 +9,11 @@ a tally of the cycles over all failures. Runs trained with `env_kwargs: {last_ac
 previous action in the observation (`steps_here: true`, the steps spent in the current cell), so their
 repeats must match it too; a count only repeats once it saturates.
 
+For agents with ``sentence_pooling: attention`` it also prints, by mission, how much attention the
+mission puts on the sentence naming its object ("go to the blue ball": "you see a blue ball ...") while
+that sentence is in view, per head: a failed run whose attention never finds one goal's object, against
+one that finds it and still loops.
+
 Usage:
     python bench/bench_agents_loops.py RUN_DIR [RUN_DIR ...] --episodes 50 --show 3
 """
@@ -36,13 +41,36 @@ def kind(cycle: list[str], cells: int) -> str:
     return "other action on the spot"
 
 
+def attention_on_goal(agent, obs, view: str, tally: dict) -> None:
+    """Add this step's attention on the sentence naming the mission's object (if one is in view) to ``tally``
+    (``mission -> [steps, per-head sums]``); nothing for agents without attention pooling."""
+    import torch
+
+    from hf_finetune.rl_env.extractor import lm_extractors
+
+    extractor = lm_extractors(agent.policy)[0]
+    if extractor.sentence_pooling != "attention":
+        return
+    sentences = [part.strip() for part in view.split(".") if part.strip()]
+    mission = sentences[0].replace("mission : ", "")
+    goal = " ".join(mission.split()[-2:])  # "go to the red ball" -> "red ball"
+    columns = [1 + i for i, text in enumerate(sentences[extractor.sentence_slots:]) if goal in text]
+    if not columns:
+        return
+    ids = obs[extractor.text_key] if extractor.text_key else obs
+    weights = extractor.sentence_attention(torch.as_tensor(ids, dtype=torch.float32))[0]
+    entry = tally.setdefault(mission, [0, 0.0])
+    entry[0] += 1
+    entry[1] = entry[1] + weights[columns].sum(0).numpy()
+
+
 def play(agent, env, episodes: int, seed: int, deterministic: bool = True,
-         missions: dict | None = None) -> tuple[int, list[dict]]:
+         missions: dict | None = None, attention: dict | None = None) -> tuple[int, list[dict]]:
     """Successes over ``episodes`` held-out episodes, and a record of each failed one's loop.
 
     ``deterministic=False`` samples the actions instead (bench_agents_greedy_gap.py compares the two). A
     recurrent policy gets its state back each step and a fresh one at each episode start. ``missions``,
-    if given, is filled with ``mission -> [successes, episodes]``.
+    if given, is filled with ``mission -> [successes, episodes]``, and ``attention`` as :func:`attention_on_goal`.
     """
     import numpy as np
 
@@ -62,6 +90,8 @@ def play(agent, env, episodes: int, seed: int, deterministic: bool = True,
         memory = tuple(int(obs[k][0]) for k in sorted(obs) if k != "text") if isinstance(obs, dict) else ()
         keys.append((tuple(grid.agent_pos), int(grid.agent_dir), ids.tobytes(), memory))
         views.append(decode(ids))
+        if attention is not None:
+            attention_on_goal(agent, obs, views[-1], attention)
         actions.append(int(action[0]))
         obs, _, done, info = env.step(action)
         starts = done
@@ -110,13 +140,17 @@ def main() -> None:
         memory = ", ".join(k for k in ("last_action", "steps_here") if kwargs.get(k)) or "none"
         agent = load_agent(run)
         missions: dict[str, list[int]] = {}
-        successes, failures = play(agent, agent.get_env(), args.episodes, seed, missions=missions)
+        attention: dict[str, list] = {}
+        successes, failures = play(agent, agent.get_env(), args.episodes, seed, missions=missions, attention=attention)
         kinds = collections.Counter(f["kind"] for f in failures)
         cycles = collections.Counter(" / ".join(f["cycle"]) for f in failures if f["cycle"])
         print(f"{run} (memory: {memory}): greedy {successes / args.episodes:.2f} on {args.episodes} held-out "
               f"episodes (eval seed {seed}); {len(failures)} failed: "
               f"{', '.join(f'{n} {k}' for k, n in kinds.most_common()) or '-'}")
         print("  success by mission: " + ", ".join(f"{m} {s}/{n}" for m, (s, n) in sorted(missions.items())))
+        for mission, (steps, sums) in sorted(attention.items()):
+            print(f"  attention on the {' '.join(mission.split()[-2:])} while in view ({mission}, {steps} steps), by head: "
+                  + " ".join(f"{w / steps:.2f}" for w in sums))
         if cycles:
             print("  most common cycles: " + ", ".join(f"{n}x [{c}]" for c, n in cycles.most_common(3)))
         if failures:

@@ -222,6 +222,12 @@ def test_attention_pooling_reads_cached_sentences_unpooled(tiny_bert_dir):
     assert features.shape == (3, 8) and torch.isfinite(features).all()
     features.sum().backward()
     assert extractor.attention.query.weight.grad.abs().sum() > 0
+    # sentence_attention: "nothing seen", then the sentences after the mission in the text's order, 0 where absent
+    weights = extractor.sentence_attention(batch)
+    assert weights.shape == (3, 3, 4) and torch.allclose(weights.sum(1), torch.ones(3, 4))
+    assert not weights[1, 1:].any() and not weights[2, 2].any() and weights[2, 1].all()
+    reordered = extractor.sentence_attention(extractor.token_ids(ids("goal match. the cup. chip code.")))
+    assert torch.allclose(reordered[0, [0, 2, 1]], weights[0], atol=1e-6)
     # Moving a non-mission sentence changes the features only through the attention (order does not matter).
     swapped = extractor.token_ids(ids("goal match. the cup. chip code."))
     with torch.no_grad():
@@ -301,6 +307,8 @@ def test_sentence_slots_keep_the_leading_sentences_apart(tiny_bert_dir):
     shared = mean.frozen
     hidden = shared.model.config.hidden_size
     assert shared.width == 3 * hidden and mean.project[0].in_features == 3 * hidden
+    with pytest.raises(ValueError, match="sentence_attention needs"):
+        mean.sentence_attention(ids("goal match."))
     alone = [shared.forward(mean.token_ids(ids(s)))[0] for s in sentences]
     row, short = shared.embed(mean.token_ids(ids(" ".join(sentences), "goal match.")))
     assert torch.allclose(row[:hidden], alone[0], atol=1e-5) and torch.allclose(row[hidden:2 * hidden], alone[1], atol=1e-5)

@@ -338,15 +338,39 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             return slots_and_mean(*self._sentences(ids), self.sentence_slots)
         return self.encode(ids)
 
+    def _attention_inputs(self, observations: torch.Tensor):
+        """The standardized sentence table, each row's sentences as indices into it and their mask, padded to at
+        least ``sentence_slots`` columns."""
+        table, indices, mask = self._sentences(self.token_ids(observations))
+        if self.standardize:
+            table = (table - self.embedding_mean) / self.embedding_std
+        slots = self.sentence_slots
+        if indices.shape[1] < slots:  # rows with fewer sentences than slots: pad (masked out)
+            indices = torch.nn.functional.pad(indices, (0, slots - indices.shape[1]))
+            mask = torch.nn.functional.pad(mask, (0, slots - mask.shape[1]))
+        return table, indices, mask
+
+    @torch.no_grad()
+    def sentence_attention(self, observations: torch.Tensor) -> torch.Tensor:
+        """Which sentences the mission reads: attention weights ``(batch, 1 + n, heads)`` of
+        ``sentence_pooling="attention"``, column 0 for "nothing seen" and column ``1 + i`` for the i-th sentence
+        after the ``sentence_slots`` kept ones, in the order of the text (0 where a row has fewer).
+
+        Example:
+            >>> weights = agent.policy.features_extractor.sentence_attention(torch.as_tensor(obs))  # doctest: +SKIP
+        """
+        if self.sentence_pooling != "attention":
+            raise ValueError("sentence_attention needs an extractor built with sentence_pooling='attention'.")
+        table, indices, mask = self._attention_inputs(observations)
+        slots = self.sentence_slots
+        weights, _ = self.attention.attend(table, torch.cat([indices[:, :1], indices[:, slots:]], 1),
+                                           torch.cat([mask[:, :1], mask[:, slots:]], 1))
+        return weights
+
     def _text_features(self, observations: torch.Tensor) -> torch.Tensor:
         if self.sentence_pooling == "attention":
-            table, indices, mask = self._sentences(self.token_ids(observations))
-            if self.standardize:
-                table = (table - self.embedding_mean) / self.embedding_std
+            table, indices, mask = self._attention_inputs(observations)
             slots = self.sentence_slots
-            if indices.shape[1] < slots:  # rows with fewer sentences than slots: pad (masked out)
-                indices = torch.nn.functional.pad(indices, (0, slots - indices.shape[1]))
-                mask = torch.nn.functional.pad(mask, (0, slots - mask.shape[1]))
             kept = [table[indices[:, j]] * mask[:, j, None] for j in range(slots)]
             # the query is the mission (column 0); the slots after it are not pooled again
             pooled = self.attention(table, torch.cat([indices[:, :1], indices[:, slots:]], 1),
