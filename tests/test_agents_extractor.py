@@ -275,12 +275,12 @@ def test_full_view_cache_keeps_this_batchs_rows_and_a_big_batch_fits(tiny_bert_d
     assert torch.equal(shared.sentence_table[indices[0, 1]], shared.sentence_table[indices[1, 1]])  # bank shares
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_shared_projection_attends_to_the_sentence_like_the_mission_from_the_start(shared):
+@pytest.mark.parametrize("shared, bias", [(True, 0.0), (False, 0.0), (False, 20.0)])
+def test_shared_projection_or_similarity_bias_attend_to_the_sentence_like_the_mission_from_the_start(shared, bias):
     from hf_finetune.rl_env.extractor import MissionAttentionPool
 
     torch.manual_seed(0)
-    pool = MissionAttentionPool(64, dim=32, heads=4, shared_projection=shared)
+    pool = MissionAttentionPool(64, dim=32, heads=4, shared_projection=shared, similarity_bias=bias)
     hits = 0
     for _ in range(50):  # a mission (row 0) and 8 sentences, one of them close to the mission
         table = torch.randn(9, 64)
@@ -288,7 +288,9 @@ def test_shared_projection_attends_to_the_sentence_like_the_mission_from_the_sta
         indices, mask = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8]]), torch.ones(1, 9, dtype=torch.bool)
         weights, _ = pool.attend(table, indices, mask)  # (1, 9, heads): "nothing seen", then sentences 1-8
         hits += int(weights[0, 1:].mean(1).argmax()) == 4
-    assert hits >= 40 if shared else hits <= 20, hits  # untrained: similarity vs chance (1 in 8)
+    assert hits >= 40 if shared or bias else hits <= 20, hits  # untrained: similarity vs chance (1 in 8)
+    if bias:  # a learned scale per head
+        assert pool.similarity_scale.requires_grad and pool.similarity_scale.shape == (4,)
 
 
 def test_sentence_slots_keep_the_leading_sentences_apart(tiny_bert_dir):

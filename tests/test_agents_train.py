@@ -329,15 +329,15 @@ def test_agent_config_range_checks_apply_from_python():
         AgentConfig(output_dir="out", total_timesteps=-5)
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_attention_pooling_learns_what_only_the_later_sentences_say(tiny_bert_dir, tmp_path, shared):
+@pytest.mark.parametrize("shared, bias", [(False, 0.0), (True, 0.0), (True, 20.0)])
+def test_attention_pooling_learns_what_only_the_later_sentences_say(tiny_bert_dir, tmp_path, shared, bias):
     # The first sentence (the "mission") is the same in every text: the label is only in the second,
     # which the agent can read only through the learned attention over cached sentence embeddings.
     # Standardized as in the BabyAI recipes: without it the random tiny BERT's sentence embeddings are
     # too alike for 4,000 steps (0.43 measured), while mean pooling reads them straight into the projection.
     data = bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_separator=".", sentence_pooling="attention",
                          attention_dim=16, standardize_embeddings=True, standardize_steps=64,
-                         attention_shared_projection=shared)
+                         attention_shared_projection=shared, attention_similarity_bias=bias)
     data["env"]["env_kwargs"]["texts"] = [f"which topic. {text}." for text in TEXTS]
     data["env"]["max_length"] = 20
     recipe = parse_recipe(data, BLOCKS)
@@ -348,6 +348,7 @@ def test_attention_pooling_learns_what_only_the_later_sentences_say(tiny_bert_di
         assert any("attention.key" in k for k in f.keys()) != shared  # shared: the query's projection only
     extractor = load_agent(tmp_path).policy.features_extractor
     assert extractor.sentence_pooling == "attention" and (extractor.attention.key is None) == shared
+    assert (extractor.attention.similarity_scale is not None) == bool(bias)  # rebuilt from recipe.yaml
 
 
 def test_attention_pooling_needs_the_sentence_separator(tiny_bert_dir, tmp_path):
@@ -358,6 +359,12 @@ def test_attention_pooling_needs_the_sentence_separator(tiny_bert_dir, tmp_path)
     with pytest.raises(ValueError, match="set agent.sentence_pooling: attention too"):
         parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_separator=".",
                                    attention_shared_projection=True), BLOCKS)
+    with pytest.raises(ValueError, match="agent.attention_similarity_bias shapes"):
+        parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_separator=".",
+                                   attention_similarity_bias=20.0), BLOCKS)
+    with pytest.raises(ValueError, match="use 0 \\(off\\) or a positive scale"):
+        parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_separator=".", sentence_pooling="attention",
+                                   attention_similarity_bias=-1.0), BLOCKS)
     with pytest.raises(ValueError, match="use mean or attention"):
         parse_recipe(bandit_recipe(tiny_bert_dir, tmp_path, "ppo", sentence_separator=".", sentence_pooling="max"),
                      BLOCKS)

@@ -206,6 +206,11 @@ class AgentConfig:
         metadata={"help": "sentence_pooling: attention only: the mission's query and the sentences' keys share one "
                   "projection, so attention starts as mission-sentence similarity instead of being learned per goal."},
     )
+    attention_similarity_bias: float = field(
+        default=0.0,
+        metadata={"help": "sentence_pooling: attention only: add this (learned, per head) times the cosine between the "
+                  "mission's and each sentence's embedding to the attention scores; 0: off."},
+    )
     progress_bar: bool = field(default=True, metadata={"help": "Show SB3's progress bar (steps, speed, ETA)."})
     eval_freq: int = field(
         default=2_000, metadata={"help": "Evaluate every this many environment steps (all envs together); 0: only at the end."}
@@ -275,6 +280,12 @@ class AgentConfig:
                              "agent.sentence_separator: '.' too.")
         if self.attention_shared_projection and self.sentence_pooling != "attention":
             raise ValueError("agent.attention_shared_projection shapes the attention pooling: set "
+                             "agent.sentence_pooling: attention too, or drop it.")
+        if self.attention_similarity_bias < 0:
+            raise ValueError(f"agent.attention_similarity_bias={self.attention_similarity_bias}: use 0 (off) or a "
+                             "positive scale, e.g. 20.")
+        if self.attention_similarity_bias and self.sentence_pooling != "attention":
+            raise ValueError("agent.attention_similarity_bias shapes the attention pooling: set "
                              "agent.sentence_pooling: attention too, or drop it.")
         if self.sentence_slots != 1 and not self.sentence_separator:
             raise ValueError("agent.sentence_slots needs agent.sentence_separator: '.' (slots are sentences).")

@@ -111,6 +111,7 @@ def policy_kwargs(recipe: Recipe, learning_rate: float) -> dict[str, Any]:
         "sentence_pooling": agent.sentence_pooling,
         "attention_dim": agent.attention_dim,
         "attention_shared_projection": agent.attention_shared_projection,
+        "attention_similarity_bias": agent.attention_similarity_bias,
         "sentence_slots": agent.sentence_slots,
     }
     lora = _lora_settings(recipe)
