@@ -70,13 +70,14 @@ class MissionAttentionPool(nn.Module):
             failed runs had learned it for one goal colour and turned on the spot for the other. Measured
             there over 10 seeds: as many runs reach 0.8 (5), fewer end below 0.5 (1 vs 4). On goals held out
             of training (GoToLocalS6N2, 8 seeds): 0.85 against 0.65, seen goals 0.89 against 0.79. Off by default.
-        similarity_bias: Initial value of a learned per-head scale on the cosine between the mission's and each
-            sentence's embedding, added to the attention scores (0: off). Unlike the projections, the cosine
+        similarity_bias: Add a learned scale times the cosine between the mission's and each sentence's embedding
+            to the attention scores; the first head's scale starts at this value, the others' at 0 (0: off). Unlike the projections, the cosine
             itself cannot be trained away: a head that has learned to find the red ball for "go to the red ball"
             still gets pulled towards the blue ball for "go to the blue ball". On GoToRedBlueBall the failed runs'
             attention had never learned to find one goal's ball (weight 0.19 and 0.34 on it, against 0.9-1.0 in
             runs that succeed; ``bench/bench_agents_loops.py``). With standardized MiniLM embeddings the goal's
             sentence has cosine ~0.28 with the mission, the next sentence ~0.11, so 20 starts it ~3 logits ahead.
+            Measured there with the shared projection, 10 seeds: 9 runs >= 0.8 (mean 0.90) against 5 (0.77).
 
     Example:
         >>> pool = MissionAttentionPool(384, dim=128, heads=4)
@@ -163,7 +164,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         attention_dim: Size of the attention pooling's output (``sentence_pooling="attention"``).
         attention_shared_projection: One projection for the mission's query and the sentences' keys
             (see :class:`MissionAttentionPool`).
-        attention_similarity_bias: Learned per-head scale, from this value, on the mission-sentence cosine added
+        attention_similarity_bias: Start of the first head's learned scale on the mission-sentence cosine added
             to the attention scores (``similarity_bias`` of :class:`MissionAttentionPool`; 0: off).
         sentence_slots: Leading sentences kept in their own place, outside the mean or attention (the
             first, e.g. the mission, always is); see :class:`FrozenEncoder`.
