@@ -359,8 +359,9 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         return self.encode(ids)
 
     def _attention_inputs(self, observations: torch.Tensor):
-        """The standardized sentence table, each row's sentences as indices into it and their mask, padded to at
-        least ``sentence_slots`` columns."""
+        """The standardized sentence table, each row's sentences as indices into it and their mask (padded to at
+        least ``sentence_slots`` columns), and the indices and mask the attention pools: the mission (column 0, the
+        query) and the sentences after the slots, which are not pooled again."""
         table, indices, mask = self._sentences(self.token_ids(observations))
         if self.standardize:
             table = (table - self.embedding_mean) / self.embedding_std
@@ -368,7 +369,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         if indices.shape[1] < slots:  # rows with fewer sentences than slots: pad (masked out)
             indices = torch.nn.functional.pad(indices, (0, slots - indices.shape[1]))
             mask = torch.nn.functional.pad(mask, (0, slots - mask.shape[1]))
-        return table, indices, mask
+        pooled = torch.cat([indices[:, :1], indices[:, slots:]], 1), torch.cat([mask[:, :1], mask[:, slots:]], 1)
+        return table, indices, mask, pooled
 
     @torch.no_grad()
     def sentence_attention(self, observations: torch.Tensor) -> torch.Tensor:
@@ -381,21 +383,14 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         """
         if self.sentence_pooling != "attention":
             raise ValueError("sentence_attention needs an extractor built with sentence_pooling='attention'.")
-        table, indices, mask = self._attention_inputs(observations)
-        slots = self.sentence_slots
-        weights, _ = self.attention.attend(table, torch.cat([indices[:, :1], indices[:, slots:]], 1),
-                                           torch.cat([mask[:, :1], mask[:, slots:]], 1))
-        return weights
+        table, _, _, pooled = self._attention_inputs(observations)
+        return self.attention.attend(table, *pooled)[0]
 
     def _text_features(self, observations: torch.Tensor) -> torch.Tensor:
         if self.sentence_pooling == "attention":
-            table, indices, mask = self._attention_inputs(observations)
-            slots = self.sentence_slots
-            kept = [table[indices[:, j]] * mask[:, j, None] for j in range(slots)]
-            # the query is the mission (column 0); the slots after it are not pooled again
-            pooled = self.attention(table, torch.cat([indices[:, :1], indices[:, slots:]], 1),
-                                    torch.cat([mask[:, :1], mask[:, slots:]], 1))
-            return torch.cat([*kept, pooled], dim=1)
+            table, indices, mask, pooled = self._attention_inputs(observations)
+            kept = [table[indices[:, j]] * mask[:, j, None] for j in range(self.sentence_slots)]
+            return torch.cat([*kept, self.attention(table, *pooled)], dim=1)
         vectors = self._row_vectors(self.token_ids(observations))
         if self.standardize:
             vectors = (vectors - self.embedding_mean) / self.embedding_std
