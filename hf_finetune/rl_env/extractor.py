@@ -75,8 +75,9 @@ class MissionAttentionPool(nn.Module):
             Unlike the projections, the cosine itself cannot be trained away: a head that has learned to find
             the red ball for "go to the red ball" is still pulled towards the blue ball for "go to the blue
             ball". On GoToRedBlueBall, in 3 of 5 failed runs no head had learned to find one goal's ball (best
-            head 0.19-0.39 on it, against 0.9-1.0 in runs that succeed; ``bench/bench_agents_loops.py``). With standardized MiniLM embeddings the goal's
-            sentence has cosine ~0.28 with the mission, the next sentence ~0.11, so 20 starts it ~3 logits ahead.
+            head 0.19-0.39 on it, against 0.9-1.0 in runs that succeed; ``bench/bench_agents_loops.py``). With
+            standardized MiniLM embeddings the goal's sentence has cosine ~0.28 with the mission, the next
+            sentence ~0.11, so 20 starts it ~3 logits ahead.
             Measured there with the shared projection, 10 seeds: 9 runs >= 0.8 (mean 0.90) against 5 (0.77).
 
     Example:
